@@ -1,0 +1,272 @@
+"""Bringing the bridge up and down: br0, management address, sysctls, ipsets and the agent's chains.
+
+``up`` records what it changed in a state file; ``down`` undoes exactly that and nothing else.
+Running ``up`` again re-installs the ruleset atomically and adds only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from agent.config import AgentConfig
+from agent.ruleset import BLOCK_SETS, CHAINS, DataplaneSpec, jump_rule, render
+from filters.firewall import Policy, parse_policy
+from filters.packet import Side
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE = Path("/run/vcr-agent/bridge.json")
+SYSCTLS = {
+    "net/bridge/bridge-nf-call-iptables": "1",
+    "net/bridge/bridge-nf-call-ip6tables": "1",
+    "net/netfilter/nf_conntrack_acct": "1",
+}
+
+
+class BridgeError(RuntimeError):
+    """A step of bringing the bridge up or down failed (message in Japanese and English)."""
+
+
+def run(argv: list[str], *, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    log.debug("run: %s", " ".join(argv))
+    try:
+        res = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise BridgeError(f"コマンドが見つかりません / command not found: {argv[0]}") from None
+    if check and res.returncode != 0:
+        raise BridgeError(f"{' '.join(argv[:4])} failed: {res.stderr.strip() or res.stdout.strip()}")
+    return res
+
+
+def spec_from_config(cfg: AgentConfig) -> DataplaneSpec:
+    dp = cfg.dataplane
+    return DataplaneSpec(
+        bridge=cfg.bridge.name,
+        lan_port=cfg.bridge.lan_port,
+        wan_port=cfg.bridge.wan_port,
+        queue_base=dp.queue_base,
+        workers=dp.worker_count(),
+        fail_open=dp.fail_mode == "open",
+        nflog_group=dp.nflog_group,
+        stream_depth=dp.flows.stream_depth,
+    )
+
+
+def firewall_policy(cfg: AgentConfig) -> Policy:
+    section = cfg.engines.get("firewall") or {}
+    if section.get("enabled", True) is False:
+        return Policy((), "allow", "allow", {})
+    return parse_policy(section)
+
+
+def port_sides(cfg: AgentConfig) -> dict[int, Side]:
+    """Interface index of each bridge port -> the side (zone) it faces."""
+    out = {}
+    for name, side in ((cfg.bridge.lan_port, Side.LAN), (cfg.bridge.wan_port, Side.WAN)):
+        try:
+            out[socket.if_nametoindex(name)] = side
+        except OSError:
+            log.warning("bridge port %s not found; its packets get side 'unknown'", name)
+    return out
+
+
+def blocklist(cfg: AgentConfig) -> list[str]:
+    section = cfg.engines.get("firewall") or {}
+    return [str(x) for x in section.get("blocklist", []) or []]
+
+
+@dataclass
+class BridgeState:
+    """What ``up`` changed, so that ``down`` undoes exactly that."""
+
+    created_bridge: bool = False
+    addresses: list[str] = field(default_factory=list)
+    routes: list[list[str]] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    resolv_backup: str | None = None
+    resolv_path: str = ""
+    bridge: str = ""
+    ports: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> "BridgeState":
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        os.replace(tmp, path)
+
+
+def _link_exists(name: str) -> bool:
+    return run(["ip", "link", "show", "dev", name], check=False).returncode == 0
+
+
+def _has_address(dev: str, cidr: str) -> bool:
+    out = run(["ip", "-o", "addr", "show", "dev", dev], check=False).stdout
+    return f" {cidr} " in out
+
+
+def _sysctl(key: str, value: str | None = None) -> str:
+    p = Path("/proc/sys") / key
+    old = p.read_text().strip()
+    if value is not None and old != value:
+        p.write_text(value)
+    return old
+
+
+class BridgeControl:
+    def __init__(self, cfg: AgentConfig, state_path: Path = DEFAULT_STATE) -> None:
+        self.cfg = cfg
+        self.spec = spec_from_config(cfg)
+        self.state_path = state_path
+
+    # -- up ------------------------------------------------------------------------------
+    def up(self) -> None:
+        if self.cfg.settings_sheet is None:
+            raise BridgeError("設定シート (settings_sheet) がありません / the config has no settings_sheet section")
+        rulesets = self.prepare_ruleset()  # everything that can fail on bad input fails here, before any change
+        st = BridgeState.load(self.state_path)
+        b = self.cfg.bridge
+        for port in (b.lan_port, b.wan_port):
+            if not _link_exists(port):
+                raise BridgeError(f"ポート {port} が見つかりません。ケーブルとポート名を確認してください / port {port} not found")
+        st.bridge, st.ports = b.name, [b.lan_port, b.wan_port]
+        if not _link_exists(b.name):
+            run(["ip", "link", "add", b.name, "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+            st.created_bridge = True
+            st.save(self.state_path)
+        for port in (b.lan_port, b.wan_port):
+            run(["ip", "link", "set", port, "master", b.name])
+            run(["ip", "link", "set", port, "up"])
+        run(["ip", "link", "set", b.name, "up"])
+        self._sysctls(st)
+        self._addresses(st)
+        self._resolv(st)
+        st.save(self.state_path)
+        self.install_ruleset(rulesets)
+        log.info("bridge %s up (%s + %s), ruleset installed", b.name, b.lan_port, b.wan_port)
+
+    def _sysctls(self, st: BridgeState) -> None:
+        for key, val in SYSCTLS.items():
+            try:
+                old = _sysctl(key, val)
+            except OSError as exc:
+                raise BridgeError(f"sysctl {key} を設定できません / cannot set sysctl {key}: {exc}") from None
+            st.sysctls.setdefault(key, old)
+        _sysctl(f"net/ipv6/conf/{self.cfg.bridge.name}/accept_dad", "0")
+
+    def _addresses(self, st: BridgeState) -> None:
+        sheet = self.cfg.settings_sheet
+        assert sheet is not None
+        dev = self.cfg.bridge.name
+        for cidr, gw, fam in ((sheet.management_ip, sheet.gateway, "-4"), (sheet.management_ipv6, sheet.gateway_ipv6, "-6")):
+            if cidr and not _has_address(dev, cidr):
+                run(["ip", fam, "addr", "add", cidr, "dev", dev])
+                st.addresses.append(cidr)
+            if gw:
+                if not run(["ip", fam, "route", "show", "default"], check=False).stdout.strip():
+                    route = ["default", "via", gw, "dev", dev]
+                    run(["ip", fam, "route", "add", *route])
+                    st.routes.append([fam, *route])
+
+    def _resolv(self, st: BridgeState) -> None:
+        sheet = self.cfg.settings_sheet
+        if sheet is None or not sheet.dns:
+            return
+        path = Path(self.cfg.bridge.resolv_conf)
+        text = "# written by vcr-agent from the settings sheet\n" + "".join(f"nameserver {a}\n" for a in sheet.dns)
+        if st.resolv_backup is None and not st.resolv_path:
+            st.resolv_backup = path.read_text() if path.exists() else ""
+            st.resolv_path = str(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def prepare_ruleset(self) -> dict[int, str]:
+        """Render both families' rules and have the kernel tools test them; nothing is changed."""
+        policy = firewall_policy(self.cfg)
+        try:
+            texts = {fam: render(self.spec, policy, fam) for fam in (4, 6)}
+        except ValueError as exc:
+            raise BridgeError(f"ファイアウォール規則を変換できません / cannot compile the firewall policy: {exc}") from None
+        self.ensure_ipsets()  # the test below resolves set names
+        for fam, restore in ((4, "iptables-restore"), (6, "ip6tables-restore")):
+            run([restore, "--noflush", "--test", "-w"], input=texts[fam])
+        return texts
+
+    def install_ruleset(self, texts: dict[int, str] | None = None) -> None:
+        """(Re)install the agent's chains atomically, ipsets first, then the FORWARD jumps."""
+        texts = texts or self.prepare_ruleset()
+        update_blocklist(blocklist(self.cfg))
+        for fam, restore, tool in ((4, "iptables-restore", "iptables"), (6, "ip6tables-restore", "ip6tables")):
+            run([restore, "--noflush", "-w"], input=texts[fam])
+            jump = jump_rule(self.spec)
+            if run([tool, "-w", "-C", "FORWARD", *jump], check=False).returncode != 0:
+                run([tool, "-w", "-I", "FORWARD", "1", *jump])
+
+    def ensure_ipsets(self) -> None:
+        for fam, name in BLOCK_SETS.items():
+            run(["ipset", "create", name, "hash:net", "family", "inet" if fam == 4 else "inet6", "-exist"])
+
+    # -- down ----------------------------------------------------------------------------
+    def down(self) -> None:
+        st = BridgeState.load(self.state_path)
+        self.remove_ruleset()
+        for name in BLOCK_SETS.values():
+            run(["ipset", "destroy", name], check=False)
+        dev = st.bridge or self.cfg.bridge.name
+        for route in st.routes:
+            run(["ip", route[0], "route", "del", *route[1:]], check=False)
+        for cidr in st.addresses:
+            run(["ip", "addr", "del", cidr, "dev", dev], check=False)
+        if st.resolv_path and st.resolv_backup is not None:
+            Path(st.resolv_path).write_text(st.resolv_backup)
+        if st.created_bridge:
+            for port in st.ports:
+                run(["ip", "link", "set", port, "nomaster"], check=False)
+            run(["ip", "link", "del", dev], check=False)
+        for key, old in st.sysctls.items():
+            try:
+                _sysctl(key, old)
+            except OSError:
+                log.warning("could not restore sysctl %s", key)
+        self.state_path.unlink(missing_ok=True)
+        log.info("bridge down: removed what bridge up added")
+
+    def remove_ruleset(self) -> None:
+        jump = jump_rule(self.spec)
+        for tool in ("iptables", "ip6tables"):
+            while run([tool, "-w", "-D", "FORWARD", *jump], check=False).returncode == 0:
+                pass
+            for chain in CHAINS:
+                run([tool, "-w", "-F", chain], check=False)
+            for chain in CHAINS:
+                run([tool, "-w", "-X", chain], check=False)
+
+
+def update_blocklist(entries: Iterable[str]) -> None:
+    """Replace the blocklist ipsets atomically (build a temporary set, then swap)."""
+    import ipaddress
+
+    by_fam: dict[int, list[str]] = {4: [], 6: []}
+    for e in entries:
+        net = ipaddress.ip_network(e, strict=False)
+        by_fam[net.version].append(str(net))
+    for fam, name in BLOCK_SETS.items():
+        tmp = f"{name}-new"
+        family = "inet" if fam == 4 else "inet6"
+        lines = [f"create {tmp} hash:net family {family} -exist", f"flush {tmp}"]
+        lines += [f"add {tmp} {n} -exist" for n in by_fam[fam]]
+        run(["ipset", "restore"], input="\n".join(lines) + "\n")
+        run(["ipset", "swap", tmp, name])
+        run(["ipset", "destroy", tmp])

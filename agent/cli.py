@@ -1,0 +1,173 @@
+"""The ``vcr-agent`` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.config import DEFAULT_CONFIG, AgentConfig, load_config, load_yaml
+from filters.engine import ConfigError
+
+log = logging.getLogger("vcr-agent")
+
+
+def _config(path: str | None) -> AgentConfig:
+    return load_config(path or DEFAULT_CONFIG)
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from agent.bridge import BridgeControl
+
+    ctl = BridgeControl(_config(args.config))
+    ctl.up() if args.action == "up" else ctl.down()
+    print(f"bridge {args.action}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Daemon
+
+    return Daemon(_config(args.config)).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from filters.registry import build_engines
+
+    cfg = _config(args.config)
+    engines = build_engines(cfg)
+    print(f"設定は正常です / configuration OK: {args.config or DEFAULT_CONFIG}")
+    for e in engines:
+        print(f"  {e.name}: {json.dumps(e.summary(), ensure_ascii=False)}")
+    return 0
+
+
+def cmd_pcap(args: argparse.Namespace) -> int:
+    from agent.offline import OfflineOptions, offline_config, run_pcap
+
+    base: dict[str, Any] | None = None
+    if args.config:
+        base = load_yaml(args.config)
+        if not isinstance(base, dict):
+            raise ConfigError("expected a mapping at the top level", path=args.config)
+    try:
+        cfg = offline_config(base, args.set or [])
+    except ConfigError as exc:
+        raise exc.within(path=args.config or exc.path) from None
+    if args.config:
+        from filters.registry import build_engines
+
+        build_engines(cfg, path=args.config)
+    opts = OfflineOptions(
+        pcap=Path(args.r),
+        log_dir=Path(args.l) if args.l else None,
+        simulate_ips=args.simulate_ips,
+        checksum_mode=args.k,
+        sets=args.set or [],
+    )
+    summary = run_pcap(opts, cfg)
+    print(
+        f"pcap: {summary['packets']} packets, {summary['accepted']} accepted, {summary['dropped']} dropped",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _config(args.config)
+    path = Path(cfg.logging.dir) / "status.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"エージェントの状態がありません / no agent status at {path} (is the agent running?)", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=1, ensure_ascii=False))
+    return 0
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo, lab_down, lab_up
+
+    actions: dict[str, Callable[[argparse.Namespace], int]] = {"up": lab_up, "down": lab_down, "demo": run_demo}
+    return actions[args.action](args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agent.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vcr-agent", description="VCR116w UTM agent (bridge-mode inline inspection)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bridge", help="bring the bridge and the agent's ruleset up or down")
+    b.add_argument("action", choices=["up", "down"])
+    b.add_argument("-c", "--config")
+    b.set_defaults(fn=cmd_bridge)
+
+    r = sub.add_parser("run", help="run the agent (bridge ruleset, NFQUEUE workers, alarms)")
+    r.add_argument("-c", "--config")
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("check-config", help="validate a configuration file without applying it")
+    c.add_argument("-c", "--config")
+    c.set_defaults(fn=cmd_check_config)
+
+    s = sub.add_parser("status", help="show the running agent's status and counters")
+    s.add_argument("-c", "--config")
+    s.set_defaults(fn=cmd_status)
+
+    pc = sub.add_parser("pcap", help="run the pipeline over a pcap file (like suricata -r)")
+    pc.add_argument("-r", required=True, metavar="FILE", help="pcap or pcapng file")
+    pc.add_argument("-c", "--config", help="agent config (engines section is used)")
+    pc.add_argument("-l", metavar="LOGDIR", help="write LOGDIR/eve.json instead of stdout")
+    pc.add_argument("-k", default="none", choices=["none", "all", "auto"], help="checksum checks (accepted for Suricata compatibility; checksums are not validated)")
+    pc.add_argument("--simulate-ips", action="store_true", help="drop verdicts really drop (IPS), as inline")
+    pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="Suricata-style setting, e.g. stream.midstream=true")
+    pc.set_defaults(fn=cmd_pcap)
+
+    lab = sub.add_parser("lab", help="the simulated office in network namespaces")
+    lab.add_argument("action", choices=["up", "down", "demo"], nargs="?", default="demo")
+    lab.add_argument("--prefix", default="vcr")
+    lab.set_defaults(fn=cmd_lab)
+
+    bench = sub.add_parser("bench", help="benchmarks in the lab, written to docs/benchmarks.md")
+    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--seconds", type=float, default=5.0)
+    bench.add_argument("--out", default="docs/benchmarks.md")
+    bench.add_argument("--prefix", default="vb")
+    bench.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"設定エラー / configuration error: {exc}", file=sys.stderr)
+        print("何も適用されていません / nothing was applied", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from agent.bridge import BridgeError
+
+        if isinstance(exc, BridgeError):
+            print(f"エラー / error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

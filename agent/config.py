@@ -1,0 +1,169 @@
+"""Agent configuration: the YAML schema, loading and validation (nothing is applied from a bad file)."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from filters.engine import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/vcr-agent/vcr-agent.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SettingsSheet(_Strict):
+    """What the customer filled in on the settings sheet (設定シート)."""
+
+    management_ip: str = Field(description="the UTM's fixed IP with prefix, e.g. 192.0.2.2/24")
+    gateway: str
+    dns: list[str] = Field(default_factory=list)
+    management_ipv6: str | None = None
+    gateway_ipv6: str | None = None
+    install_address: str = ""
+    contact: str = ""
+
+    @field_validator("management_ip", "management_ipv6")
+    @classmethod
+    def _iface(cls, v: str | None) -> str | None:
+        if v is not None:
+            if "/" not in v:
+                raise ValueError("expected an address with prefix length, e.g. 192.0.2.2/24")
+            ipaddress.ip_interface(v)
+        return v
+
+    @field_validator("gateway", "gateway_ipv6")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.ip_address(v)
+        return v
+
+    @field_validator("dns")
+    @classmethod
+    def _dns(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ipaddress.ip_address(a)
+        return v
+
+
+class Bridge(_Strict):
+    name: str = "br0"
+    lan_port: str = "lan0"
+    wan_port: str = "wan0"
+    resolv_conf: str = "/etc/resolv.conf"
+
+    @field_validator("name", "lan_port", "wan_port")
+    @classmethod
+    def _ifname(cls, v: str) -> str:
+        if not v or len(v) > 15 or any(c in v for c in " /\t\n:"):
+            raise ValueError("expected a Linux interface name (1-15 characters, no spaces, '/' or ':')")
+        return v
+
+
+class FlowSettings(_Strict):
+    max_flows: int = Field(200_000, ge=1000)
+    stream_depth: int = Field(1 << 20, ge=0, description="bytes per direction inspected before offload")
+    max_pending_bytes: int = Field(256 * 1024, ge=0)
+    midstream: bool = True
+    timeouts: dict[Literal["tcp_new", "tcp_established", "tcp_closed", "udp", "icmp", "other"], float] = Field(
+        default_factory=dict
+    )
+
+
+class HoldSettings(_Strict):
+    max_packets_per_flow: int = Field(64, ge=1)
+    max_bytes: int = Field(8 << 20, ge=1024, description="all held packets of one worker, in bytes")
+    default_timeout: float = Field(2.0, gt=0, le=60)
+    overflow: Literal["drop", "pass"] = "drop"
+
+
+class Dataplane(_Strict):
+    fail_mode: Literal["open", "closed"] = "open"
+    workers: int | Literal["auto"] = "auto"
+    queue_base: int = Field(0, ge=0, le=65000)
+    queue_maxlen: int = Field(4096, ge=64)
+    nflog_group: int = Field(17, ge=1, le=65535)
+    on_engine_error: Literal["pass", "drop"] = "pass"
+    on_malformed: Literal["pass", "drop"] = "pass"
+    flows: FlowSettings = FlowSettings()
+    hold: HoldSettings = HoldSettings()
+
+    def worker_count(self) -> int:
+        return self.workers if isinstance(self.workers, int) else max(1, os.cpu_count() or 1)
+
+
+class Logging(_Strict):
+    dir: str = "/var/log/vcr-agent"
+    eve_rotate_bytes: int = Field(10 << 20, ge=4096)
+    eve_keep: int = Field(5, ge=1, le=100)
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AgentConfig(_Strict):
+    settings_sheet: SettingsSheet | None = None
+    bridge: Bridge = Bridge()
+    dataplane: Dataplane = Dataplane()
+    logging: Logging = Logging()
+    home_net: list[str] = Field(default_factory=lambda: ["192.0.2.0/24"])
+    engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("home_net")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            ipaddress.ip_network(n, strict=False)
+        return v
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def parse_config(data: Any, *, path: str = "<config>") -> AgentConfig:
+    """Validate a parsed YAML document; raise ConfigError naming path, key and problem."""
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top level", path=path)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        more = len(exc.errors()) - 1
+        if more:
+            msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ConfigError(msg, path=path, key=_loc(err["loc"])) from None
+
+
+def load_yaml(path: str | os.PathLike[str]) -> Any:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(p)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML{where}: {problem}", path=str(p)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read and validate the agent's config file, including each engine's own section."""
+    from filters.registry import build_engines  # late import: registry imports engines
+
+    cfg = parse_config(load_yaml(path), path=str(path))
+    build_engines(cfg, path=str(path))  # validates every engine section; raises ConfigError
+    return cfg

@@ -1,0 +1,194 @@
+"""The agent daemon (``vcr-agent run``): bridge ruleset, one worker per queue, alarms, stats, systemd."""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue as _queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import sdnotify
+from agent.bridge import BridgeControl, firewall_policy, port_sides, spec_from_config
+from agent.config import AgentConfig
+from agent.evelog import EveLog
+from agent.ruleset import parse_nflog_prefix
+from agent.worker import WorkerSpec, worker_main
+from filters import eve
+from filters.engine import Action, Verdict
+from filters.firewall import BLOCKLIST_SID, CATEGORY, SID_BASE
+from filters.packet import Side, parse_ip
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Daemon:
+    def __init__(self, cfg: AgentConfig, *, state_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.spec = spec_from_config(cfg)
+        self.log_dir = Path(cfg.logging.dir)
+        self.eve = EveLog(self.log_dir / "eve.json", rotate_bytes=cfg.logging.eve_rotate_bytes, keep=cfg.logging.eve_keep)
+        self.ctx = mp.get_context("fork")
+        self.out: Any = self.ctx.Queue()
+        self.procs: dict[int, mp.process.BaseProcess] = {}
+        self.restarts: dict[int, int] = {}
+        self.worker_stats: dict[int, dict[str, Any]] = {}
+        self.ready: set[int] = set()
+        self.stopping = threading.Event()
+        self.started = time.time()
+        self.nflog_count = 0
+        self.bridge = BridgeControl(cfg, state_path) if state_path else BridgeControl(cfg)
+        self.policy = firewall_policy(cfg)
+
+    # -- workers ---------------------------------------------------------------------------
+    def _spawn(self, index: int) -> None:
+        spec = WorkerSpec(index, self.spec.queue_base + index)
+        p = self.ctx.Process(
+            target=worker_main,
+            args=(self.cfg, spec, self.out, logging.getLogger().level),
+            name=f"vcr-worker-{index}",
+            daemon=True,
+        )
+        p.start()
+        self.procs[index] = p
+
+    def _check_workers(self) -> None:
+        for index, p in list(self.procs.items()):
+            if p.is_alive() or self.stopping.is_set():
+                continue
+            n = self.restarts.get(index, 0)
+            log.error("worker %d exited (code %s); restarting (restart #%d)", index, p.exitcode, n + 1)
+            self.restarts[index] = n + 1
+            self.ready.discard(index)
+            time.sleep(RESTART_BACKOFF[min(n, len(RESTART_BACKOFF) - 1)])
+            self._spawn(index)
+
+    # -- NFLOG (kernel firewall decisions) -------------------------------------------------
+    def _nflog_loop(self) -> None:
+        try:
+            from agent.nflog import NflogReader
+
+            reader = NflogReader(self.spec.nflog_group)
+        except Exception:
+            log.exception("cannot read NFLOG group %d: kernel firewall drops will not raise alarms", self.spec.nflog_group)
+            return
+        import select
+
+        sides = port_sides(self.cfg)
+        while not self.stopping.is_set():
+            ready, _, _ = select.select([reader.fileno()], [], [], 0.5)
+            if not ready:
+                continue
+            for rec in reader.read():
+                self._nflog_alarm(rec, sides)
+        reader.close()
+
+    def _nflog_alarm(self, rec: Any, sides: dict[int, Side]) -> None:
+        parsed = parse_nflog_prefix(rec.prefix)
+        if parsed is None:
+            return
+        kind, number, action, direction = parsed
+        pkt = parse_ip(rec.payload, rec.ts or time.time(), sides.get(rec.physindev, Side.UNKNOWN))
+        if kind == "bl":
+            sid, sig = BLOCKLIST_SID, "VCR firewall: blocklisted address"
+        elif number == 0:
+            sid, sig = SID_BASE, f"VCR firewall: default {action} {direction}"
+        else:
+            rule = next((r for r in self.policy.rules if r.number == number), None)
+            sid, sig = SID_BASE + number, f"VCR firewall: {rule.name if rule else f'rule {number}'}"
+        act = Action.REJECT if action == "reject" else Action.DROP
+        v = Verdict(act, "firewall", rule_id=sid, signature=sig, category=CATEGORY, severity=2, reason="kernel")
+        self.nflog_count += 1
+        self.eve.write(eve.alert_record(v, pkt.ts, pkt, None, blocked=True))
+
+    # -- messages from workers ----------------------------------------------------------------
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "eve":
+            self.eve.write(msg[1])
+        elif kind == "stats":
+            self.worker_stats[msg[1]] = msg[2]
+        elif kind == "ready":
+            self.ready.add(msg[1])
+            if len(self.ready) == len(self.procs):
+                log.info("all %d workers ready", len(self.procs))
+                sdnotify.notify(f"READY=1\nSTATUS=inspecting on {len(self.procs)} queues")
+
+    def status(self) -> dict[str, Any]:
+        totals: dict[str, dict[str, int]] = {}
+        for stats in self.worker_stats.values():
+            for section, counters in stats.items():
+                dst = totals.setdefault(section, {})
+                for k, v in counters.items():
+                    if isinstance(v, int) and k != "pid":
+                        dst[k] = dst.get(k, 0) + v
+        return {
+            "pid": os.getpid(),
+            "started": self.started,
+            "uptime": time.time() - self.started,
+            "fail_mode": self.cfg.dataplane.fail_mode,
+            "workers": {str(i): {"pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts.get(i, 0)} for i, p in self.procs.items()},
+            "alarms_written": self.eve.written,
+            "kernel_firewall_alarms": self.nflog_count,
+            "counters": totals,
+        }
+
+    def _write_status(self) -> None:
+        path = self.log_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), indent=1))
+        os.replace(tmp, path)
+
+    # -- main ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.bridge.up()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        nflog = threading.Thread(target=self._nflog_loop, name="nflog", daemon=True)
+        nflog.start()
+        for i in range(self.spec.workers):
+            self._spawn(i)
+        wd = sdnotify.watchdog_interval()
+        last_wd = last_status = 0.0
+        while not self.stopping.is_set():
+            try:
+                self._handle(self.out.get(timeout=0.5))
+            except _queue.Empty:
+                pass
+            except (EOFError, OSError):
+                log.exception("worker queue failed")
+            now = time.monotonic()
+            self._check_workers()
+            if wd and now - last_wd >= wd and all(p.is_alive() for p in self.procs.values()):
+                sdnotify.notify("WATCHDOG=1")
+                last_wd = now
+            if now - last_status >= 2.0:
+                self._write_status()
+                last_status = now
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1")
+        for p in self.procs.values():
+            p.terminate()
+        deadline = time.time() + 5
+        for p in self.procs.values():
+            p.join(max(0.1, deadline - time.time()))
+            if p.is_alive():
+                p.kill()
+        while True:  # drain the last alarms and stats
+            try:
+                self._handle(self.out.get(timeout=0.2))
+            except (_queue.Empty, EOFError, OSError):
+                break
+        self._write_status()
+        self.eve.close()
+        log.info("agent stopped; the bridge keeps forwarding (%s)", "fail-open" if self.spec.fail_open else "fail-closed")
+

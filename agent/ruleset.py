@@ -1,0 +1,206 @@
+"""The agent's kernel ruleset: iptables/ip6tables chains, connmark fast path and NFQUEUE, as restore text.
+
+Layout (filter table, both families), entered from FORWARD for bridged packets only::
+
+    VCR-FWD     save a verdict mark from the queue, blocklists, connmark fast path,
+                firewall policy on NEW connections, stream-depth cap, then NFQUEUE
+    VCR-BLOCK   ipset blocklists (logged via NFLOG, dropped)
+    VCR-POLICY  the compiled firewall rules and default policy (deny/reject logged via NFLOG)
+    VCR-REJECT  TCP reset / ICMP unreachable
+
+Every chain the agent owns starts with ``VCR-``; nothing else is touched.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from filters.firewall import DHCP_REPLIES, NDP_TYPES, Policy, Rule, ServiceEntry
+from filters.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+
+CHAINS = ("VCR-FWD", "VCR-BLOCK", "VCR-POLICY", "VCR-REJECT")
+MARK_MASK = 0x70000000
+MARK_ACCEPT = 0x10000000
+MARK_DROP = 0x20000000
+MARK_REJECT = 0x30000000
+BLOCK_SETS = {4: "vcr-block4", 6: "vcr-block6"}
+NFLOG_RATE = ("-m", "limit", "--limit", "50/sec", "--limit-burst", "200")
+MAX_LINES_PER_RULE = 512
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneSpec:
+    bridge: str
+    lan_port: str
+    wan_port: str
+    queue_base: int
+    workers: int
+    fail_open: bool
+    nflog_group: int
+    stream_depth: int
+
+
+def jump_rule(spec: DataplaneSpec) -> list[str]:
+    """The one rule the agent adds to the built-in FORWARD chain."""
+    return ["-i", spec.bridge, "-o", spec.bridge, "-m", "physdev", "--physdev-is-bridged", "-j", "VCR-FWD"]
+
+
+def _queue_target(spec: DataplaneSpec) -> str:
+    if spec.workers > 1:
+        q = f"--queue-balance {spec.queue_base}:{spec.queue_base + spec.workers - 1}"
+    else:
+        q = f"--queue-num {spec.queue_base}"
+    return f"-j NFQUEUE {q}" + (" --queue-bypass" if spec.fail_open else "")
+
+
+def _nflog(spec: DataplaneSpec, prefix: str) -> str:
+    return " ".join(NFLOG_RATE) + f' -j NFLOG --nflog-group {spec.nflog_group} --nflog-prefix "{prefix}"'
+
+
+def _fwd_lines(spec: DataplaneSpec) -> list[str]:
+    m = f"0x{MARK_MASK:x}"
+    lines = [
+        f"-A VCR-FWD -m mark ! --mark 0x0/{m} -j CONNMARK --save-mark --nfmask {m} --ctmask {m}",
+        "-A VCR-FWD -j VCR-BLOCK",
+        f"-A VCR-FWD -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
+        f"-A VCR-FWD -m connmark --mark 0x{MARK_DROP:x}/{m} -j DROP",
+        f"-A VCR-FWD -m connmark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",
+        "-A VCR-FWD -m conntrack --ctstate NEW -j VCR-POLICY",
+    ]
+    if spec.stream_depth:
+        # Kernel-side stream depth: a flow past the inspection depth in both directions together
+        # (plus headers) is offloaded even if user space never decided it.
+        cap = 2 * spec.stream_depth + 65536
+        lines += [
+            f"-A VCR-FWD -m connbytes --connbytes {cap}: --connbytes-dir both --connbytes-mode bytes"
+            f" -j CONNMARK --set-xmark 0x{MARK_ACCEPT:x}/{m}",
+            f"-A VCR-FWD -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
+        ]
+    lines.append(f"-A VCR-FWD {_queue_target(spec)}")
+    return lines
+
+
+def _block_lines(spec: DataplaneSpec, family: int) -> list[str]:
+    s = BLOCK_SETS[family]
+    return [
+        f"-A VCR-BLOCK -m set --match-set {s} dst {_nflog(spec, 'vcr:bl:0:drop')}",
+        f"-A VCR-BLOCK -m set --match-set {s} dst -j DROP",
+        f"-A VCR-BLOCK -m set --match-set {s} src {_nflog(spec, 'vcr:bl:0:drop')}",
+        f"-A VCR-BLOCK -m set --match-set {s} src -j DROP",
+    ]
+
+
+def _reject_lines(family: int) -> list[str]:
+    unreach = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
+    return [
+        "-A VCR-REJECT -p tcp -j REJECT --reject-with tcp-reset",
+        f"-A VCR-REJECT -p udp -j REJECT --reject-with {unreach}",
+        "-A VCR-REJECT -j DROP",
+    ]
+
+
+def _svc_matches(svc: ServiceEntry, family: int) -> list[str] | None:
+    """iptables match text for one service entry, or None if it cannot apply to this family."""
+    if svc.proto == 0:
+        return [""]
+    if svc.proto == PROTO_ICMP and family == 6 or svc.proto == PROTO_ICMPV6 and family == 4:
+        return None
+    if svc.proto in (PROTO_TCP, PROTO_UDP):
+        p = "tcp" if svc.proto == PROTO_TCP else "udp"
+        if (svc.lo, svc.hi) == (0, 65535):
+            return [f"-p {p}"]
+        ports = str(svc.lo) if svc.lo == svc.hi else f"{svc.lo}:{svc.hi}"
+        return [f"-p {p} --dport {ports}"]
+    if svc.proto == PROTO_ICMP:
+        if (svc.lo, svc.hi) == (0, 65535):
+            return ["-p icmp"]
+        return [f"-p icmp --icmp-type {t}" for t in range(svc.lo, svc.hi + 1)]
+    if (svc.lo, svc.hi) == (0, 65535):
+        return ["-p ipv6-icmp"]
+    return [f"-p ipv6-icmp --icmpv6-type {t}" for t in range(svc.lo, svc.hi + 1)]
+
+
+def _addr_matches(nets: tuple | None, flag: str, family: int) -> list[str] | None:
+    if nets is None:
+        return [""]
+    mine = [n for n in nets if n.version == family]
+    return [f"{flag} {n}" for n in mine] or None
+
+
+def _zone(spec: DataplaneSpec, rule: Rule) -> str:
+    parts = []
+    ports = {"lan": spec.lan_port, "wan": spec.wan_port}
+    if rule.src_zone is not None:
+        parts.append(f"--physdev-in {ports[rule.src_zone.value]}")
+    if rule.dst_zone is not None:
+        parts.append(f"--physdev-out {ports[rule.dst_zone.value]}")
+    return ("-m physdev " + " ".join(parts)) if parts else ""
+
+
+def rule_lines(spec: DataplaneSpec, rule: Rule, family: int) -> list[str]:
+    """The VCR-POLICY lines for one firewall rule in one family ([] if it cannot match there)."""
+    srcs = _addr_matches(rule.src, "-s", family)
+    dsts = _addr_matches(rule.dst, "-d", family)
+    svcs: list[str] | None = [""]
+    if rule.services is not None:
+        svcs = [m for s in rule.services for m in (_svc_matches(s, family) or [])] or None
+    if srcs is None or dsts is None or svcs is None:
+        return []
+    zone = _zone(spec, rule)
+    matches = [" ".join(x for x in (zone, s, d, v) if x) for s in srcs for d in dsts for v in svcs]
+    if len(matches) * 2 > MAX_LINES_PER_RULE:
+        raise ValueError(f"firewall rule {rule.number} ({rule.name}) expands to {len(matches)} kernel rules")
+    prefix = f"vcr:fw:{rule.number}:{rule.action}"
+    out = []
+    for m in matches:
+        head = f"-A VCR-POLICY {m}".rstrip()
+        if rule.action in ("allow", "log"):
+            out.append(f"{head} -j RETURN")  # logged (if at all) by the Python firewall
+        else:
+            out.append(f"{head} {_nflog(spec, prefix)}")
+            out.append(f"{head} -j {'DROP' if rule.action == 'deny' else 'VCR-REJECT'}")
+    return out
+
+
+def _policy_lines(spec: DataplaneSpec, policy: Policy, family: int) -> list[str]:
+    lines: list[str] = []
+    if family == 6:
+        lines += [f"-A VCR-POLICY -p ipv6-icmp --icmpv6-type {t} -j RETURN" for t in sorted(NDP_TYPES)]
+    for proto, sport, dport in DHCP_REPLIES:
+        if (family == 4) == (sport == 67):
+            lines.append(f"-A VCR-POLICY -p udp --sport {sport} --dport {dport} -j RETURN")
+    for rule in policy.rules:
+        lines += rule_lines(spec, rule, family)
+    for side, action in (("wan", policy.wan_to_lan), ("lan", policy.lan_to_wan)):
+        if action == "allow":
+            continue
+        port = spec.wan_port if side == "wan" else spec.lan_port
+        direction = "wan_to_lan" if side == "wan" else "lan_to_wan"
+        head = f"-A VCR-POLICY -m physdev --physdev-in {port}"
+        lines.append(f"{head} {_nflog(spec, f'vcr:fw:0:{action}:{direction}')}")
+        lines.append(f"{head} -j {'DROP' if action == 'deny' else 'VCR-REJECT'}")
+    return lines
+
+
+def render(spec: DataplaneSpec, policy: Policy, family: int) -> str:
+    """iptables-restore (family 4) or ip6tables-restore (6) input for ``--noflush``."""
+    lines = ["*filter"] + [f":{c} - [0:0]" for c in CHAINS]
+    lines += _fwd_lines(spec) + _block_lines(spec, family) + _policy_lines(spec, policy, family) + _reject_lines(family)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def parse_nflog_prefix(prefix: str) -> tuple[str, int, str, str] | None:
+    """``vcr:fw:3:deny`` -> ("fw", 3, "deny", ""); ``vcr:fw:0:deny:wan_to_lan`` -> (..., "wan_to_lan")."""
+    parts = prefix.strip().split(":")
+    if len(parts) < 4 or parts[0] != "vcr":
+        return None
+    try:
+        number = int(parts[2])
+    except ValueError:
+        return None
+    return parts[1], number, parts[3], parts[4] if len(parts) > 4 else ""
+
+
+def family_of(cidr: str) -> int:
+    return ipaddress.ip_network(cidr, strict=False).version
