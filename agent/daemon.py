@@ -133,6 +133,7 @@ class Daemon:
             "started": self.started,
             "uptime": time.time() - self.started,
             "fail_mode": self.cfg.dataplane.fail_mode,
+            "ready": len(self.ready),
             "workers": {str(i): {"pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts.get(i, 0)} for i, p in self.procs.items()},
             "alarms_written": self.eve.written,
             "kernel_firewall_alarms": self.nflog_count,

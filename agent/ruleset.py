@@ -60,8 +60,13 @@ def _nflog(spec: DataplaneSpec, prefix: str) -> str:
 def _fwd_lines(spec: DataplaneSpec) -> list[str]:
     m = f"0x{MARK_MASK:x}"
     lines = [
+        # A packet coming back from the queue with a verdict mark (NF_REPEAT): remember the verdict
+        # for the connection and act on the packet's own mark (untracked packets have no connmark).
         f"-A VCR-FWD -m mark ! --mark 0x0/{m} -j CONNMARK --save-mark --nfmask {m} --ctmask {m}",
         "-A VCR-FWD -j VCR-BLOCK",
+        f"-A VCR-FWD -m mark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
+        f"-A VCR-FWD -m mark --mark 0x{MARK_DROP:x}/{m} -j DROP",
+        f"-A VCR-FWD -m mark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",
         f"-A VCR-FWD -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
         f"-A VCR-FWD -m connmark --mark 0x{MARK_DROP:x}/{m} -j DROP",
         f"-A VCR-FWD -m connmark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",

@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`. Each does its own set-up.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/vcr-agent lab demo
+
+test: setup
+	$(VENV)/bin/pytest -q tests
+
+bench: setup
+	$(VENV)/bin/vcr-agent bench
+
+clean:
+	-$(VENV)/bin/vcr-agent lab down
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,175 @@
+"""The demo (``vcr-agent lab demo``): the agent protecting a simulated office, with EVE evidence.
+
+Builds the lab, shows what an unprotected bridge lets through, brings up the agent with the
+shipped example config, drives allowed browsing, a denied service and an inbound scan, kills the
+agent to show fail-open, and tears everything down (also on Ctrl-C).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.lab import Lab
+from agent.labrun import LabAgent
+
+SCAN_PORTS = (22, 80, 445, 3389)
+
+
+def say(ja: str, en: str) -> None:
+    print(f"  {ja}\n  {en}", flush=True)
+
+
+def step(n: int, ja: str, en: str) -> None:
+    print(f"\n[{n}] {ja} / {en}", flush=True)
+
+
+def tcp_open(lab: Lab, host: str, ip: str, port: int, timeout: float = 1.5) -> bool:
+    return lab.wait_tcp(host, ip, port, timeout)
+
+
+def curl(lab: Lab, host: str, url: str, timeout: float = 5.0) -> tuple[bool, str]:
+    res = lab.exec(host, ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", str(timeout), url])
+    return res.returncode == 0 and res.stdout.strip() == "200", (res.stdout.strip() or res.stderr.strip())
+
+
+def connect_result(lab: Lab, host: str, ip: str, port: int) -> str:
+    """'open', 'refused' (RST came back) or 'timeout' (silently dropped)."""
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET); s.settimeout(2)\n"
+        "try:\n s.connect((sys.argv[1], int(sys.argv[2]))); print('open')\n"
+        "except ConnectionRefusedError: print('refused')\n"
+        "except OSError: print('timeout')\n"
+    )
+    import sys
+
+    res = lab.exec(host, [sys.executable, "-c", code, ip, str(port)], timeout=10)
+    return res.stdout.strip() or "error"
+
+
+def scan(lab: Lab, target: str) -> dict[int, bool]:
+    return {p: tcp_open(lab, "atk", target, p, 1.0) for p in SCAN_PORTS}
+
+
+def show_scan(result: dict[int, bool]) -> None:
+    for port, is_open in result.items():
+        print(f"    port {port:5d}: {'OPEN 開いている' if is_open else 'blocked 遮断'}")
+
+
+def summarize_alarms(alarms: list[dict[str, Any]]) -> None:
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for rec in alarms:
+        if rec.get("event_type") == "alert":
+            counts[(rec["alert"]["signature"], rec["alert"]["action"])] += 1
+    for (sig, action), n in counts.most_common():
+        print(f"    {n:4d} x {action:8s} {sig}")
+    if alarms:
+        print("  最初の EVE 記録 / first EVE record:")
+        import json
+
+        print("    " + json.dumps(alarms[0], ensure_ascii=False))
+
+
+def _servers(lab: Lab) -> None:
+    lab.start_http_server("web", 80)
+    lab.start_tcp_listener("web", 23)
+    lab.start_tcp_listener("web", 445)
+    for port in SCAN_PORTS:
+        if port == 80:
+            lab.start_http_server("pc1", 80)
+        else:
+            lab.start_tcp_listener("pc1", port)
+
+
+def _protected(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
+    web, pc1 = lab.hosts["web"], lab.hosts["pc1"]
+    step(3, "許可された Web 閲覧 (LAN→インターネット)", "allowed web browsing (LAN -> internet)")
+    ok4, d4 = curl(lab, "pc1", f"http://{web.ipv4}/")
+    ok6, d6 = curl(lab, "pc1", f"http://[{web.ipv6}]/")
+    say(f"IPv4: {'成功' if ok4 else '失敗'} ({d4})  IPv6: {'成功' if ok6 else '失敗'} ({d6})", f"IPv4 {'OK' if ok4 else 'FAILED'}, IPv6 {'OK' if ok6 else 'FAILED'}")
+    results["browsing works"] = ok4 and ok6
+
+    step(4, "禁止されたサービス (telnet, SMB)", "denied services (telnet is rejected, SMB is dropped)")
+    telnet = connect_result(lab, "pc1", web.ipv4, 23)
+    smb = connect_result(lab, "pc1", web.ipv4, 445)
+    say(f"telnet (TCP 23): {telnet} / SMB (TCP 445): {smb}", "expected: telnet refused (TCP reset from the UTM), SMB timeout (dropped)")
+    results["telnet rejected"] = telnet == "refused"
+    results["smb dropped"] = smb == "timeout"
+
+    step(5, "インターネットからのポートスキャン", "inbound port scan from the internet")
+    protected = scan(lab, pc1.ipv4)
+    show_scan(protected)
+    results["scan blocked"] = not any(protected.values())
+
+
+def _fail_open(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
+    web, pc1 = lab.hosts["web"], lab.hosts["pc1"]
+    step(7, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
+    agent.kill()
+    ok, detail = curl(lab, "pc1", f"http://{web.ipv4}/")
+    say(f"Web 閲覧: {'成功' if ok else '失敗'} ({detail})", f"browsing with the agent dead: {'OK' if ok else 'FAILED'}")
+    still = scan(lab, pc1.ipv4)
+    say("カーネルのファイアウォール規則はエージェント停止中も有効", "the kernel firewall policy still blocks the scan while the agent is down:")
+    show_scan(still)
+    results["fail-open keeps browsing"] = ok
+    results["policy holds without agent"] = not any(still.values())
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    prefix = getattr(args, "prefix", "vcr")
+    workdir = Path(tempfile.mkdtemp(prefix="vcr-demo-"))
+    results: dict[str, bool] = {}
+    print("=== VCR116w デモ: 模擬オフィスの保護 / demo: protecting a simulated office ===")
+    with Lab(prefix, log_dir=workdir / "lab") as lab:
+        step(1, "模擬オフィスを構築 (ネットワーク名前空間)", "building the office in network namespaces")
+        for name, h in lab.hosts.items():
+            print(f"    {name:7s} {h.ipv4:15s} {h.ipv6}")
+        _servers(lab)
+        step(2, "保護なし (ただのブリッジ) でスキャン", "scan through a bare bridge (no protection)")
+        lab.bridge_bare()
+        show_scan(scan(lab, lab.hosts["pc1"].ipv4))
+        lab.unbridge_bare()
+
+        agent = LabAgent(lab, workdir / "agent")
+        try:
+            agent.bridge_up()
+            agent.start()
+            say("エージェント起動完了", f"agent running: {agent.status()['ready']} NFQUEUE workers, config {agent.config_path}")
+            _protected(lab, agent, results)
+            step(6, "警告ログ (EVE JSON)", "alarms written (EVE JSON)")
+            time.sleep(1.0)
+            alarms = agent.alarms()
+            summarize_alarms(alarms)
+            results["alarms written"] = any(r.get("event_type") == "alert" for r in alarms)
+            _fail_open(lab, agent, results)
+        finally:
+            agent.kill()
+            step(8, "後片付け", "tearing down (bridge down, namespaces removed)")
+            agent.bridge_down()
+    print("\n=== 結果 / results ===")
+    for what, ok in results.items():
+        print(f"  {'OK  ' if ok else 'FAIL'} {what}")
+    print(f"  logs: {workdir}")
+    return 0 if results and all(results.values()) else 1
+
+
+def lab_up(args: argparse.Namespace) -> int:
+    lab = Lab(args.prefix, log_dir=Path(tempfile.mkdtemp(prefix="vcr-lab-")))
+    lab.up()
+    lab.detach() if hasattr(lab, "detach") else None
+    print(f"lab {args.prefix} is up; `vcr-agent lab down --prefix {args.prefix}` removes it")
+    for name, h in lab.hosts.items():
+        print(f"    {name:7s} {h.netns:12s} {h.ipv4:15s} {h.ipv6}")
+    return 0
+
+
+def lab_down(args: argparse.Namespace) -> int:
+    from agent.lab import cleanup_stale
+
+    removed = cleanup_stale(args.prefix)
+    print(f"removed: {', '.join(removed) or 'nothing'}")
+    return 0

@@ -1,0 +1,128 @@
+"""The real agent inside the lab's UTM namespace: its config, start, readiness, stop and kill.
+
+Shared by the demo, the end-to-end tests and the benchmarks, so they all exercise the same thing a
+customer's box runs: ``vcr-agent bridge up`` and ``vcr-agent run`` with a YAML config.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.evelog import read_eve
+from agent.lab import Lab, LabError
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = REPO / "config" / "vcr-agent.yaml"
+
+
+def lab_config(workdir: Path, *, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The shipped example config, with logs and resolv.conf moved into ``workdir``."""
+    data = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    data["logging"]["dir"] = str(workdir / "log")
+    data["bridge"]["resolv_conf"] = str(workdir / "resolv.conf")
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return data
+
+
+def _agent_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "agent.cli", *args]
+
+
+class LabAgent:
+    """One agent run in ``lab``'s UTM namespace."""
+
+    def __init__(self, lab: Lab, workdir: Path, *, overrides: dict[str, Any] | None = None) -> None:
+        self.lab = lab
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "vcr-agent.yaml"
+        self.config = lab_config(self.workdir, overrides=overrides)
+        self.config_path.write_text(yaml.safe_dump(self.config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        self.log_dir = Path(self.config["logging"]["dir"])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def eve_path(self) -> Path:
+        return self.log_dir / "eve.json"
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        return self.lab.exec("utm", _agent_argv(*args, "-c", str(self.config_path)), env=env, timeout=timeout)
+
+    def bridge_up(self) -> None:
+        res = self.cli("bridge", "up")
+        if res.returncode != 0:
+            raise LabError(f"bridge up failed:\n{res.stderr}")
+
+    def bridge_down(self) -> None:
+        res = self.cli("bridge", "down")
+        if res.returncode != 0:
+            raise LabError(f"bridge down failed:\n{res.stderr}")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start ``vcr-agent run`` and wait until every worker has bound its queue."""
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        status = self.log_dir / "status.json"
+        status.unlink(missing_ok=True)
+        self.proc = self.lab.popen("utm", _agent_argv("run", "-c", str(self.config_path)), name="agent", env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st and st.get("ready") == len(st.get("workers", {})) and st.get("ready"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise LabError(f"agent did not become ready:\n{self.lab.log_tail('utm', 'agent', 40)}")
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.log_dir / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the agent and all its workers (a crash, as far as the kernel can tell)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(os.getpgid(self.proc.pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        return read_eve(self.eve_path)
+
+    def wait_alarm(self, pred: Any, timeout: float = 5.0) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in self.alarms():
+                if pred(rec):
+                    return rec
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)

@@ -1,0 +1,245 @@
+"""The pipeline: verdict combination, failure isolation, deferred verdicts (holds) and offload."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+
+from filters.engine import Action, Engine, Hold, Hook, IORequest, Scope, Verdict
+from filters.flow import FlowTable
+from filters.packet import ACK, PSH, SYN, Packet
+from filters.pipeline import Outcome, Pipeline, PipelinePolicy
+from tests.filters.factories import tpacket
+
+
+class Fixed(Engine):
+    """Returns the same action for every new flow (NONE: nothing)."""
+
+    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START})
+
+    def __init__(self, name: str, action: Action, *, more: bool = False, scope: Scope = Scope.FLOW) -> None:
+        super().__init__()
+        self.name = name  # type: ignore[misc]
+        self.action, self.more, self.scope = action, more, scope
+
+    def on_flow_start(self, flow, pkt):
+        if self.action is Action.NONE:
+            return None
+        return [Verdict(self.action, self.name, rule_id=7, signature=f"{self.name} says {self.action.name}", scope=self.scope)]
+
+    def needs_more(self, flow) -> bool:
+        return self.more
+
+
+class Boom(Engine):
+    name: ClassVar[str] = "boom"
+    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.PACKET})
+
+    def on_packet(self, pkt, flow):
+        raise RuntimeError("engine bug")
+
+
+class Holder(Engine):
+    """Holds every new flow to port 8080 until told; the answer decides."""
+
+    name: ClassVar[str] = "holder"
+    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START})
+
+    def __init__(self, on_timeout: Action = Action.PASS) -> None:
+        super().__init__()
+        self.on_timeout = on_timeout
+        self.results: list[Any] = []
+
+    def on_flow_start(self, flow, pkt):
+        if flow.server_port == 8080:
+            return [Hold(self.name, IORequest("lookup", {"host": flow.server_ip}), timeout=2.0, on_timeout=self.on_timeout)]
+        return None
+
+    def on_io_result(self, flow, request, result, error):
+        self.results.append((result, error))
+        if result == "block":
+            return [Verdict(Action.DROP, self.name, rule_id=99, signature="held and blocked")]
+        return None
+
+
+class Streamer(Engine):
+    """Wants stream data; alerts on 'EVIL' in the client's bytes."""
+
+    name: ClassVar[str] = "streamer"
+    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.STREAM})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bytes] = []
+
+    def on_stream(self, flow, to_server, data, offset):
+        self.seen.append(data)
+        if b"EVIL" in data:
+            return [Verdict(Action.DROP, self.name, rule_id=5, signature="evil bytes")]
+        return None
+
+    def needs_more(self, flow) -> bool:
+        return True
+
+
+def make(*engines: Engine, **policy: Any) -> tuple[Pipeline, list[dict]]:
+    out: list[dict] = []
+    return Pipeline(list(engines), FlowTable(), PipelinePolicy(**policy), out.append), out
+
+
+def syn(port: int = 80, sport: int = 40000, ts: float = 1.0) -> Packet:
+    return tpacket(tcp_flags=SYN, dport=port, sport=sport, seq=999, ack=0, ts=ts, raw=b"x" * 60)
+
+
+def test_strictest_wins_and_alerts_are_all_recorded():
+    p, eve = make(Fixed("a", Action.ALERT), Fixed("b", Action.DROP), Fixed("c", Action.PASS))
+    (rel,) = p.process(syn(), "t1")
+    assert rel.outcome is Outcome.DROP and rel.offload
+    sigs = sorted(r["alert"]["signature"] for r in eve)
+    assert sigs == ["a says ALERT", "b says DROP"]
+    assert {r["alert"]["action"] for r in eve if r["alert"]["signature"].startswith("b")} == {"blocked"}
+    assert {r["alert"]["action"] for r in eve if r["alert"]["signature"].startswith("a")} == {"allowed"}
+    # the rest of the flow is dropped without inspection
+    (rel2,) = p.process(tpacket(tcp_flags=ACK), "t2")
+    assert rel2.outcome is Outcome.DROP
+
+
+def test_reject_beats_drop():
+    p, _ = make(Fixed("a", Action.DROP), Fixed("b", Action.REJECT))
+    assert p.process(syn(), 1)[0].outcome is Outcome.REJECT
+
+
+def test_ids_mode_reports_but_does_not_block():
+    p, eve = make(Fixed("a", Action.DROP), ips=False)
+    (rel,) = p.process(syn(), 1)
+    assert rel.outcome is Outcome.ACCEPT
+    assert eve[0]["alert"]["action"] == "allowed"
+
+
+def test_packet_scope_drop_does_not_decide_flow():
+    p, _ = make(Fixed("a", Action.DROP, scope=Scope.PACKET, more=True))
+    (rel,) = p.process(syn(), 1)
+    assert rel.outcome is Outcome.DROP and not rel.offload
+    (rel2,) = p.process(tpacket(tcp_flags=ACK), 2)
+    assert rel2.outcome is Outcome.ACCEPT
+
+
+def test_offload_only_when_no_engine_needs_more():
+    p, _ = make(Fixed("a", Action.NONE))
+    assert p.process(syn(), 1)[0].offload
+    p2, _ = make(Fixed("a", Action.NONE), Streamer())
+    assert not p2.process(syn(), 1)[0].offload
+
+
+def test_engine_exception_is_isolated_and_counted():
+    p, _ = make(Boom())
+    for i in range(3):
+        (rel,) = p.process(syn(sport=40000 + i), i)
+        assert rel.outcome is Outcome.ACCEPT
+    assert p.counters["errors.engine.boom"] == 3
+    closed, _ = make(Boom(), on_engine_error=Action.DROP)
+    assert closed.process(syn(), 1)[0].outcome is Outcome.DROP
+
+
+def test_malformed_packets_follow_policy():
+    bad = Packet(b"\x45\x00", anomaly="ipv4.truncated")
+    p, _ = make()
+    assert p.process(bad, 1)[0].outcome is Outcome.ACCEPT
+    assert p.counters["anomaly.ipv4.truncated"] == 1
+    strict, _ = make(on_malformed=Action.DROP)
+    assert strict.process(bad, 1)[0].outcome is Outcome.DROP
+
+
+def test_stream_data_reaches_engines_and_can_drop():
+    s = Streamer()
+    p, eve = make(s)
+    p.process(syn(), 0)
+    p.process(tpacket(reply=True, tcp_flags=SYN | ACK, seq=4999, ack=1000), 1)
+    p.process(tpacket(tcp_flags=ACK, seq=1000, ack=5000), 2)
+    assert p.process(tpacket(tcp_flags=PSH | ACK, seq=1000, payload=b"hello "), 3)[0].outcome is Outcome.ACCEPT
+    rel = p.process(tpacket(tcp_flags=PSH | ACK, seq=1006, payload=b"EVIL"), 4)[0]
+    assert rel.outcome is Outcome.DROP
+    assert b"".join(s.seen) == b"hello EVIL"
+    assert eve[-1]["alert"]["signature_id"] == 5
+
+
+class TestHolds:
+    def test_hold_then_allow_releases_in_order(self):
+        h = Holder()
+        p, _ = make(h)
+        assert p.process(syn(8080), "syn", 1.0) == []
+        # later packets of the held flow queue behind it
+        assert p.process(tpacket(dport=8080, tcp_flags=ACK, seq=1000), "ack", 1.1) == []
+        assert p.held_packets == 2
+        # another flow is not delayed by the held one
+        (other,) = p.process(syn(80, sport=41000), "other", 1.2)
+        assert other.token == "other" and other.outcome is Outcome.ACCEPT
+        ((hold_id, req),) = p.take_io()
+        assert req.kind == "lookup" and req.args["host"] == "198.51.100.10"
+        rels = p.io_done(hold_id, "allow", None, 1.3)
+        assert [r.token for r in rels] == ["syn", "ack"]
+        assert all(r.outcome is Outcome.ACCEPT for r in rels)
+        assert p.held_packets == 0 and h.results == [("allow", None)]
+
+    def test_hold_then_block_drops_everything_held(self):
+        p, eve = make(Holder())
+        p.process(syn(8080), "syn", 1.0)
+        p.process(tpacket(dport=8080, seq=1000), "ack", 1.1)
+        ((hold_id, _),) = p.take_io()
+        rels = p.io_done(hold_id, "block", None, 1.2)
+        assert [(r.token, r.outcome) for r in rels] == [("syn", Outcome.DROP), ("ack", Outcome.DROP)]
+        assert eve[-1]["alert"]["signature"] == "held and blocked"
+
+    @pytest.mark.parametrize("on_timeout, outcome", [(Action.PASS, Outcome.ACCEPT), (Action.DROP, Outcome.DROP)])
+    def test_timeout_applies_policy(self, on_timeout, outcome):
+        p, _ = make(Holder(on_timeout))
+        p.process(syn(8080), "syn", 1.0)
+        assert p.next_deadline() == pytest.approx(3.0)
+        assert p.tick(2.9) == []
+        rels = p.tick(3.1)
+        assert [(r.token, r.outcome) for r in rels] == [("syn", outcome)]
+        assert p.counters["hold.timeouts"] == 1
+        (hold_id, _), = p.take_io()
+        assert p.io_done(hold_id, "block") == []  # a late answer changes nothing
+        assert p.counters["hold.late_results"] == 1
+
+    def test_held_packets_are_bounded(self):
+        p, _ = make(Holder(), hold_max_packets=3)
+        p.process(syn(8080), 0, 1.0)
+        assert p.process(tpacket(dport=8080, seq=1000), 1, 1.0) == []
+        assert p.process(tpacket(dport=8080, seq=1000), 2, 1.0) == []
+        (over,) = p.process(tpacket(dport=8080, seq=1000), 3, 1.0)
+        assert over.outcome is Outcome.DROP and p.counters["hold.overflow"] == 1
+
+    def test_held_bytes_are_bounded(self):
+        p, _ = make(Holder(), hold_max_bytes=100)
+        p.process(syn(8080), 0, 1.0)  # 60 bytes
+        (over,) = p.process(tpacket(dport=8080, seq=1000, raw=b"y" * 60), 1, 1.0)
+        assert over.outcome is Outcome.DROP
+
+
+def test_fuzzed_packets_never_break_the_pipeline():
+    import random
+
+    from filters.firewall import Firewall
+    from filters.packet import parse_ip
+
+    rnd = random.Random(7)
+    fw = Firewall()
+    fw.configure({})
+    p, _ = make(fw, Streamer(), Holder())
+    from scapy.layers.inet import IP, TCP, UDP
+
+    seeds = [bytes(IP(src="192.0.2.10", dst="198.51.100.10") / TCP(sport=1234, dport=d, flags="S") / b"GET / HTTP/1.1\r\n")
+             for d in (80, 8080)] + [bytes(IP(src="192.0.2.10", dst="198.51.100.10") / UDP(sport=5, dport=53) / (b"x" * 20))]
+    for i in range(5000):
+        data = bytearray(rnd.choice(seeds))
+        for _ in range(rnd.randint(0, 6)):
+            data[rnd.randrange(len(data))] = rnd.randrange(256)
+        data = bytes(data[: rnd.randint(0, len(data))]) if rnd.random() < 0.3 else bytes(data)
+        p.process(parse_ip(data, ts=i * 0.001), i, i * 0.001)
+        if i % 100 == 0:
+            for hold_id, _ in p.take_io():
+                p.io_done(hold_id, rnd.choice(["allow", "block", None]), None, i * 0.001)
+            p.tick(i * 0.001)
+    assert p.counters["packets"] == 5000
