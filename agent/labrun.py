@@ -94,6 +94,19 @@ class LabAgent:
         except (OSError, ValueError):
             return None
 
+    def counter(self, section: str, key: str) -> int:
+        st = self.status() or {}
+        return int(st.get("counters", {}).get(section, {}).get(key, 0))
+
+    def wait_counter(self, section: str, key: str, at_least: int, timeout: float = 8.0) -> int:
+        """Poll the status file until a counter reaches ``at_least`` (returns the last value)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.counter(section, key)
+            if value >= at_least or time.monotonic() > deadline:
+                return value
+            time.sleep(0.2)
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None
