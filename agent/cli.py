@@ -53,7 +53,7 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         if not isinstance(base, dict):
             raise ConfigError("expected a mapping at the top level", path=args.config)
     try:
-        cfg = offline_config(base, args.set or [])
+        cfg = offline_config(base, args.set or [], rule_files=args.rules or [])
     except ConfigError as exc:
         raise exc.within(path=args.config or exc.path) from None
     if args.config:
@@ -85,6 +85,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(data, indent=1, ensure_ascii=False))
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from agent.verify import main as verify_main
+
+    return verify_main(args)
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -125,11 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("pcap", help="run the pipeline over a pcap file (like suricata -r)")
     pc.add_argument("-r", required=True, metavar="FILE", help="pcap or pcapng file")
     pc.add_argument("-c", "--config", help="agent config (engines section is used)")
+    pc.add_argument("-S", dest="rules", action="append", metavar="RULES", help="IPS rule file (exclusively; repeatable)")
     pc.add_argument("-l", metavar="LOGDIR", help="write LOGDIR/eve.json instead of stdout")
     pc.add_argument("-k", default="none", choices=["none", "all", "auto"], help="checksum checks (accepted for Suricata compatibility; checksums are not validated)")
     pc.add_argument("--simulate-ips", action="store_true", help="drop verdicts really drop (IPS), as inline")
     pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="Suricata-style setting, e.g. stream.midstream=true")
     pc.set_defaults(fn=cmd_pcap)
+
+    v = sub.add_parser("verify", help="run the suricata-verify peer suite through the pcap mode")
+    v.add_argument("--root", help="suricata-verify folder (default: ../shared/peer/suricata-verify)")
+    v.add_argument("--case", action="append", help="only this case (repeatable)")
+    v.add_argument("--json", help="write the results as JSON here")
+    v.add_argument("--strict", action="store_true", help="exit 1 unless every case passes")
+    v.set_defaults(fn=cmd_verify)
 
     lab = sub.add_parser("lab", help="the simulated office in network namespaces")
     lab.add_argument("action", choices=["up", "down", "demo"], nargs="?", default="demo")

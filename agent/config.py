@@ -99,6 +99,16 @@ class Dataplane(_Strict):
         return self.workers if isinstance(self.workers, int) else max(1, os.cpu_count() or 1)
 
 
+class HttpSettings(_Strict):
+    request_body_limit: int = Field(100 * 1024, ge=0, description="bytes of request body kept for inspection")
+    response_body_limit: int = Field(100 * 1024, ge=0, description="bytes of response body kept for inspection")
+    decompress_layers: int = Field(2, ge=0, le=8, description="nested Content-Encoding layers decoded")
+
+
+class AppLayerSettings(_Strict):
+    http: HttpSettings = HttpSettings()
+
+
 class Logging(_Strict):
     dir: str = "/var/log/vcr-agent"
     eve_rotate_bytes: int = Field(10 << 20, ge=4096)
@@ -111,6 +121,7 @@ class AgentConfig(_Strict):
     bridge: Bridge = Bridge()
     dataplane: Dataplane = Dataplane()
     logging: Logging = Logging()
+    app_layer: AppLayerSettings = AppLayerSettings()
     home_net: list[str] = Field(default_factory=lambda: ["192.0.2.0/24"])
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

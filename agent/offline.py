@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 SET_KEYS = {
     "stream.midstream": ("dataplane", "flows", "midstream"),
     "stream.reassembly.depth": ("dataplane", "flows", "stream_depth"),
+    "app-layer.protocols.http.libhtp.default-config.response-body-decompress-layer-limit": ("app_layer", "http", "decompress_layers"),
+    "app-layer.protocols.http.libhtp.default-config.request-body-limit": ("app_layer", "http", "request_body_limit"),
+    "app-layer.protocols.http.libhtp.default-config.response-body-limit": ("app_layer", "http", "response_body_limit"),
 }
 IGNORED_SET_KEYS = ("stream.inline", "stream.async-oneside")
 
@@ -67,8 +70,15 @@ def apply_sets(cfg_data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return cfg_data
 
 
-def offline_config(base: dict[str, Any] | None, sets: list[str]) -> AgentConfig:
+def offline_config(base: dict[str, Any] | None, sets: list[str], rule_files: list[str] | None = None) -> AgentConfig:
+    """The config for a pcap run: the given file's, or (without -c) no firewall and Suricata's
+    default variables; ``-S`` rule files replace the IPS engine's rule files."""
     data = dict(base or {"engines": {"firewall": {"enabled": False}}})
+    if rule_files:
+        engines = data.setdefault("engines", {})
+        ips = dict(engines.get("ips") or {})
+        ips.update(enabled=True, rule_files=[str(Path(f).resolve()) for f in rule_files])
+        engines["ips"] = ips
     return parse_config(apply_sets(data, sets), path="<pcap options>")
 
 

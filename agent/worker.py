@@ -15,6 +15,7 @@ from agent.bridge import port_sides
 from agent.config import AgentConfig
 from agent.performers import perform
 from agent.ruleset import MARK_ACCEPT, MARK_DROP, MARK_MASK, MARK_REJECT
+from filters.app.layer import AppLayer, AppSettings
 from filters.engine import Action
 from filters.flow import FlowTable
 from filters.packet import Side, parse_ip
@@ -44,7 +45,15 @@ def pipeline_from_config(cfg: AgentConfig, emit: Callable[[dict[str, Any]], None
         hold_overflow=Action.DROP if dp.hold.overflow == "drop" else Action.PASS,
         ips=ips,
     )
-    return Pipeline(build_engines(cfg), flows, policy, emit)
+    http = cfg.app_layer.http
+    app = AppLayer(
+        AppSettings(
+            http_request_body_limit=http.request_body_limit,
+            http_response_body_limit=http.response_body_limit,
+            http_decompress_layers=http.decompress_layers,
+        )
+    )
+    return Pipeline(build_engines(cfg), flows, policy, emit, app)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from filters import eve
+from filters.app.layer import AppLayer
 from filters.engine import Action, Decision, Engine, Hold, Hook, IORequest, Scope, Verdict
 from filters.flow import Flow, FlowTable
 from filters.packet import Packet
@@ -56,6 +57,7 @@ class _HoldState:
     later: list[tuple[Any, Packet]] = field(default_factory=list)  # not yet inspected
 
 
+APP_HOOKS = (Hook.DNS, Hook.HTTP_REQUEST, Hook.HTTP_RESPONSE, Hook.TLS_HELLO, Hook.FILE, Hook.MAIL)
 _OUTCOME = {Action.DROP: Outcome.DROP, Action.REJECT: Outcome.REJECT}
 
 
@@ -66,6 +68,7 @@ class Pipeline:
         flows: FlowTable,
         policy: PipelinePolicy = PipelinePolicy(),
         emit: Callable[[dict[str, Any]], None] = lambda rec: None,
+        app: AppLayer | None = None,
     ) -> None:
         self.engines = list(engines)
         self.flows = flows
@@ -73,6 +76,8 @@ class Pipeline:
         self.emit = emit
         self.counters: dict[str, int] = {}
         self._by_hook = {h: [e for e in self.engines if h in e.hooks] for h in Hook}
+        wants_app = any(self._by_hook[h] for h in APP_HOOKS)
+        self.app = (app or AppLayer()) if wants_app else None
         self._holds: dict[int, _HoldState] = {}
         self._hold_of_flow: dict[int, int] = {}  # flow_id -> hold_id
         self._held_bytes = 0
@@ -133,9 +138,25 @@ class Pipeline:
             self._count("errors.flow_expire")
             ended = []
         for flow in ended:
-            for e in self._by_hook[Hook.FLOW_END]:
-                self._call(e, e.on_flow_end, flow)
+            self._end_flow(flow, now)
         return out
+
+    def _end_flow(self, flow: Flow, now: float) -> None:
+        """A flow left the table: flush its app-layer parser, tell the engines (alerts still count)."""
+        decisions: list[Decision] = []
+        if self.app is not None:
+            try:
+                events = self.app.on_close(flow)
+            except Exception:
+                log.exception("app-layer close failed")
+                events = []
+            for hook, event in events:
+                decisions += self.dispatch_event(hook, flow, event)
+        for e in self._by_hook[Hook.FLOW_END]:
+            decisions += self._call(e, e.on_flow_end, flow)
+        verdicts = [d for d in decisions if isinstance(d, Verdict)]
+        if verdicts:
+            self._report(verdicts, None, flow, flow.last_ts)
 
     def next_deadline(self) -> float | None:
         return min((s.deadline for s in self._holds.values()), default=None)
@@ -168,6 +189,9 @@ class Pipeline:
         for c_to_server, data, offset in chunks:
             for e in self._by_hook[Hook.STREAM]:
                 decisions += self._call(e, e.on_stream, flow, c_to_server, data, offset)
+            if self.app is not None:
+                for hook, event in self.app.on_chunk(flow, c_to_server, data, offset):
+                    decisions += self.dispatch_event(hook, flow, event)
         return self._conclude(flow, pkt, token, decisions, now)
 
     def _conclude(
@@ -190,7 +214,7 @@ class Pipeline:
             self._count("flows.offloaded")
         return [Release(token, Outcome.ACCEPT, offload=offload)]
 
-    def _report(self, verdicts: list[Verdict], pkt: Packet, flow: Flow) -> Action:
+    def _report(self, verdicts: list[Verdict], pkt: Packet | None, flow: Flow, ts: float | None = None) -> Action:
         strictest = Action.NONE
         for v in verdicts:
             strictest = max(strictest, v.action)
@@ -198,7 +222,8 @@ class Pipeline:
         for v in verdicts:
             if v.action >= Action.ALERT:
                 self._count(f"alerts.{v.engine}")
-                self.emit(eve.alert_record(v, pkt.ts, pkt, flow, blocked=blocked and v.action.blocks))
+                when = pkt.ts if pkt is not None else (ts if ts is not None else flow.last_ts)
+                self.emit(eve.alert_record(v, when, pkt, flow, blocked=blocked and v.action.blocks))
         return strictest
 
     def _flowless(self, pkt: Packet, token: Any) -> Release:
