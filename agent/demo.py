@@ -160,7 +160,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def lab_up(args: argparse.Namespace) -> int:
     lab = Lab(args.prefix, log_dir=Path(tempfile.mkdtemp(prefix="vcr-lab-")))
     lab.up()
-    lab.detach() if hasattr(lab, "detach") else None
+    lab.detach()  # keep the lab after this command exits
     print(f"lab {args.prefix} is up; `vcr-agent lab down --prefix {args.prefix}` removes it")
     for name, h in lab.hosts.items():
         print(f"    {name:7s} {h.netns:12s} {h.ipv4:15s} {h.ipv6}")
