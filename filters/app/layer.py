@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from filters.app.smtp import looks_like_smtp
+from filters.app.tls import looks_like_tls
 from filters.engine import Hook
 from filters.packet import PROTO_TCP, PROTO_UDP
 
@@ -55,17 +57,6 @@ def _looks_http(to_server: bool, data: bytes) -> bool:
         return False
     method = data.split(None, 1)[0].upper()
     return method in HTTP_METHODS
-
-
-def _looks_tls(data: bytes) -> bool:
-    return len(data) >= 3 and data[0] == 0x16 and data[1] == 0x03 and data[2] <= 0x04
-
-
-def _looks_smtp(to_server: bool, data: bytes, server_port: int) -> bool:
-    head = data[:8].upper()
-    if to_server:
-        return head.startswith((b"EHLO ", b"HELO ")) and server_port in SMTP_PORTS
-    return head.startswith(b"220") and server_port in SMTP_PORTS
 
 
 class AppLayer:
@@ -140,11 +131,11 @@ class AppLayer:
             return AppProto.DNS if DNS_PORT in (flow.server_port, flow.client_port) else AppProto.FAILED
         if flow.proto != PROTO_TCP:
             return AppProto.FAILED
-        if _looks_tls(data):
+        if looks_like_tls(data):
             return AppProto.TLS
         if _looks_http(to_server, data):
             return AppProto.HTTP
-        if _looks_smtp(to_server, data, flow.server_port):
+        if flow.server_port in SMTP_PORTS and looks_like_smtp(data, to_server):
             return AppProto.SMTP
         if flow.server_port == DNS_PORT:
             return AppProto.DNS
