@@ -1,0 +1,1 @@
+"""IPS: Suricata-compatible rule language (parsing, matching) and the detection engine."""
