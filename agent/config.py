@@ -176,5 +176,5 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     from filters.registry import build_engines  # late import: registry imports engines
 
     cfg = parse_config(load_yaml(path), path=str(path))
-    build_engines(cfg, path=str(path))  # validates every engine section; raises ConfigError
+    build_engines(cfg, path=str(path), prepare=False)  # validates every engine section; raises ConfigError
     return cfg

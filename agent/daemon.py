@@ -19,6 +19,7 @@ from agent.evelog import EveLog
 from agent.ruleset import parse_nflog_prefix
 from agent.worker import WorkerSpec, worker_main
 from filters import eve
+from filters.registry import build_engines
 from filters.engine import Action, Verdict
 from filters.firewall import BLOCKLIST_SID, CATEGORY, SID_BASE
 from filters.packet import Side, parse_ip
@@ -45,13 +46,15 @@ class Daemon:
         self.nflog_count = 0
         self.bridge = BridgeControl(cfg, state_path) if state_path else BridgeControl(cfg)
         self.policy = firewall_policy(cfg)
+        # Engines are prepared once here (rule compilation) and inherited by the forked workers.
+        self.engines = build_engines(cfg)
 
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
         spec = WorkerSpec(index, self.spec.queue_base + index)
         p = self.ctx.Process(
             target=worker_main,
-            args=(self.cfg, spec, self.out, logging.getLogger().level),
+            args=(self.cfg, spec, self.out, logging.getLogger().level, self.engines),
             name=f"vcr-worker-{index}",
             daemon=True,
         )

@@ -16,7 +16,7 @@ from agent.config import AgentConfig
 from agent.performers import perform
 from agent.ruleset import MARK_ACCEPT, MARK_DROP, MARK_MASK, MARK_REJECT
 from filters.app.layer import AppLayer, AppSettings
-from filters.engine import Action
+from filters.engine import Action, Engine
 from filters.flow import FlowTable
 from filters.packet import Side, parse_ip
 from filters.pipeline import Outcome, Pipeline, PipelinePolicy, Release
@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 STATS_EVERY = 2.0
 
 
-def pipeline_from_config(cfg: AgentConfig, emit: Callable[[dict[str, Any]], None], *, ips: bool = True) -> Pipeline:
+def pipeline_from_config(
+    cfg: AgentConfig, emit: Callable[[dict[str, Any]], None], *, ips: bool = True, engines: list[Engine] | None = None
+) -> Pipeline:
+    """The pipeline for ``cfg``; ``engines`` prepared ahead (e.g. before forking workers) are reused."""
     dp = cfg.dataplane
     fl = dp.flows
     flows = FlowTable(
@@ -53,7 +56,7 @@ def pipeline_from_config(cfg: AgentConfig, emit: Callable[[dict[str, Any]], None
             http_decompress_layers=http.decompress_layers,
         )
     )
-    return Pipeline(build_engines(cfg), flows, policy, emit, app)
+    return Pipeline(engines if engines is not None else build_engines(cfg), flows, policy, emit, app)
 
 
 @dataclass
@@ -65,12 +68,12 @@ class WorkerSpec:
 class Worker:
     """Runs in its own process. Talks to the parent only through ``out`` (a multiprocessing queue)."""
 
-    def __init__(self, cfg: AgentConfig, spec: WorkerSpec, out: Any) -> None:
+    def __init__(self, cfg: AgentConfig, spec: WorkerSpec, out: Any, engines: list[Engine] | None = None) -> None:
         self.cfg = cfg
         self.spec = spec
         self.out = out
         self.sides = port_sides(cfg)
-        self.pipeline = pipeline_from_config(cfg, self._emit)
+        self.pipeline = pipeline_from_config(cfg, self._emit, engines=engines)
         self.io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"io-w{spec.index}")
         self.io_done: _queue.SimpleQueue[tuple[int, Any, str | None]] = _queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
@@ -196,10 +199,10 @@ class Worker:
         self.out.put(("stats", self.spec.index, stats))
 
 
-def worker_main(cfg: AgentConfig, spec: WorkerSpec, out: Any, log_level: int) -> None:
+def worker_main(cfg: AgentConfig, spec: WorkerSpec, out: Any, log_level: int, engines: list[Engine] | None = None) -> None:
     logging.basicConfig(level=log_level, format=f"%(asctime)s w{spec.index} %(levelname)s %(name)s: %(message)s")
     try:
-        Worker(cfg, spec, out).run()
+        Worker(cfg, spec, out, engines).run()
     except Exception:
         log.exception("worker %d died", spec.index)
         raise

@@ -46,6 +46,13 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class EngineContext:
+    """Settings from outside an engine's own section that engines may use."""
+
+    home_net: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """What one engine decided about a packet or flow, and why."""
 
@@ -93,6 +100,7 @@ Decision = Verdict | Hold
 
 class Hook(enum.Enum):
     PACKET = "packet"
+    PACKET_END = "packet_end"  # after the packet's stream data and app-layer events were handled
     FLOW_START = "flow_start"
     STREAM = "stream"
     FLOW_END = "flow_end"
@@ -123,8 +131,11 @@ class Engine:
         self.counters[key] = self.counters.get(key, 0) + n
 
     # -- configuration -------------------------------------------------------------------
-    def configure(self, section: Mapping[str, Any]) -> None:
+    def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
         """Validate and take this engine's config section. Raise ConfigError on problems."""
+
+    def prepare(self) -> None:
+        """Heavy loading after ``configure`` (e.g. compiling rules); called once before traffic."""
 
     def summary(self) -> dict[str, Any]:
         """Loaded-state summary for status and heartbeat (rules loaded, skipped, versions)."""
@@ -132,6 +143,10 @@ class Engine:
 
     # -- events --------------------------------------------------------------------------
     def on_packet(self, pkt: "Packet", flow: "Flow | None") -> Iterable[Decision] | None:
+        return None
+
+    def on_packet_end(self, pkt: "Packet", flow: "Flow") -> Iterable[Decision] | None:
+        """Called once per packet after its stream chunks and app-layer events were dispatched."""
         return None
 
     def on_flow_start(self, flow: "Flow", pkt: "Packet") -> Iterable[Decision] | None:

@@ -69,7 +69,10 @@ def alert_record(v: Verdict, ts: float, pkt: Packet | None, flow: "Flow | None",
     if v.reason:
         rec["alert"]["reason"] = v.reason
     for k, val in v.metadata.items():
-        rec.setdefault(k, val)
+        if k == "rule_metadata":
+            rec["alert"]["metadata"] = val
+        else:
+            rec.setdefault(k, val)
     return rec
 
 

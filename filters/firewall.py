@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping
 
-from filters.engine import Action, ConfigError, Decision, Engine, Hook, Verdict
+from filters.engine import EngineContext, Action, ConfigError, Decision, Engine, Hook, Verdict
 from filters.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, Side
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -217,7 +217,7 @@ class Firewall(Engine):
         super().__init__()
         self.policy = Policy((), "allow", "deny", {})
 
-    def configure(self, section: Mapping[str, Any]) -> None:
+    def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
         self.policy = parse_policy(section)
 
     def summary(self) -> dict[str, Any]:

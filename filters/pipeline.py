@@ -192,6 +192,8 @@ class Pipeline:
             if self.app is not None:
                 for hook, event in self.app.on_chunk(flow, c_to_server, data, offset):
                     decisions += self.dispatch_event(hook, flow, event)
+        for e in self._by_hook[Hook.PACKET_END]:
+            decisions += self._call(e, e.on_packet_end, pkt, flow)
         return self._conclude(flow, pkt, token, decisions, now)
 
     def _conclude(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Iterable, Mapping
 
-from filters.engine import Action, ConfigError, Decision, Engine, Hold, Hook, IORequest, Verdict
+from filters.engine import EngineContext, Action, ConfigError, Decision, Engine, Hold, Hook, IORequest, Verdict
 from filters.packet import Packet
 
 SID = 9_100_001
@@ -25,7 +25,7 @@ class Probe(Engine):
         self.timeout = 1.0
         self.on_timeout = Action.PASS
 
-    def configure(self, section: Mapping[str, Any]) -> None:
+    def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
         unknown = set(section) - {"enabled", "ports", "url", "timeout", "on_timeout"}
         if unknown:
             raise ConfigError("unknown key", key=sorted(unknown)[0])

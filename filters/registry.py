@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from filters.engine import ConfigError, Engine
+from filters.engine import ConfigError, Engine, EngineContext
 from filters.firewall import Firewall
+from filters.ips.engine import Ips
 from filters.probe import Probe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -13,16 +14,21 @@ if TYPE_CHECKING:  # pragma: no cover
 # name -> (class, enabled unless the config says otherwise)
 ENGINES: tuple[tuple[type[Engine], bool], ...] = (
     (Firewall, True),
+    (Ips, False),
     (Probe, False),
 )
 
 
-def build_engines(cfg: "AgentConfig", *, path: str = "") -> list[Engine]:
-    """Instantiate and configure the enabled engines; ConfigError names the key under engines."""
+def build_engines(cfg: "AgentConfig", *, path: str = "", prepare: bool = True) -> list[Engine]:
+    """Instantiate and configure the enabled engines; ConfigError names the key under engines.
+
+    A disabled engine's section is validated too. ``prepare`` then does the heavy loading
+    (rule compilation) of the enabled ones; validation alone passes False."""
     known = {cls.name for cls, _ in ENGINES}
     for name in cfg.engines:
         if name not in known:
             raise ConfigError(f"unknown engine (known: {', '.join(sorted(known))})", path=path, key=f"engines.{name}")
+    ctx = EngineContext(home_net=tuple(cfg.home_net))
     out: list[Engine] = []
     for cls, default_on in ENGINES:
         section = cfg.engines.get(cls.name) or {}
@@ -33,9 +39,12 @@ def build_engines(cfg: "AgentConfig", *, path: str = "") -> list[Engine]:
             raise ConfigError("expected true or false", path=path, key=f"engines.{cls.name}.enabled")
         engine = cls()
         try:
-            engine.configure(section)
+            engine.configure(section, ctx)
         except ConfigError as exc:
             raise exc.within(path=path, prefix=f"engines.{cls.name}") from None
         if enabled:
             out.append(engine)
+    if prepare:
+        for engine in out:
+            engine.prepare()
     return out

@@ -1,0 +1,266 @@
+"""The compiled rule set: rules sorted into inspection groups, hyperscan prefilters, buffer access.
+
+A ``Detector`` is built once from loaded rules and never changes (a reload builds a new one).
+Groups, as Suricata inspects them:
+
+* ``iponly``  rules with addresses/protocol only (any ports, no payload, flow or packet keywords):
+  matched on the first packet of each direction of a flow;
+* ``packet``  per-packet rules: header checks (dsize, flags, itype...), payload rules on
+  non-TCP packets or TCP rules bound to packets, and app-protocol-only rules;
+* ``stream``  TCP payload rules, matched on the reassembled stream of each direction;
+* ``app``     rules on app-layer buffers (http.*, file.data, tls.*, dns.query), once per transaction.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from filters.ips.model import BUFFERS, PKT, Action, BufDir, Direction, PayloadMode, Rule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from filters.app import DnsMessage, HttpTransaction, TlsHello
+
+log = logging.getLogger(__name__)
+
+ACTION_ORDER = {Action.PASS: 0, Action.DROP: 1, Action.REJECT: 2, Action.REJECTSRC: 2, Action.REJECTDST: 2,
+                Action.REJECTBOTH: 2, Action.ALERT: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    """A rule with what the engine precomputes about it."""
+
+    idx: int
+    rule: Rule
+    group: str  # iponly | packet | stream | app
+    app_proto: str | None
+    dirs: frozenset[bool]  # directions (True = to_server) an app rule is inspected in
+    app_buffers: frozenset[str]
+    has_pkt: bool
+    order: tuple[int, int, int]  # evaluation order: action, flowbit setters first, sid
+
+    @property
+    def sets_bits(self) -> bool:
+        return any(not op.cmd.is_check for op in self.rule.flowbits)
+
+
+class Prefilter:
+    """Multi-pattern search of fast patterns (hyperscan; a plain search without it)."""
+
+    def __init__(self, patterns: list[tuple[int, bytes, bool]]) -> None:
+        self.count = len(patterns)
+        self._db: Any = None
+        self._plain: list[tuple[int, bytes, bool]] = []
+        if not patterns:
+            return
+        try:
+            import hyperscan as hs
+        except ImportError:  # pragma: no cover - hyperscan is a dependency
+            log.warning("hyperscan not available: using a slow plain search for %d patterns", len(patterns))
+            self._plain = [(i, p.lower() if nc else p, nc) for i, p, nc in patterns]
+            return
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        flags = [hs.HS_FLAG_SINGLEMATCH | (hs.HS_FLAG_CASELESS if nc else 0) for _, _, nc in patterns]
+        db.compile(expressions=[p for _, p, _ in patterns], ids=[i for i, _, _ in patterns],
+                   elements=len(patterns), flags=flags, literal=True)
+        self._db = db
+
+    def scan(self, data: bytes, out: set[int]) -> None:
+        if not data or not self.count:
+            return
+        if self._db is not None:
+            def on_match(rule_id: int, start: int, end: int, flags: int, ctx: Any) -> None:
+                out.add(rule_id)
+
+            self._db.scan(data, match_event_handler=on_match)
+            return
+        low = data.lower()
+        for i, p, nc in self._plain:
+            if p in (low if nc else data):
+                out.add(i)
+
+
+@dataclass
+class Group:
+    """Rules inspected together: a prefilter per buffer, and rules with no fast pattern."""
+
+    name: str
+    rules: list[RuleInfo] = field(default_factory=list)
+    prefilters: dict[str, Prefilter] = field(default_factory=dict)
+    always: list[int] = field(default_factory=list)
+
+    def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo]) -> list[RuleInfo]:
+        found: set[int] = set(self.always)
+        for name, pf in self.prefilters.items():
+            for data in buffers(name):
+                pf.scan(data, found)
+        out = [infos[i] for i in found]
+        out.sort(key=lambda r: r.order)
+        return out
+
+
+def _is_iponly(rule: Rule) -> bool:
+    return (
+        not rule.sections and not rule.packet_checks and rule.flow is None and not rule.flowbits
+        and not rule.flowints and not rule.xbits and rule.app_proto is None and rule.app_layer_protocol is None
+        and not rule.stream_size and rule.sport.any and rule.dport.any
+    )
+
+
+def _app_dirs(rule: Rule, app_buffers: frozenset[str]) -> frozenset[bool]:
+    if rule.flow is not None and rule.flow.to_server:
+        return frozenset({True})
+    if rule.flow is not None and rule.flow.to_client:
+        return frozenset({False})
+    dirs = {BUFFERS[b].direction for b in app_buffers if b in BUFFERS}
+    if BufDir.TO_CLIENT in dirs:
+        return frozenset({False})
+    if BufDir.TO_SERVER in dirs:
+        return frozenset({True})
+    return frozenset({True, False})
+
+
+def classify(idx: int, rule: Rule) -> RuleInfo:
+    app_buffers = frozenset(b for b in rule.buffers if b != PKT)
+    has_pkt = PKT in rule.buffers
+    if app_buffers:
+        group = "app"
+    elif _is_iponly(rule):
+        group = "iponly"
+    elif (has_pkt and 6 in rule.ip_protos and len(rule.ip_protos) == 1 and rule.payload_mode is not PayloadMode.PACKET
+          and not rule.packet_checks and rule.app_proto is None):
+        group = "stream"
+    else:
+        group = "packet"
+    setter = 0 if any(not op.cmd.is_check for op in rule.flowbits) else 1
+    return RuleInfo(
+        idx=idx, rule=rule, group=group, app_proto=rule.app_proto,
+        dirs=_app_dirs(rule, app_buffers) if app_buffers else frozenset({True, False}),
+        app_buffers=app_buffers, has_pkt=has_pkt, order=(ACTION_ORDER.get(rule.action, 3), setter, rule.sid),
+    )
+
+
+class Detector:
+    """An immutable compiled rule set."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.infos = [classify(i, r) for i, r in enumerate(rules)]
+        self.groups = {name: Group(name) for name in ("iponly", "packet", "stream", "app")}
+        pf_patterns: dict[tuple[str, str], list[tuple[int, bytes, bool]]] = {}
+        for info in self.infos:
+            g = self.groups[info.group]
+            g.rules.append(info)
+            fp = info.rule.fast_pattern
+            if fp is None or fp.transforms or info.group == "iponly":
+                g.always.append(info.idx)
+                continue
+            pf_patterns.setdefault((info.group, fp.buffer), []).append((info.idx, fp.pattern, fp.nocase))
+        for (group, buf), pats in pf_patterns.items():
+            self.groups[group].prefilters[buf] = Prefilter(pats)
+        self.counts = {name: len(g.rules) for name, g in self.groups.items()}
+        self.counts["prefiltered"] = sum(len(p) for p in pf_patterns.values())
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+# -- header and flow checks -------------------------------------------------------------------------
+
+
+def header_matches(rule: Rule, proto: int, src: bytes, sport: int, dst: bytes, dport: int, has_ports: bool) -> bool:
+    if rule.ip_protos and proto not in rule.ip_protos:
+        return False
+    if rule.ip_version and (4 if len(src) == 4 else 6) != rule.ip_version:
+        return False
+    if _one_way(rule, src, sport, dst, dport, has_ports):
+        return True
+    return rule.direction is Direction.BOTH and _one_way(rule, dst, dport, src, sport, has_ports)
+
+
+def _one_way(rule: Rule, src: bytes, sport: int, dst: bytes, dport: int, has_ports: bool) -> bool:
+    if not (rule.src.matches(src) and rule.dst.matches(dst)):
+        return False
+    if not has_ports:
+        return rule.sport.any and rule.dport.any
+    return rule.sport.matches(sport) and rule.dport.matches(dport)
+
+
+# -- app-layer buffers ------------------------------------------------------------------------------
+
+
+def _header_block(headers: list[tuple[bytes, bytes]], skip: tuple[bytes, ...] = ()) -> bytes:
+    return b"".join(k + b": " + v + b"\r\n" for k, v in headers if k.lower() not in skip)
+
+
+def _header_names(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\r\n" + b"".join(k + b"\r\n" for k, _ in headers) + b"\r\n"
+
+
+def http_buffer(tx: "HttpTransaction", name: str, to_server: bool) -> bytes | None:
+    """One HTTP sticky buffer of a transaction for the side being inspected (None: not there)."""
+    req = to_server
+    headers = tx.request_headers if req else tx.response_headers
+    ready = tx.request_headers_done if req else tx.response_headers_done
+    simple: dict[str, Callable[[], bytes | None]] = {
+        "http.uri": lambda: tx.uri if tx.request_line else None,
+        "http.uri.raw": lambda: tx.uri_raw if tx.request_line else None,
+        "http.method": lambda: tx.method or None,
+        "http.request_line": lambda: tx.request_line or None,
+        "http.request_body": lambda: tx.request_body or None,
+        "http.host": lambda: tx.host or None,
+        "http.host.raw": lambda: tx.host_raw or None,
+        "http.user_agent": lambda: tx.user_agent or None,
+        "http.stat_code": lambda: tx.status_code or None,
+        "http.stat_msg": lambda: tx.status_msg or None,
+        "http.response_line": lambda: tx.status_line or None,
+        "http.response_body": lambda: tx.response_body or None,
+        "file.data": lambda: (tx.request_body if req else tx.response_body) or None,
+        "http.protocol": lambda: (tx.protocol if req else tx.response_protocol) or None,
+    }
+    if name in simple:
+        return simple[name]()
+    if not ready:
+        return None
+    named = {
+        "http.accept": b"accept", "http.accept_enc": b"accept-encoding", "http.accept_lang": b"accept-language",
+        "http.referer": b"referer", "http.content_type": b"content-type", "http.content_len": b"content-length",
+        "http.connection": b"connection", "http.server": b"server", "http.location": b"location",
+        "http.cookie": b"cookie" if req else b"set-cookie",
+    }
+    if name in named:
+        return tx.header(named[name], response=not req)
+    if name == "http.header":
+        return _header_block(headers, (b"cookie", b"set-cookie")) or None
+    if name == "http.header.raw":
+        return (tx.request_headers_raw if req else tx.response_headers_raw) or None
+    if name == "http.header_names":
+        return _header_names(headers)
+    if name == "http.start":
+        line = tx.request_line if req else tx.status_line
+        return line + b"\r\n" + _header_block(headers) + b"\r\n"
+    return None
+
+
+def tls_buffers(hello: "TlsHello", name: str) -> list[bytes]:
+    if name == "tls.sni":
+        return [hello.sni] if hello.sni else []
+    if name == "tls.cert_subject":
+        return [hello.cert_subject] if hello.cert_subject else []
+    if name == "tls.cert_issuer":
+        return [hello.cert_issuer] if hello.cert_issuer else []
+    if name == "tls.cert_serial":
+        return [hello.cert_serial] if hello.cert_serial else []
+    if name == "tls.certs":
+        return list(hello.certs)
+    if name == "tls.cert_fingerprint" and hello.certs:
+        digest = hashlib.sha1(hello.certs[0]).hexdigest()
+        return [":".join(digest[i:i + 2] for i in range(0, 40, 2)).encode()]
+    return []
+
+
+def dns_buffers(msg: "DnsMessage", name: str) -> list[bytes]:
+    if name == "dns.query":
+        return [q.name for q in msg.questions]
+    return []

@@ -1,0 +1,470 @@
+"""The IPS engine: Suricata-compatible rules run inline on packets, streams and app-layer transactions."""
+from __future__ import annotations
+
+import glob
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+from filters.engine import Action, ConfigError, Decision, Engine, EngineContext, Hook, Verdict
+from filters.flow import TcpState
+from filters.ips.detect import (
+    Detector,
+    RuleInfo,
+    dns_buffers,
+    header_matches,
+    http_buffer,
+    tls_buffers,
+)
+from filters.ips.match import MatchContext, match_packet_checks, match_section
+from filters.ips.model import PKT, Action as RuleAction, FlowbitCmd, Rule, Threshold, ThresholdType, Track
+from filters.ips.netspec import Variables
+from filters.ips.rules import LoadResult, load_classification, load_files
+from filters.packet import PROTO_TCP, PROTO_UDP, Packet
+
+log = logging.getLogger(__name__)
+
+STREAM_TAIL = 4096  # bytes of a stream kept to find matches spanning two chunks
+MAX_THRESHOLD_ENTRIES = 100_000
+MAX_REPORTED_ERRORS = 20
+APPS_WITH_PARSER = frozenset({"http", "http1", "tls", "dns", "smtp"})
+VERDICT_ACTION = {
+    RuleAction.ALERT: Action.ALERT, RuleAction.DROP: Action.DROP, RuleAction.PASS: Action.PASS,
+    RuleAction.REJECT: Action.REJECT, RuleAction.REJECTSRC: Action.REJECT, RuleAction.REJECTDST: Action.REJECT,
+    RuleAction.REJECTBOTH: Action.REJECT,
+}
+SECTION_KEYS = {"enabled", "rule_files", "vars", "classification", "stream_tail"}
+
+
+@dataclass(slots=True, eq=False)
+class _FlowState:
+    flowbits: set[str] = field(default_factory=set)
+    flowints: dict[str, int] = field(default_factory=dict)
+    passed: bool = False
+    iponly_done: set[bool] = field(default_factory=set)
+    fired_tx: set[tuple[Any, int]] = field(default_factory=set)
+    tail: dict[bool, bytes] = field(default_factory=lambda: {True: b"", False: b""})
+
+
+@dataclass(slots=True)
+class _Seen:
+    start: float
+    count: int = 0
+    alerted: bool = False
+
+
+class Thresholds:
+    """threshold / detection_filter bookkeeping on packet time, bounded in entries."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[tuple[Any, ...], _Seen] = OrderedDict()
+
+    def allow(self, th: Threshold, key: tuple[Any, ...], ts: float) -> bool:
+        st = self.entries.get(key)
+        if st is None or ts - st.start >= th.seconds:
+            st = _Seen(ts)
+            self.entries[key] = st
+            if len(self.entries) > MAX_THRESHOLD_ENTRIES:
+                self.entries.popitem(last=False)
+        st.count += 1
+        if th.detection_filter:
+            return st.count > th.count
+        if th.type is ThresholdType.LIMIT:
+            return st.count <= th.count
+        if th.type is ThresholdType.THRESHOLD:
+            if st.count >= th.count:
+                st.count, st.start = 0, ts
+                return True
+            return False
+        if th.type is ThresholdType.BOTH:
+            if st.count >= th.count and not st.alerted:
+                st.alerted = True
+                return True
+            return False
+        return st.count == 1 or (th.count > 0 and st.count % th.count == 0)  # backoff, approximately
+
+
+def _track_key(track: Track, src: bytes, dst: bytes, flow: Any) -> tuple[Any, ...]:
+    if track is Track.BY_SRC:
+        return (src,)
+    if track is Track.BY_DST:
+        return (dst,)
+    if track is Track.BY_BOTH:
+        return (src, dst)
+    if track is Track.BY_FLOW:
+        return (flow.flow_id,)
+    return ()
+
+
+def _established(flow: Any) -> bool:
+    if flow.proto == PROTO_TCP:
+        return flow.state in (TcpState.ESTABLISHED, TcpState.CLOSING) or (flow.midstream and flow.state is not TcpState.CLOSED)
+    return flow.pkts_toserver > 0 and flow.pkts_toclient > 0
+
+
+def _app_name(flow: Any) -> str | None:
+    st = flow.engine_data.get("app")
+    return st.proto.value if st is not None else None
+
+
+@dataclass(slots=True)
+class _Site:
+    """Where a rule is being evaluated: direction, addresses, the packet, and buffer access."""
+
+    flow: Any
+    to_server: bool
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+    has_ports: bool
+    pkt: Packet | None
+    buffers: Callable[[str], list[bytes]]
+    ts: float
+
+
+class Ips(Engine):
+    name: ClassVar[str] = "ips"
+    hooks: ClassVar[frozenset[Hook]] = frozenset(
+        {Hook.PACKET, Hook.PACKET_END, Hook.STREAM, Hook.HTTP_REQUEST, Hook.HTTP_RESPONSE, Hook.TLS_HELLO, Hook.DNS}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detector = Detector([])
+        self.load: LoadResult | None = None
+        self.load_seconds = 0.0
+        self.inert: dict[str, int] = {}
+        self.thresholds = Thresholds()
+        self.stream_tail = STREAM_TAIL
+        self.vars = Variables.suricata_defaults()
+        self._pkt: Packet | None = None
+        self._files: list[Path] = []
+        self._classification: Mapping[str, tuple[str, int]] | None = None
+
+    # -- configuration -------------------------------------------------------------------
+    def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
+        unknown = set(section) - SECTION_KEYS
+        if unknown:
+            raise ConfigError("unknown key", key=sorted(unknown)[0])
+        files = self._rule_files(section.get("rule_files", []))
+        self.vars = self._variables(section.get("vars") or {}, list(ctx.home_net))
+        classification = None
+        if section.get("classification"):
+            try:
+                classification = load_classification(section["classification"])
+            except OSError as exc:
+                raise ConfigError(f"cannot read: {exc.strerror}", key="classification") from None
+        tail = section.get("stream_tail", STREAM_TAIL)
+        if not isinstance(tail, int) or not 0 <= tail <= 1 << 20:
+            raise ConfigError("expected a byte count between 0 and 1048576", key="stream_tail")
+        self.stream_tail = tail
+        self._files, self._classification = files, classification
+
+    def prepare(self) -> None:
+        self.reload(self._files, self._classification)
+
+    def _rule_files(self, raw: Any) -> list[Path]:
+        if not isinstance(raw, list):
+            raise ConfigError("expected a list of rule files (globs allowed)", key="rule_files")
+        out: list[Path] = []
+        for i, item in enumerate(raw):
+            matches = sorted(glob.glob(str(item))) if isinstance(item, str) else []
+            if not matches:
+                raise ConfigError(f"no rule file matches {item!r}", key=f"rule_files[{i}]")
+            out += [Path(m) for m in matches]
+        return out
+
+    def _variables(self, raw: Any, home_net: list[str] | None) -> Variables:
+        if not isinstance(raw, dict) or set(raw) - {"address-groups", "port-groups"}:
+            raise ConfigError("expected a mapping with address-groups and port-groups", key="vars")
+        addrs = {k: str(v) for k, v in (raw.get("address-groups") or {}).items()}
+        ports = {k: str(v) for k, v in (raw.get("port-groups") or {}).items()}
+        if home_net and "HOME_NET" not in addrs:
+            addrs["HOME_NET"] = "[" + ",".join(home_net) + "]"
+        return Variables.suricata_defaults().with_overrides(address_groups=addrs, port_groups=ports)
+
+    def reload(self, files: list[Path], classification: Mapping[str, tuple[str, int]] | None = None) -> None:
+        """Load and compile a new rule set, then swap it in (the old one keeps working until then)."""
+        t0 = time.monotonic()
+        result = load_files(files, self.vars, classification=classification)
+        usable, inert = [], {}
+        for rule in result.rules:
+            app = rule.app_proto
+            if app is not None and app not in APPS_WITH_PARSER:
+                inert[app] = inert.get(app, 0) + 1
+                continue
+            usable.append(rule)
+        detector = Detector(usable)
+        self.detector, self.load, self.inert = detector, result, inert
+        self.load_seconds = time.monotonic() - t0
+        for err in result.errors[:MAX_REPORTED_ERRORS]:
+            log.warning("rule skipped (bad syntax): %s", err)
+        log.info(
+            "IPS: %d of %d active rules loaded in %.1fs (%d unsupported, %d bad); skipped by reason: %s",
+            result.loaded, result.active, self.load_seconds, len(result.unsupported), len(result.errors),
+            dict(result.skipped.most_common(10)),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        r = self.load
+        if r is None:
+            return {"rules_loaded": 0}
+        return {
+            "rules_active": r.active,
+            "rules_loaded": r.loaded,
+            "rules_unsupported": len(r.unsupported),
+            "rules_bad": len(r.errors),
+            "skipped_by_reason": dict(r.skipped.most_common()),
+            "errors": [str(e) for e in r.errors[:MAX_REPORTED_ERRORS]],
+            "inert_no_parser": self.inert,
+            "groups": self.detector.counts,
+            "load_seconds": round(self.load_seconds, 2),
+        }
+
+    # -- per-flow state ------------------------------------------------------------------
+    @staticmethod
+    def _state(flow: Any) -> _FlowState:
+        st = flow.engine_data.get("ips")
+        if st is None:
+            st = flow.engine_data["ips"] = _FlowState()
+        return st
+
+    def needs_more(self, flow: Any) -> bool:
+        if not len(self.detector):
+            return False
+        st = flow.engine_data.get("ips")
+        if st is not None and st.passed:
+            return False
+        if flow.encrypted:
+            return False
+        return not (flow.toserver.depth_reached and flow.toclient.depth_reached)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_packet(self, pkt: Packet, flow: Any) -> Iterable[Decision] | None:
+        self._pkt = pkt
+        return None
+
+    def on_packet_end(self, pkt: Packet, flow: Any) -> Iterable[Decision] | None:
+        st = self._state(flow)
+        if st.passed:
+            return None
+        to_server = pkt.src_addr == flow.client_addr and (pkt.sport == flow.client_port or not pkt.has_ports)
+        site = _Site(flow, to_server, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, pkt.has_ports, pkt,
+                     lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts)
+        out: list[Decision] = []
+        if to_server not in st.iponly_done:
+            st.iponly_done.add(to_server)
+            out += self._run(self.detector.groups["iponly"].rules, site, st, tx_key=None)
+        group = self.detector.groups["packet"]
+        out += self._run(group.candidates(site.buffers, self.detector.infos), site, st, tx_key=None)
+        return out
+
+    def on_stream(self, flow: Any, to_server: bool, data: bytes, offset: int) -> Iterable[Decision] | None:
+        if flow.proto != PROTO_TCP:
+            return None
+        st = self._state(flow)
+        if st.passed:
+            return None
+        tail = st.tail[to_server]
+        window = tail + data
+        st.tail[to_server] = window[-self.stream_tail:] if self.stream_tail else b""
+        site = self._flow_site(flow, to_server, lambda name: [window] if name == PKT else [])
+        found = self.detector.groups["stream"].candidates(site.buffers, self.detector.infos)
+        if tail:  # a match wholly inside the old tail was reported with the earlier chunk
+            old = self._flow_site(flow, to_server, lambda name: [tail] if name == PKT else [])
+            found = [i for i in found if not self._matches(i, old, st, check_bits=False)]
+        return self._run(found, site, st, tx_key=None)
+
+    def on_event(self, hook: Hook, flow: Any, event: Any) -> Iterable[Decision] | None:
+        st = self._state(flow)
+        if st.passed:
+            return None
+        if hook in (Hook.HTTP_REQUEST, Hook.HTTP_RESPONSE):
+            return self._http(flow, st, event)
+        if hook is Hook.TLS_HELLO:
+            site = self._flow_site(flow, event.to_server, self._with_pkt(lambda n: tls_buffers(event, n)))
+            return self._app(site, st, ("tls", event.to_server), {"tls"}, {"tls": {"sni": event.sni.decode("latin-1")}})
+        if hook is Hook.DNS:
+            site = self._flow_site(flow, event.to_server, self._with_pkt(lambda n: dns_buffers(event, n)))
+            extra = {"dns": {"type": "query" if event.to_server else "answer", "id": event.txid,
+                             "queries": [q.name.decode("latin-1") for q in event.questions]}}
+            return self._app(site, st, ("dns", event.txid, event.to_server, id(event)), {"dns"}, extra)
+        return None
+
+    # -- app layer ---------------------------------------------------------------------------
+    def _with_pkt(self, fn: Callable[[str], list[bytes]]) -> Callable[[str], list[bytes]]:
+        pkt = self._pkt
+
+        def buffers(name: str) -> list[bytes]:
+            if name == PKT:
+                return [pkt.payload] if pkt is not None and pkt.payload else []
+            return fn(name)
+
+        return buffers
+
+    def _http(self, flow: Any, st: _FlowState, ev: Any) -> list[Decision]:
+        tx, to_server = ev.tx, ev.to_server
+
+        def buffers(name: str) -> list[bytes]:
+            from filters.ips.model import BUFFERS, BufDir
+
+            info = BUFFERS.get(name)
+            side = to_server if info is None or info.direction is BufDir.BOTH else info.direction is BufDir.TO_SERVER
+            value = http_buffer(tx, name, side)
+            return [value] if value is not None else []
+
+        site = self._flow_site(flow, to_server, self._with_pkt(buffers))
+        extra = {"http": _http_eve(tx)}
+        return self._app(site, st, ("http", tx.tx_id), {"http", "http1"}, extra)
+
+    def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any]) -> list[Decision]:
+        infos = [
+            i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos)
+            if site.to_server in i.dirs and (i.app_proto is None or i.app_proto in protos)
+        ]
+        return self._run(infos, site, st, tx_key=tx_key, extra={"app_proto": sorted(protos)[0], **extra})
+
+    def _flow_site(self, flow: Any, to_server: bool, buffers: Callable[[str], list[bytes]]) -> _Site:
+        if to_server:
+            src, sport, dst, dport = flow.client_addr, flow.client_port, flow.server_addr, flow.server_port
+        else:
+            src, sport, dst, dport = flow.server_addr, flow.server_port, flow.client_addr, flow.client_port
+        pkt = self._pkt
+        ts = pkt.ts if pkt is not None else flow.last_ts
+        return _Site(flow, to_server, src, sport, dst, dport, flow.proto in (PROTO_TCP, PROTO_UDP), pkt, buffers, ts)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _run(self, infos: list[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
+             extra: dict[str, Any] | None = None) -> list[Decision]:
+        out: list[Decision] = []
+        for info in infos:
+            if tx_key is not None and (tx_key, info.idx) in st.fired_tx:
+                continue
+            if not self._matches(info, site, st):
+                continue
+            if tx_key is not None:
+                st.fired_tx.add((tx_key, info.idx))
+            v = self._fire(info, site, st, extra)
+            if v is not None:
+                out.append(v)
+            if info.rule.action is RuleAction.PASS:
+                st.passed = True
+                self.count("flows.passed")
+                return [d for d in out if d.action is Action.PASS]  # pass suppresses this packet's alerts
+        return out
+
+    def _matches(self, info: RuleInfo, site: _Site, st: _FlowState, *, check_bits: bool = True) -> bool:
+        r = info.rule
+        flow = site.flow
+        if not header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports):
+            return False
+        if r.flow is not None and not self._flow_ok(r, site):
+            return False
+        if r.packet_checks and (site.pkt is None or not match_packet_checks(r, site.pkt)):
+            return False
+        if info.group == "packet" and info.app_proto is not None and _app_name(flow) not in _aliases(info.app_proto):
+            return False
+        if r.app_layer_protocol is not None:
+            same = _app_name(flow) in _aliases(r.app_layer_protocol.name)
+            if same == r.app_layer_protocol.negated:
+                return False
+        if check_bits and not self._bits_ok(r, st):
+            return False
+        ctx = MatchContext()
+        for sec in r.sections:
+            if not any(match_section(sec, data, ctx) for data in site.buffers(sec.buffer)):
+                return False
+        return True
+
+    @staticmethod
+    def _flow_ok(r: Rule, site: _Site) -> bool:
+        f = r.flow
+        assert f is not None
+        if f.to_server and not site.to_server or f.to_client and site.to_server:
+            return False
+        est = _established(site.flow)
+        if f.established and not est or f.not_established and est:
+            return False
+        return True
+
+    @staticmethod
+    def _bits_ok(r: Rule, st: _FlowState) -> bool:
+        for op in r.flowbits:
+            if not op.cmd.is_check:
+                continue
+            hits = [(n in st.flowbits) == (op.cmd is FlowbitCmd.ISSET) for n in op.names]
+            if not (any(hits) if op.any_of else all(hits)):
+                return False
+        for fi in r.flowints:
+            if fi.is_check and not _flowint_check(fi, st.flowints):
+                return False
+        return True
+
+    def _fire(self, info: RuleInfo, site: _Site, st: _FlowState, extra: dict[str, Any] | None) -> Verdict | None:
+        r = info.rule
+        for op in r.flowbits:
+            for n in op.names:
+                if op.cmd is FlowbitCmd.SET:
+                    st.flowbits.add(n)
+                elif op.cmd is FlowbitCmd.UNSET:
+                    st.flowbits.discard(n)
+                elif op.cmd is FlowbitCmd.TOGGLE:
+                    st.flowbits ^= {n}
+        for fi in r.flowints:
+            if not fi.is_check:
+                _flowint_apply(fi, st.flowints)
+        for th in (r.threshold, r.detection_filter):
+            if th is not None and not self.thresholds.allow(th, (info.idx, *_track_key(th.track, site.src, site.dst, site.flow)), site.ts):
+                self.count("suppressed.threshold")
+                return None
+        action = VERDICT_ACTION[r.action]
+        if r.noalert and action is Action.ALERT:
+            return None
+        self.count(f"matches.{r.action.value}")
+        meta: dict[str, Any] = dict(extra or {})
+        if r.metadata_raw:
+            meta["rule_metadata"] = {k: list(v) for k, v in r.metadata.items()}
+        return Verdict(action, self.name, rule_id=r.sid, gid=r.gid, rev=r.rev, signature=r.msg, category=r.category,
+                       severity=r.severity, metadata=meta)
+
+
+def _aliases(name: str) -> set[str]:
+    return {"http", "http1"} if name in ("http", "http1") else {name}
+
+
+def _flowint_check(fi: Any, ints: dict[str, int]) -> bool:
+    if fi.op == "isset":
+        return fi.name in ints
+    if fi.op == "notset":
+        return fi.name not in ints
+    if fi.name not in ints:
+        return False
+    a = ints[fi.name]
+    b = ints.get(fi.value, 0) if isinstance(fi.value, str) else (fi.value or 0)
+    return {"==": a == b, "!=": a != b, "<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}.get(fi.op, False)
+
+
+def _flowint_apply(fi: Any, ints: dict[str, int]) -> None:
+    val = ints.get(fi.value, 0) if isinstance(fi.value, str) else (fi.value or 0)
+    if fi.op == "=":
+        ints[fi.name] = val
+    elif fi.op == "+":
+        ints[fi.name] = ints.get(fi.name, 0) + val
+    elif fi.op == "-":
+        ints[fi.name] = ints.get(fi.name, 0) - val
+
+
+def _http_eve(tx: Any) -> dict[str, Any]:
+    def s(b: bytes) -> str:
+        return b.decode("latin-1")
+
+    out: dict[str, Any] = {"hostname": s(tx.host), "url": s(tx.uri_raw), "http_method": s(tx.method), "protocol": s(tx.protocol)}
+    if tx.user_agent:
+        out["http_user_agent"] = s(tx.user_agent)
+    if tx.status_code:
+        out["status"] = int(tx.status_code) if tx.status_code.isdigit() else s(tx.status_code)
+    return out
