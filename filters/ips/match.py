@@ -78,7 +78,12 @@ def match_items(items: tuple[MatchItem, ...], data: bytes, ctx: MatchContext) ->
         return True
     run = _Run(items, data, ctx)
     ctx.steps = 0
-    return run.eval(0, 0) == 1
+    try:
+        return run.eval(0, 0) == 1
+    except RecursionError:  # chains are capped (payload.MAX_ITEMS); this is a last line of defence
+        log.warning("rule chain too deep for the interpreter stack; treated as no match")
+        ctx.limit_hit = True
+        return False
 
 
 # -- transforms ---------------------------------------------------------------------------------
@@ -173,7 +178,8 @@ def _b64decode(raw: bytes) -> bytes:
 
 
 class _Run:
-    """One match_section evaluation: eval(i, cursor) returns 1 match, 0 no match, -1 give up."""
+    """One match_section evaluation: eval(i, cursor) returns 1 match, 0 no match, -1 give up.
+    A matched item continues with ``eval(i + 1, new_cursor)`` (2 stack frames per item)."""
 
     __slots__ = ("items", "data", "n", "ctx", "_lower", "last")
 
@@ -210,13 +216,11 @@ class _Run:
             r = handler(self, item, cursor)
             if r is None or r < 0:
                 return -1 if r is not None else 0
-            return self.next(i, r)
+            return 1 if i == self.last else self.eval(i + 1, r)
         if kind is Base64Decode:
             return self.base64(item, cursor)  # type: ignore[arg-type]
-        return self.next(i, cursor) if self.check_len(item) else -1
-
-    def next(self, i: int, cursor: int) -> int:
-        """The item matched with the cursor now at ``cursor``: go on with the rest."""
+        if not self.check_len(item):
+            return -1
         return 1 if i == self.last else self.eval(i + 1, cursor)
 
     def check_len(self, item: MatchItem) -> bool:
@@ -259,15 +263,17 @@ class _Run:
         search_from = offset
         while True:
             if search_from > depth or depth <= 0:
-                return self.next(i, cursor) if c.negated else 0
+                if not c.negated:
+                    return 0
+                return 1 if i == self.last else self.eval(i + 1, cursor)
             found = self.find(c, search_from, depth)
             if found < 0:
                 if c.negated:
-                    return self.next(i, cursor)
+                    return 1 if i == self.last else self.eval(i + 1, cursor)
                 return 0 if relative else -1
             if c.negated:
                 return 0 if relative else -1
-            r = self.next(i, found + len(c.pattern))
+            r = 1 if i == self.last else self.eval(i + 1, found + len(c.pattern))
             if r != 0:
                 return r
             if not c.retry:
@@ -284,12 +290,14 @@ class _Run:
         while True:
             m = run(subject, pos) if pos <= len(subject) else None
             if p.negated:
-                return 0 if m is not None else self.next(i, cursor)
+                if m is not None:
+                    return 0
+                return 1 if i == self.last else self.eval(i + 1, cursor)
             if m is None:
                 return 0
             if not p.retry:
-                return self.next(i, base + m.end())
-            r = self.next(i, base + m.end())
+                return 1 if i == self.last else self.eval(i + 1, base + m.end())
+            r = 1 if i == self.last else self.eval(i + 1, base + m.end())
             if r != 0:
                 return r
             pos = m.start() + 1
@@ -459,8 +467,10 @@ def _field(pkt: "Packet", f: PacketField) -> int | None:
         return pkt.proto if pkt.version else None
     if f is PacketField.IP_ID:
         return pkt.ip_id if pkt.version == 4 else None
-    if f is PacketField.FRAGOFFSET:
-        return pkt.frag_offset >> 3 if pkt.version else None
+    if f is PacketField.FRAGOFFSET:  # the header field (8-byte units); IPv6 needs a fragment header
+        if pkt.version == 4 or (pkt.version == 6 and 44 in pkt.ext_headers):
+            return pkt.frag_offset >> 3
+        return None
     if not tcp:
         return None
     if f is PacketField.TCP_ACK:

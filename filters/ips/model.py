@@ -632,6 +632,10 @@ BUFFERS: Mapping[str, BufferInfo] = {
         _b("tls.cert_serial", "tls", _TC),
         _b("tls.cert_fingerprint", "tls", _TC),
         _b("tls.certs", "tls", _TC),
+        _b("ja3.hash", "tls", _TS),  # lower-case hex MD5 of the client JA3 string
+        _b("ja3.string", "tls", _TS),
+        _b("ja3s.hash", "tls", _TC),
+        _b("ja3s.string", "tls", _TC),
         _b("dns.query", "dns", _TS),
         _b("ssh.proto", "ssh", _BOTH),
         _b("ssh.software", "ssh", _BOTH),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from filters.ips.model import IntMatch, IntOp
 
@@ -21,8 +21,7 @@ class LexError(ValueError):
     """Malformed rule text (the message says what and where)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
+class Option(NamedTuple):
     name: str  # lower-cased keyword
     value: str | None  # raw value text (whitespace-trimmed); None for a keyword without ':'
 
@@ -67,7 +66,7 @@ def _split_header(text: str) -> list[str]:
     return fields
 
 
-_OPTION_RE = re.compile(r"((?:[^;\\]|\\.)*);", re.DOTALL)
+_OPTION_RE = re.compile(r"([^;\\]*(?:\\.[^;\\]*)*);", re.DOTALL)
 _KEYWORD_RE = re.compile(r"[a-z0-9_.\-]+")
 
 
@@ -124,6 +123,13 @@ def decode_content(value: str, what: str = "content") -> tuple[bytes, bool]:
     if not (len(value) >= 2 and value[0] == '"' and value[-1] == '"'):
         raise LexError(f"{what}: expected a quoted string")
     raw = value[1:-1]
+    if not raw:
+        raise LexError(f"{what}: empty string")
+    if "|" not in raw and "\\" not in raw and '"' not in raw:
+        out_fast = raw.encode(_ENCODING, _ERRORS)
+        if len(out_fast) > MAX_CONTENT_BYTES:
+            raise LexError(f"{what}: longer than {MAX_CONTENT_BYTES} bytes")
+        return out_fast, negated
     out = bytearray()
     i = 0
     n = len(raw)

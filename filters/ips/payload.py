@@ -30,7 +30,7 @@ from filters.ips.pcre import PcreError, parse_pcre
 
 log = logging.getLogger(__name__)
 
-MAX_ITEMS = 512  # payload items in one rule
+MAX_ITEMS = 256  # payload items in one rule (the matcher recurses once per item)
 MAX_OFFSET = 1 << 20  # offset/depth/distance/within magnitude
 MAX_BASE64_BYTES = 1 << 16
 
@@ -59,6 +59,8 @@ STICKY.update(
         "tls_cert_issuer": "tls.cert_issuer",
         "tls_cert_serial": "tls.cert_serial",
         "tls_cert_fingerprint": "tls.cert_fingerprint",
+        "ja3_hash": "ja3.hash",
+        "ja3_string": "ja3.string",
         "dns_query": "dns.query",
         "ssh_proto": "ssh.proto",
         "ssh_software": "ssh.software",

@@ -664,7 +664,7 @@ class LoadResult:
     """
 
     rules: list[Rule]
-    skipped: Counter
+    skipped: Counter[str]
     errors: list[RuleError]
     total: int
     active: int
@@ -714,7 +714,7 @@ class _Loader:
     variables: Variables
     classification: Classification | None
     rules: dict[tuple[int, int], Rule] = field(default_factory=dict)
-    skipped: Counter = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
     errors: list[RuleError] = field(default_factory=list)
     unsupported: list[RuleError] = field(default_factory=list)
     total: int = 0

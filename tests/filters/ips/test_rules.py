@@ -447,6 +447,9 @@ def test_bad_fast_patterns(options):
         ("dns.query", "dns.query"),
         ("dns_query", "dns.query"),
         ("ssh_proto", "ssh.proto"),
+        ("ja3.hash", "ja3.hash"),
+        ("ja3_hash", "ja3.hash"),
+        ("ja3s.hash", "ja3s.hash"),
     ],
 )
 def test_sticky_buffers(keyword, buffer):
@@ -506,8 +509,8 @@ def test_modifier_moves_content_to_the_end_of_the_target_list():
 
 
 def test_unsupported_keyword_is_skipped_with_reason():
-    e = error('tls.sni; content:"x"; ja3.hash; content:"y";')
-    assert e.unsupported and e.reason == "unsupported keyword: ja3.hash"
+    e = error('tls.sni; content:"x"; tls.version:1.2;')
+    assert e.unsupported and e.reason == "unsupported keyword: tls.version"
     assert error("app-layer-event:http.x;").reason == "unsupported keyword: app-layer-event"
 
 
@@ -922,8 +925,8 @@ alert dns any any -> any 53 ( \\
   content:"suricata"; \\
   sid:2; rev:1;)
 alert tcp any any -> any any (msg:"bad"; content:"a|4|"; sid:3;)
-alert tls any any -> any any (msg:"ja3"; ja3.hash; content:"x"; sid:4;)
-alert tls any any -> any any (msg:"ja3 again"; ja3.hash; content:"y"; sid:5;)
+alert tls any any -> any any (msg:"asn1"; asn1:oversize_length 100; sid:4;)
+alert tls any any -> any any (msg:"asn1 again"; asn1:oversize_length 200; sid:5;)
 alert tcp any any -> any any (msg:"one again, newer"; content:"b"; sid:1; rev:2;)
 \t
 alert ip any any -> any any (msg:"last"; sid:6;)"""
@@ -936,7 +939,7 @@ def test_load_text_counts_and_errors():
     assert next(r for r in res.rules if r.sid == 1).rev == 2
     two = next(r for r in res.rules if r.sid == 2)
     assert two.line == 6 and two.app_proto == "dns" and two.dport.matches(53)
-    assert res.skipped == {"unsupported keyword: ja3.hash": 2}
+    assert res.skipped == {"unsupported keyword: asn1": 2}
     assert [(e.file, e.line) for e in res.unsupported] == [("t.rules", 11), ("t.rules", 12)]
     bad = [e for e in res.errors if "hex" in e.reason]
     assert [(e.file, e.line, e.unsupported) for e in bad] == [("t.rules", 10, False)]
@@ -986,5 +989,5 @@ def test_et_open_load_rate(capsys):
         for e in res.errors[:5]:
             print(f"  error   {e}")
     assert res.active == 24827  # keyword_stats.json total_rules_active
-    assert res.load_rate >= 0.99  # achieved 99.50% (24704/24827); the brief's floor is 90%
+    assert res.load_rate >= 0.99  # achieved 99.93% (24811/24827); the brief's floor is 90%
     assert elapsed < 20
