@@ -26,6 +26,7 @@ SET_KEYS = {
     "app-layer.protocols.http.libhtp.default-config.request-body-limit": ("app_layer", "http", "request_body_limit"),
     "app-layer.protocols.http.libhtp.default-config.response-body-limit": ("app_layer", "http", "response_body_limit"),
 }
+SURICATA_HOME_NET = ["192.168.0.0/16", "10.0.0.0/8", "172.16.0.0/12"]
 IGNORED_SET_KEYS = ("stream.inline", "stream.async-oneside")
 
 
@@ -73,7 +74,13 @@ def apply_sets(cfg_data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 def offline_config(base: dict[str, Any] | None, sets: list[str], rule_files: list[str] | None = None) -> AgentConfig:
     """The config for a pcap run: the given file's, or (without -c) no firewall and Suricata's
     default variables; ``-S`` rule files replace the IPS engine's rule files."""
-    data = dict(base or {"engines": {"firewall": {"enabled": False}}})
+    # Without a config: what `suricata -r` does by default (no firewall, no midstream pickup,
+    # Suricata's default HOME_NET).
+    data = dict(base or {
+        "engines": {"firewall": {"enabled": False}},
+        "dataplane": {"flows": {"midstream": False}},
+        "home_net": SURICATA_HOME_NET,
+    })
     if rule_files:
         engines = data.setdefault("engines", {})
         ips = dict(engines.get("ips") or {})

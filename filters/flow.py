@@ -123,6 +123,7 @@ class Flow:
     bytes_toserver: int = 0
     bytes_toclient: int = 0
     state: TcpState = TcpState.NONE
+    prev_state: TcpState = TcpState.NONE  # the state before the packet last accounted (update)
     midstream: bool = False
     toserver: Stream = field(default_factory=Stream)
     toclient: Stream = field(default_factory=Stream)
@@ -320,7 +321,7 @@ class FlowTable:
         if pkt.ts > flow.last_ts:
             flow.last_ts = pkt.ts
         size = pkt.ip_len or len(pkt.raw)
-        state = flow.state
+        state = flow.prev_state = flow.state
         if to_server:
             flow.pkts_toserver = first = flow.pkts_toserver + 1
             flow.bytes_toserver += size

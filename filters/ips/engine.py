@@ -100,8 +100,12 @@ def _track_key(track: Track, src: bytes, dst: bytes, flow: Any) -> tuple[Any, ..
 
 
 def _established(flow: Any) -> bool:
+    """Suricata's flow:established for the packet being inspected: the handshake was complete
+    before it (the ACK that completes the handshake is not yet 'established')."""
     if flow.proto == PROTO_TCP:
-        return flow.state in (TcpState.ESTABLISHED, TcpState.CLOSING) or (flow.midstream and flow.state is not TcpState.CLOSED)
+        if flow.midstream:
+            return flow.state is not TcpState.CLOSED
+        return flow.prev_state in (TcpState.ESTABLISHED, TcpState.CLOSING)
     return flow.pkts_toserver > 0 and flow.pkts_toclient > 0
 
 
@@ -124,6 +128,7 @@ class _Site:
     pkt: Packet | None
     buffers: Callable[[str], list[bytes]]
     ts: float
+    app: str | None = None  # the flow's app-layer protocol as this site sees it
 
 
 class Ips(Engine):
@@ -142,6 +147,9 @@ class Ips(Engine):
         self.stream_tail = STREAM_TAIL
         self.vars = Variables.suricata_defaults()
         self._pkt: Packet | None = None
+        self._pkt_flow: Any = None  # the flow of the packet being processed (None between packets)
+        self._pending: list[Decision] = []  # this packet's decisions so far (pass is applied at its end)
+        self._app_before: str | None = None
         self._files: list[Path] = []
         self._classification: Mapping[str, tuple[str, int]] | None = None
 
@@ -245,22 +253,37 @@ class Ips(Engine):
 
     # -- hooks -----------------------------------------------------------------------------
     def on_packet(self, pkt: Packet, flow: Any) -> Iterable[Decision] | None:
-        self._pkt = pkt
+        self._pkt, self._pkt_flow, self._pending = pkt, flow, []
+        # TCP: app-protocol-only rules apply from the packet after detection (Suricata detects on
+        # the acknowledged stream); UDP: from the detecting packet itself (see on_packet_end).
+        self._app_before = _app_name(flow) if flow.proto == PROTO_TCP else None
         return None
 
+    def _defer(self, flow: Any, decisions: list[Decision]) -> list[Decision] | None:
+        """Inside a packet, hold decisions until its end, where pass rules are applied."""
+        if flow is self._pkt_flow:
+            self._pending += decisions
+            return None
+        return decisions
+
     def on_packet_end(self, pkt: Packet, flow: Any) -> Iterable[Decision] | None:
+        pending, self._pending, self._pkt_flow = self._pending, [], None
         st = self._state(flow)
-        if st.passed:
+        if st.passed and not any(d.action is Action.PASS for d in pending):
             return None
         to_server = pkt.src_addr == flow.client_addr and (pkt.sport == flow.client_port or not pkt.has_ports)
         site = _Site(flow, to_server, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, pkt.has_ports, pkt,
-                     lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts)
-        out: list[Decision] = []
-        if to_server not in st.iponly_done:
+                     lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts,
+                     self._app_before if flow.proto == PROTO_TCP else _app_name(flow))
+        out = pending
+        if not st.passed and to_server not in st.iponly_done:
             st.iponly_done.add(to_server)
             out += self._run(self.detector.groups["iponly"].rules, site, st, tx_key=None)
-        group = self.detector.groups["packet"]
-        out += self._run(group.candidates(site.buffers, self.detector.infos), site, st, tx_key=None)
+        if not any(d.action is Action.PASS for d in out):
+            group = self.detector.groups["packet"]
+            out += self._run(group.candidates(site.buffers, self.detector.infos), site, st, tx_key=None)
+        if any(d.action is Action.PASS for d in out):
+            return [d for d in out if d.action is Action.PASS]  # a pass rule silences the packet
         return out
 
     def on_stream(self, flow: Any, to_server: bool, data: bytes, offset: int) -> Iterable[Decision] | None:
@@ -277,12 +300,15 @@ class Ips(Engine):
         if tail:  # a match wholly inside the old tail was reported with the earlier chunk
             old = self._flow_site(flow, to_server, lambda name: [tail] if name == PKT else [])
             found = [i for i in found if not self._matches(i, old, st, check_bits=False)]
-        return self._run(found, site, st, tx_key=None)
+        return self._defer(flow, self._run(found, site, st, tx_key=None))
 
     def on_event(self, hook: Hook, flow: Any, event: Any) -> Iterable[Decision] | None:
         st = self._state(flow)
         if st.passed:
             return None
+        return self._defer(flow, self._event(hook, flow, st, event))
+
+    def _event(self, hook: Hook, flow: Any, st: _FlowState, event: Any) -> list[Decision]:
         if hook in (Hook.HTTP_REQUEST, Hook.HTTP_RESPONSE):
             return self._http(flow, st, event)
         if hook is Hook.TLS_HELLO:
@@ -293,7 +319,7 @@ class Ips(Engine):
             extra = {"dns": {"type": "query" if event.to_server else "answer", "id": event.txid,
                              "queries": [q.name.decode("latin-1") for q in event.questions]}}
             return self._app(site, st, ("dns", event.txid, event.to_server, id(event)), {"dns"}, extra)
-        return None
+        return []
 
     # -- app layer ---------------------------------------------------------------------------
     def _with_pkt(self, fn: Callable[[str], list[bytes]]) -> Callable[[str], list[bytes]]:
@@ -335,7 +361,8 @@ class Ips(Engine):
             src, sport, dst, dport = flow.server_addr, flow.server_port, flow.client_addr, flow.client_port
         pkt = self._pkt
         ts = pkt.ts if pkt is not None else flow.last_ts
-        return _Site(flow, to_server, src, sport, dst, dport, flow.proto in (PROTO_TCP, PROTO_UDP), pkt, buffers, ts)
+        return _Site(flow, to_server, src, sport, dst, dport, flow.proto in (PROTO_TCP, PROTO_UDP), pkt, buffers, ts,
+                     _app_name(flow))
 
     # -- evaluation ----------------------------------------------------------------------------
     def _run(self, infos: list[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
@@ -352,9 +379,12 @@ class Ips(Engine):
             if v is not None:
                 out.append(v)
             if info.rule.action is RuleAction.PASS:
-                st.passed = True
-                self.count("flows.passed")
-                return [d for d in out if d.action is Action.PASS]  # pass suppresses this packet's alerts
+                # An IP-only pass, or a pass on an established TCP session, passes the whole flow;
+                # otherwise just this packet.
+                if info.group == "iponly" or (site.flow.proto == PROTO_TCP and _established(site.flow)):
+                    st.passed = True
+                    self.count("flows.passed")
+                return [d for d in out if d.action is Action.PASS]
         return out
 
     def _matches(self, info: RuleInfo, site: _Site, st: _FlowState, *, check_bits: bool = True) -> bool:
@@ -366,7 +396,7 @@ class Ips(Engine):
             return False
         if r.packet_checks and (site.pkt is None or not match_packet_checks(r, site.pkt)):
             return False
-        if info.group == "packet" and info.app_proto is not None and _app_name(flow) not in _aliases(info.app_proto):
+        if info.group == "packet" and info.app_proto is not None and site.app not in _aliases(info.app_proto):
             return False
         if r.app_layer_protocol is not None:
             same = _app_name(flow) in _aliases(r.app_layer_protocol.name)
