@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_LSRR
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
@@ -422,3 +425,58 @@ def test_sameip_ipopts_fragments():
 
 def test_rule_without_checks_matches_any_packet():
     assert match_packet_checks(pkt_rule('content:"x";'), parse_ip(bytes(IP() / UDP())))
+
+
+# -- properties and corpus robustness ----------------------------------------------------------------
+
+_ALPHA = st.binary(min_size=0, max_size=24).map(lambda b: bytes(x % 3 + 97 for x in b))
+_PAT = st.binary(min_size=1, max_size=3).map(lambda b: bytes(x % 3 + 97 for x in b))
+
+
+def _occurrences(data: bytes, pat: bytes) -> list[int]:
+    return [i for i in range(len(data) - len(pat) + 1) if data[i : i + len(pat)] == pat]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_ALPHA, pat=_PAT, offset=st.integers(0, 6), depth=st.none() | st.integers(0, 8))
+def test_absolute_content_matches_the_definition(data, pat, offset, depth):
+    opts = f'content:"{pat.decode()}"; offset:{offset};'
+    if depth is not None and depth >= len(pat):
+        opts += f" depth:{depth};"
+    else:
+        depth = None
+    end = offset + depth if depth is not None else len(data)
+    want = any(i >= offset and i + len(pat) <= end for i in _occurrences(data, pat))
+    assert m(opts, data) is want
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=_ALPHA, a=_PAT, b=_PAT, distance=st.none() | st.integers(-4, 4), within=st.none() | st.integers(1, 8))
+def test_relative_contents_match_full_backtracking(data, a, b, distance, within):
+    if within is not None and within < len(b):
+        within = len(b)
+    opts = f'content:"{a.decode()}"; content:"{b.decode()}";'
+    opts += f" distance:{distance};" if distance is not None else ""
+    opts += f" within:{within};" if within is not None else ""
+    if distance is None and within is None:
+        opts += " distance:0;"
+        distance = 0
+    d = distance or 0
+
+    def ok(i: int, j: int) -> bool:
+        prev = i + len(a)
+        start = 0 if d < 0 and -d > prev else prev + d
+        end = prev + d + within if within is not None else len(data)
+        return j >= start and j + len(b) <= end
+
+    want = any(ok(i, j) for i in _occurrences(data, a) for j in _occurrences(data, b))
+    assert m(opts, data) is want
+
+
+def test_every_et_open_section_evaluates_without_raising(et_open):
+    res, _ = et_open
+    buffers = [b"", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", os.urandom(300), bytes(range(256)) * 4, b"A" * 2000]
+    for r in res.rules:
+        for s in r.sections:
+            for data in buffers:
+                match_section(s, data, MatchContext())
