@@ -768,7 +768,7 @@ def load_files(paths: Iterable[Path | str], vars: Variables, *,
     loader = _Loader(vars, classification)
     for path in paths:
         p = Path(path)
-        text = p.read_bytes().decode("utf-8", "surrogateescape")
+        text = p.read_bytes().decode("utf-8-sig", "surrogateescape")  # -sig: drop a UTF-8 BOM
         loader.feed(text, str(p))
     result = loader.result()
     log.info("loaded %d of %d active rules (%d unsupported, %d errors)", result.loaded, result.active,

@@ -948,6 +948,18 @@ def test_load_text_counts_and_errors():
     assert str(bad[0]).startswith("t.rules:10: ")
 
 
+def test_load_files_handles_bom_crlf_and_undecodable_bytes(tmp_path):
+    from filters.ips.rules import load_files
+
+    path = tmp_path / "x.rules"
+    path.write_bytes(b'\xef\xbb\xbfalert tcp any any -> any any (msg:"a"; content:"\xff\xfe"; sid:1;)\r\n'
+                     b'alert tcp any any -> any any (msg:"b"; sid:2;)\r\n')
+    res = load_files([path], VARS)
+    assert res.loaded == 2 and not res.errors
+    one = next(r for r in res.rules if r.sid == 1)
+    assert one.sections[0].items[0].pattern == b"\xff\xfe" and one.file == str(path)
+
+
 def test_two_rules_on_one_line_is_an_error():
     res = load_text('alert ip any any -> any any (sid:1;)alert ip any any -> any any (sid:2;)', VARS)
     assert res.loaded == 0 and len(res.errors) == 1
