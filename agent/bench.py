@@ -523,6 +523,7 @@ class Bench:
         self.udp_limited = {"bare": 0, "agent": 0}
         self.loads: list[str] = []
         self.bulk_cpu: list[str] = []
+        self.engines: list[str] = []
 
     # -- set-up ----------------------------------------------------------------------------
     def start_servers(self) -> None:
@@ -795,6 +796,7 @@ class Bench:
         fwd = self.lab.exec("utm", ["iptables", "-L", "VCR-FWD", "-v", "-n", "-x"]).stdout.strip()
         status = agent.status() or {}
         counters = status.get("counters", {})
+        self.engines = sorted(set(counters) - {"pipeline", "flows", "worker"})
         keep = {k: counters.get(k, {}) for k in ("pipeline", "worker", "firewall")}
         keep["flows"] = {k: v for k, v in counters.get("flows", {}).items() if v}
         self.diagnostics = [
@@ -856,6 +858,10 @@ class Bench:
 
     def run_notes(self) -> list[str]:
         notes = list(self.notes)
+        if self.engines:
+            notes.append("Engines enabled by the shipped config (as the agent's counters show): "
+                         + ", ".join(self.engines) + ". Only what they inspect reaches Python; decided flows are "
+                         "offloaded to the kernel.")
         if any(self.conn_errors.values()):
             notes.append(f"New connections: failed connections counted by the load generators: "
                          f"bare {self.conn_errors['bare']}, agent {self.conn_errors['agent']}.")
