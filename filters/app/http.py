@@ -663,7 +663,11 @@ class _Layer:
             try:
                 out = obj.decompress(pending, _STEP)  # type: ignore[attr-defined]
             except zlib.error:
-                partial = _salvage(snapshot, pending)
+                # A real compressed stream (output already handed on, or a valid gzip/zlib header)
+                # keeps what still decodes. Headerless deflate failing before any output (e.g.
+                # "Content-Encoding: gzip" on a plain body) retries the next format, then raw.
+                trusted = self.produced or self.coding == "zlib" or (self.coding == "gzip" and self.gz == 6)
+                partial = _salvage(snapshot, pending) if trusted else b""
                 if partial:
                     self._out(partial)
                 raise _Corrupt(pending) from None
@@ -1655,6 +1659,10 @@ def split_request_line(line: bytes) -> tuple[bytes, bytes, bytes, bool]:
     rest = stripped[len(method):].strip(b" \t\r\n\x0b\x0c")
     if not rest:
         return method, b"", b"", lead
+    last = re.search(rb"[ \t\x0b\x0c]+(\S+)$", rest)
+    if last is not None and last.group(1)[:5].upper() == b"HTTP/":
+        # Suricata runs libhtp with allow_space_uri: the URI runs up to the protocol.
+        return method, _trim(rest[: last.start()]), _trim(last.group(1)), lead
     uri, _, protocol = rest.partition(b" ")
     if len(uri) == len(rest) and any(c in _SP for c in uri):
         parts = re.split(rb"[ \t\r\n\x0b\x0c]", rest, maxsplit=1)

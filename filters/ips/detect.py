@@ -198,6 +198,12 @@ def _header_names(headers: list[tuple[bytes, bytes]]) -> bytes:
     return b"\r\n" + b"".join(k + b"\r\n" for k, _ in headers) + b"\r\n"
 
 
+def _request_file(tx: "HttpTransaction") -> bytes:
+    """A request body is file data (uploads, raw POST/PUT bodies) unless it is a plain form."""
+    ctype = (tx.header(b"content-type") or b"").lower()
+    return b"" if ctype.startswith(b"application/x-www-form-urlencoded") else tx.request_body
+
+
 def http_buffer(tx: "HttpTransaction", name: str, to_server: bool) -> bytes | None:
     """One HTTP sticky buffer of a transaction for the side being inspected (None: not there)."""
     req = to_server
@@ -216,7 +222,7 @@ def http_buffer(tx: "HttpTransaction", name: str, to_server: bool) -> bytes | No
         "http.stat_msg": lambda: tx.status_msg or None,
         "http.response_line": lambda: tx.status_line or None,
         "http.response_body": lambda: tx.response_body or None,
-        "file.data": lambda: (tx.request_body if req else tx.response_body) or None,
+        "file.data": lambda: (_request_file(tx) if req else tx.response_body) or None,
         "http.protocol": lambda: (tx.protocol if req else tx.response_protocol) or None,
     }
     if name in simple:
