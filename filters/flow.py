@@ -160,6 +160,16 @@ class Flow:
     def is_held(self) -> bool:
         return bool(self._held)
 
+    def reverse(self) -> None:
+        """Swap client and server: a midstream pickup whose first packet was the server's (found out
+        by the app layer, e.g. an HTTP response seen "to server")."""
+        self.client_addr, self.server_addr = self.server_addr, self.client_addr
+        self.client_port, self.server_port = self.server_port, self.client_port
+        self.client_side = {Side.LAN: Side.WAN, Side.WAN: Side.LAN}.get(self.client_side, self.client_side)
+        self.pkts_toserver, self.pkts_toclient = self.pkts_toclient, self.pkts_toserver
+        self.bytes_toserver, self.bytes_toclient = self.bytes_toclient, self.bytes_toserver
+        self.toserver, self.toclient = self.toclient, self.toserver
+
     def stream(self, to_server: bool) -> Stream:
         return self.toserver if to_server else self.toclient
 

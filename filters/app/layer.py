@@ -86,6 +86,11 @@ class AppLayer:
             self._count("app.gaps")
             self.on_gap(flow, to_server, offset - expected)
         if st.proto is AppProto.UNKNOWN:
+            if flow.midstream and to_server and not st.seen[False] and _looks_http(False, data):
+                flow.reverse()  # picked up midstream with the server's packet first
+                st.next_offset[True], st.next_offset[False] = st.next_offset[False], st.next_offset[True]
+                to_server = False
+                self._count("app.reversed")
             if not self._detect(flow, st, to_server, data):
                 return []
             early, st.early = st.early, []

@@ -17,7 +17,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from filters.ips.model import BUFFERS, PKT, Action, BufDir, Direction, PayloadMode, Rule
+from filters.ips.model import (
+    BUFFERS,
+    PKT,
+    Action,
+    BufDir,
+    Direction,
+    FieldCheck,
+    IntOp,
+    PacketField,
+    PayloadMode,
+    Rule,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from filters.app import DnsMessage, HttpTransaction, TlsHello
@@ -40,6 +51,7 @@ class RuleInfo:
     app_buffers: frozenset[str]
     has_pkt: bool
     order: tuple[int, int, int]  # evaluation order: action, flowbit setters first, sid
+    needs_payload: bool = False  # Suricata's SIG_MASK_REQUIRE_PAYLOAD from dsize
 
     @property
     def sets_bits(self) -> bool:
@@ -122,6 +134,16 @@ def _app_dirs(rule: Rule, app_buffers: frozenset[str]) -> frozenset[bool]:
     return frozenset({True, False})
 
 
+def _dsize_needs_payload(rule: Rule) -> bool:
+    """dsize >, >=, !=, a range or = N>0 only matches packets with payload (as Suricata's sig mask)."""
+    for c in rule.packet_checks:
+        if isinstance(c, FieldCheck) and c.field is PacketField.DSIZE:
+            op = c.test.op
+            if op in (IntOp.GT, IntOp.GE, IntOp.NE, IntOp.RANGE) or (op is IntOp.EQ and c.test.a > 0):
+                return True
+    return False
+
+
 def classify(idx: int, rule: Rule) -> RuleInfo:
     app_buffers = frozenset(b for b in rule.buffers if b != PKT)
     has_pkt = PKT in rule.buffers
@@ -139,6 +161,7 @@ def classify(idx: int, rule: Rule) -> RuleInfo:
         idx=idx, rule=rule, group=group, app_proto=rule.app_proto,
         dirs=_app_dirs(rule, app_buffers) if app_buffers else frozenset({True, False}),
         app_buffers=app_buffers, has_pkt=has_pkt, order=(ACTION_ORDER.get(rule.action, 3), setter, rule.sid),
+        needs_payload=_dsize_needs_payload(rule),
     )
 
 

@@ -396,6 +396,8 @@ class Ips(Engine):
             return False
         if r.packet_checks and (site.pkt is None or not match_packet_checks(r, site.pkt)):
             return False
+        if info.needs_payload and (site.pkt is None or not site.pkt.payload):
+            return False
         if info.group == "packet" and info.app_proto is not None and site.app not in _aliases(info.app_proto):
             return False
         if r.app_layer_protocol is not None:
