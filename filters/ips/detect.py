@@ -58,6 +58,11 @@ class RuleInfo:
         return any(not op.cmd.is_check for op in self.rule.flowbits)
 
 
+def _hs_escape(pattern: bytes) -> bytes:
+    """A byte string as a hyperscan regex matching exactly it (every byte as \\xHH)."""
+    return b"".join(b"\\x%02x" % c for c in pattern)
+
+
 class Prefilter:
     """Multi-pattern search of fast patterns (hyperscan; a plain search without it)."""
 
@@ -75,8 +80,10 @@ class Prefilter:
             return
         db = hs.Database(mode=hs.HS_MODE_BLOCK)
         flags = [hs.HS_FLAG_SINGLEMATCH | (hs.HS_FLAG_CASELESS if nc else 0) for _, _, nc in patterns]
-        db.compile(expressions=[p for _, p, _ in patterns], ids=[i for i, _, _ in patterns],
-                   elements=len(patterns), flags=flags, literal=True)
+        # Escaped regexes rather than the literal API: the binding passes C strings, so a NUL
+        # byte would end a literal early.
+        db.compile(expressions=[_hs_escape(p) for _, p, _ in patterns], ids=[i for i, _, _ in patterns],
+                   elements=len(patterns), flags=flags)
         self._db = db
 
     def scan(self, data: bytes, out: set[int]) -> None:
@@ -176,7 +183,7 @@ class Detector:
             g = self.groups[info.group]
             g.rules.append(info)
             fp = info.rule.fast_pattern
-            if fp is None or fp.transforms or info.group == "iponly":
+            if fp is None or fp.transforms or not fp.pattern or info.group == "iponly":
                 g.always.append(info.idx)
                 continue
             pf_patterns.setdefault((info.group, fp.buffer), []).append((info.idx, fp.pattern, fp.nocase))
