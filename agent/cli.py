@@ -30,7 +30,23 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Daemon
 
-    return Daemon(_config(args.config)).run()
+    return Daemon(_config(args.config), config_path=str(args.config or DEFAULT_CONFIG)).run()
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    cfg = _config(args.config)  # a bad file is reported here and nothing is sent
+    path = Path(cfg.logging.dir) / "status.json"
+    try:
+        pid = int(json.loads(path.read_text())["pid"])
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"エージェントに再読み込みを指示できません / cannot signal the agent ({path}): {exc}", file=sys.stderr)
+        return 1
+    print(f"再読み込みを指示しました / reload requested (pid {pid})")
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -119,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the agent (bridge ruleset, NFQUEUE workers, alarms)")
     r.add_argument("-c", "--config")
     r.set_defaults(fn=cmd_run)
+
+    rl = sub.add_parser("reload", help="re-read the config and rules without a restart (SIGHUP)")
+    rl.add_argument("-c", "--config")
+    rl.set_defaults(fn=cmd_reload)
 
     c = sub.add_parser("check-config", help="validate a configuration file without applying it")
     c.add_argument("-c", "--config")

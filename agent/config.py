@@ -171,10 +171,28 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(f"not valid YAML{where}: {problem}", path=str(p)) from None
 
 
+# Keys holding file paths; a relative path is taken relative to the config file's folder.
+PATH_KEYS = (("engines", "ips", "rule_files"), ("engines", "ips", "classification"))
+
+
+def resolve_relative_paths(data: Any, base: Path) -> None:
+    for keys in PATH_KEYS:
+        node = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or keys[-1] not in node:
+            continue
+        value = node[keys[-1]]
+        fix = lambda v: str(base / v) if isinstance(v, str) and v and not os.path.isabs(v) else v  # noqa: E731
+        node[keys[-1]] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
+
+
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Read and validate the agent's config file, including each engine's own section."""
     from filters.registry import build_engines  # late import: registry imports engines
 
-    cfg = parse_config(load_yaml(path), path=str(path))
+    data = load_yaml(path)
+    resolve_relative_paths(data, Path(path).resolve().parent)
+    cfg = parse_config(data, path=str(path))
     build_engines(cfg, path=str(path), prepare=False)  # validates every engine section; raises ConfigError
     return cfg

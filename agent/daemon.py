@@ -30,8 +30,11 @@ RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class Daemon:
-    def __init__(self, cfg: AgentConfig, *, state_path: Path | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, *, config_path: str = "", state_path: Path | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        self.reload_requested = threading.Event()
+        self.reloads: dict[str, Any] = {"requested": 0, "workers_reloaded": 0, "failed": 0, "last_error": ""}
         self.spec = spec_from_config(cfg)
         self.log_dir = Path(cfg.logging.dir)
         self.eve = EveLog(self.log_dir / "eve.json", rotate_bytes=cfg.logging.eve_rotate_bytes, keep=cfg.logging.eve_keep)
@@ -48,10 +51,11 @@ class Daemon:
         self.policy = firewall_policy(cfg)
         # Engines are prepared once here (rule compilation) and inherited by the forked workers.
         self.engines = build_engines(cfg)
+        self.reload_summary: dict[str, Any] = {e.name: e.summary() for e in self.engines}
 
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
-        spec = WorkerSpec(index, self.spec.queue_base + index)
+        spec = WorkerSpec(index, self.spec.queue_base + index, self.config_path)
         p = self.ctx.Process(
             target=worker_main,
             args=(self.cfg, spec, self.out, logging.getLogger().level, self.engines),
@@ -117,6 +121,12 @@ class Daemon:
             self.eve.write(msg[1])
         elif kind == "stats":
             self.worker_stats[msg[1]] = msg[2]
+        elif kind == "reloaded":
+            self.reloads["workers_reloaded"] += 1
+            self.reload_summary = msg[2]
+        elif kind == "reload_failed":
+            self.reloads["failed"] += 1
+            self.reloads["last_error"] = msg[2]
         elif kind == "ready":
             self.ready.add(msg[1])
             if len(self.ready) == len(self.procs):
@@ -140,6 +150,8 @@ class Daemon:
             "workers": {str(i): {"pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts.get(i, 0)} for i, p in self.procs.items()},
             "alarms_written": self.eve.written,
             "kernel_firewall_alarms": self.nflog_count,
+            "reloads": self.reloads,
+            "engines": self.reload_summary,
             "counters": totals,
         }
 
@@ -154,6 +166,7 @@ class Daemon:
         self.bridge.up()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         nflog = threading.Thread(target=self._nflog_loop, name="nflog", daemon=True)
         nflog.start()
         for i in range(self.spec.workers):
@@ -168,6 +181,9 @@ class Daemon:
             except (EOFError, OSError):
                 log.exception("worker queue failed")
             now = time.monotonic()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload()
             self._check_workers()
             if wd and now - last_wd >= wd and all(p.is_alive() for p in self.procs.values()):
                 sdnotify.notify("WATCHDOG=1")
@@ -177,6 +193,25 @@ class Daemon:
                 last_status = now
         self._shutdown()
         return 0
+
+    def _reload(self) -> None:
+        """SIGHUP: validate the config file, reinstall the kernel ruleset, have workers rebuild engines."""
+        from agent.config import load_config
+
+        self.reloads["requested"] += 1
+        try:
+            cfg = load_config(self.config_path)
+            BridgeControl(cfg, self.bridge.state_path).install_ruleset()
+        except Exception as exc:  # nothing changes on a bad config
+            log.error("reload refused, the running configuration stays: %s", exc)
+            self.reloads["failed"] += 1
+            self.reloads["last_error"] = str(exc)
+            return
+        self.policy = firewall_policy(cfg)
+        for p in self.procs.values():
+            if p.pid:
+                os.kill(p.pid, signal.SIGHUP)
+        log.info("reload: configuration valid, workers are rebuilding their engines")
 
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from agent.config import resolve_relative_paths
 from agent.evelog import read_eve
 from agent.lab import Lab, LabError
 
@@ -26,6 +27,7 @@ EXAMPLE_CONFIG = REPO / "config" / "vcr-agent.yaml"
 def lab_config(workdir: Path, *, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The shipped example config, with logs and resolv.conf moved into ``workdir``."""
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text(encoding="utf-8"))
+    resolve_relative_paths(data, EXAMPLE_CONFIG.parent)  # the copy lives elsewhere
     data["logging"]["dir"] = str(workdir / "log")
     data["bridge"]["resolv_conf"] = str(workdir / "resolv.conf")
     for key, value in (overrides or {}).items():

@@ -6,6 +6,7 @@ import os
 import queue as _queue
 import select
 import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ def pipeline_from_config(
 class WorkerSpec:
     index: int
     queue_num: int
+    config_path: str = ""  # re-read on reload (SIGHUP)
 
 
 class Worker:
@@ -80,6 +82,9 @@ class Worker:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.running = True
+        self.reload_requested = False
+        self.reloader: threading.Thread | None = None
+        self.reloaded: list[Engine] | None = None  # engines built by the reloader, not yet swapped in
         self.callback_errors = 0
         self.verdicts: dict[str, int] = {}
 
@@ -155,6 +160,7 @@ class Worker:
 
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_requested", True))
         nfq = NetfilterQueue()
         nfq.bind(self.spec.queue_num, self.on_packet, max_len=self.cfg.dataplane.queue_maxlen)
         fd = nfq.get_fd()
@@ -174,6 +180,7 @@ class Worker:
                 if self.wake_r in ready:
                     self._drain_io()
                 self._submit_io()
+                self._reload_step()
                 now = time.monotonic()
                 if now - last_tick >= 0.2 or deadline is not None:
                     for rel in self.pipeline.tick(time.time()):
@@ -186,6 +193,38 @@ class Worker:
             self._send_stats()
             nfq.unbind()
             self.io_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- reload: build the new engines beside the running ones, then swap ------------------
+    def _reload_step(self) -> None:
+        if self.reloaded is not None:
+            engines, self.reloaded = self.reloaded, None
+            self.pipeline.replace_engines(engines)
+            summary = {e.name: e.summary() for e in engines}
+            log.info("worker %d: reloaded engines %s", self.spec.index, ", ".join(summary))
+            self.out.put(("reloaded", self.spec.index, summary))
+        if self.reload_requested and self.reloader is None:
+            self.reload_requested = False
+            self.reloader = threading.Thread(target=self._build, name=f"reload-w{self.spec.index}", daemon=True)
+            self.reloader.start()
+
+    def _build(self) -> None:
+        """Runs in the reload thread: packets keep flowing through the old engines meanwhile."""
+        from agent.config import load_config
+
+        try:
+            cfg = load_config(self.spec.config_path)
+            engines = build_engines(cfg)
+        except Exception as exc:  # a bad config or rule file: keep the running engines
+            log.error("worker %d: reload failed, keeping the running rules: %s", self.spec.index, exc)
+            self.out.put(("reload_failed", self.spec.index, str(exc)))
+        else:
+            self.reloaded = engines
+        finally:
+            self.reloader = None
+            try:
+                os.write(self.wake_w, b"r")
+            except BlockingIOError:
+                pass
 
     def _run_queue(self, nfq: Any) -> None:
         try:

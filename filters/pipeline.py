@@ -84,6 +84,13 @@ class Pipeline:
         self._io_out: list[tuple[int, IORequest]] = []
         self._ids = itertools.count(1)
 
+    def replace_engines(self, engines: Sequence[Engine]) -> None:
+        """Swap in a new engine set (a reload); flows, holds and the app layer carry on."""
+        self.engines = list(engines)
+        self._by_hook = {h: [e for e in self.engines if h in e.hooks] for h in Hook}
+        if self.app is None and any(self._by_hook[h] for h in APP_HOOKS):
+            self.app = AppLayer()
+
     # -- public driver API -------------------------------------------------------------
     def process(self, pkt: Packet, token: Any, now: float | None = None) -> list[Release]:
         now = pkt.ts if now is None else now
@@ -206,6 +213,10 @@ class Pipeline:
             flow_wide = any(v.scope is Scope.FLOW and v.action.blocks for v in verdicts)
             if flow_wide:
                 flow.decided = strictest
+                cause = max((v for v in verdicts if v.action.blocks), key=lambda v: v.action)
+                rec = eve.drop_record(cause.reason or "rule", pkt.ts, pkt, flow, engine=cause.engine)
+                rec["drop"].update(signature_id=cause.rule_id, signature=cause.signature, action=strictest.name.lower())
+                self.emit(rec)
             self._count("verdict." + strictest.name.lower())
             return [Release(token, _OUTCOME[strictest], offload=flow_wide)]
         if holds:

