@@ -22,6 +22,10 @@ def fast_port_closed(lab: Lab, src: str, ip: str, port: int) -> bool:
     return not lab.wait_tcp(src, ip, port, 1.0)
 
 
+FIREWALL_ONLY = {"engines.ips.enabled": False}
+
+
+@pytest.mark.parametrize("agent", [FIREWALL_ONLY], indirect=True)
 def test_lan_browsing_works_v4_and_v6(office: Lab, agent: LabAgent):
     web = office.hosts["web"]
     assert curl(office, "pc1", f"http://{web.ipv4}/")[0]
@@ -32,6 +36,19 @@ def test_lan_browsing_works_v4_and_v6(office: Lab, agent: LabAgent):
     # packets than the 5 MB download has
     assert agent.wait_counter("pipeline", "flows.offloaded", 3) >= 3
     assert agent.counter("pipeline", "packets") < 200
+
+
+def test_inspected_flows_are_offloaded_past_the_stream_depth(office: Lab, agent: LabAgent):
+    """With the IPS on, a download is inspected up to the stream depth, then the kernel takes it."""
+    web = office.hosts["web"]
+    before = agent.counter("pipeline", "packets")
+    big = office.exec("pc1", ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", f"http://{web.ipv4}/bytes/20000000"])
+    assert big.stdout == "20000000"
+    time.sleep(2.5)
+    seen = agent.counter("pipeline", "packets") - before
+    # 20 MB is about 14,000 full-size segments plus ACKs; the kernel's stream-depth cap (2 x 1 MiB
+    # + 64 KiB in both directions) stops queueing long before that.
+    assert 0 < seen < 4000, seen
 
 
 def test_denied_services_are_blocked_and_alarmed(office: Lab, agent: LabAgent):
