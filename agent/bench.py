@@ -546,12 +546,14 @@ class Bench:
         self.loads: list[str] = []
         self.bulk_cpu: list[str] = []
         self.engines: list[str] = []
+        self.iperf: dict[int, subprocess.Popen] = {}
+        self.udp_errors: list[str] = []
 
     # -- set-up ----------------------------------------------------------------------------
     def start_servers(self) -> None:
         lab = self.lab
         for port in {IPERF_PORT, *UDP_PORTS}:
-            lab.popen("web", ["iperf3", "-s", "-p", str(port)], name=f"iperf3-{port}")
+            self.start_iperf(port)
         lab.start_tcp_listener("web", ECHO_PORT)
         lab.exec("web", ["iptables", "-A", "INPUT", "-p", "udp", "--dport", str(SINK_PORT), "-j", "DROP"])
         for pc in ("pc1", "pc2"):  # more ephemeral ports: fewer 4-tuples reused within a measurement
@@ -686,19 +688,38 @@ class Bench:
                     "-w", UDP_SOCKET_BUFFER, "-J"]
             procs.append(self.lab.popen(pc, argv, name=f"iperf3-udp-{pc}", stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT))
-        achieved, lost = 0.0, 0
+        achieved, lost, failed = 0.0, 0, []
         for proc in procs:
             try:
                 out, _ = proc.communicate(timeout=UDP_PROBE_SECONDS + 60)
-            except subprocess.TimeoutExpired:
+                rate, n_lost = iperf_udp(parse_iperf(out.decode(errors="replace")))
+            except (subprocess.TimeoutExpired, BenchError) as exc:
                 proc.kill()
-                raise BenchError("iperf3 -u did not finish") from None
-            rate, n_lost = iperf_udp(parse_iperf(out.decode(errors="replace")))
+                failed.append(str(exc) or "iperf3 -u did not finish")
+                continue
             achieved += rate
             lost += n_lost
         drops = self.nfq_drops() - before
-        log.info("udp probe %s %d pkt/s: sent %.0f pkt/s, lost %d, nfqueue drops %d", mode, pps, achieved, lost, drops)
-        return achieved, lost == 0 and drops == 0
+        log.info("udp probe %s %d pkt/s: sent %.0f pkt/s, lost %d, nfqueue drops %d, errors %s",
+                 mode, pps, achieved, lost, drops, failed)
+        if failed:  # counts as a lossy probe; a test that broke can leave iperf3's server "busy"
+            self.udp_errors.append(f"{mode} at {pps:,} pkt/s: {'; '.join(failed)}")
+            self.restart_udp_servers()
+        return achieved, lost == 0 and drops == 0 and not failed
+
+    def restart_udp_servers(self) -> None:
+        for port in UDP_PORTS:
+            proc = self.iperf.pop(port, None)
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            self.start_iperf(port)
+        for port in UDP_PORTS:
+            self._wait_listening("web", port)
+
+    def start_iperf(self, port: int) -> None:
+        self.iperf[port] = self.lab.popen("web", ["iperf3", "-s", "-p", str(port)], name=f"iperf3-{port}")
 
     def small_packets(self, mode: str) -> dict[str, float]:
         def probe(pps: int) -> tuple[float, bool]:
@@ -893,6 +914,9 @@ class Bench:
         if any(self.conn_errors.values()):
             notes.append(f"New connections: failed connections counted by the load generators: "
                          f"bare {self.conn_errors['bare']}, agent {self.conn_errors['agent']}.")
+        if self.udp_errors:
+            notes.append("Small packets: iperf3 tests that broke (counted as lossy probes): "
+                         + "; ".join(self.udp_errors) + ".")
         for mode in ("bare", "agent"):
             if self.udp_limited[mode]:
                 notes.append(f"Small packets ({mode}): in {self.udp_limited[mode]} of {self.runs} runs the best "
@@ -925,7 +949,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="vcr-bench-"))
     started = time.monotonic()
-    print(f"bench: lab {args.prefix}, {args.runs} run(s) of {args.seconds:g} s per scenario; logs in {workdir}", flush=True)
+    print(f"bench: lab {args.prefix}, {args.runs} run(s) of {args.seconds:g} s per scenario; work dir {workdir}", flush=True)
     with Lab(args.prefix, log_dir=workdir / "lab") as lab:
         bench = Bench(lab, args.runs, args.seconds, workdir)
         bench.start_servers()
@@ -937,6 +961,10 @@ def run_bench(args: argparse.Namespace) -> int:
     print()
     print(render_table(report.rows))
     print(f"\nbench: {time.monotonic() - started:.0f} s; report written to {out}")
+    if any(r.verdict == "error" for r in report.rows):
+        print(f"bench: logs of the failed measurements are kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0 if all(r.verdict in ("pass", "reported") for r in report.rows) else 1
 
 
