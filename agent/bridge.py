@@ -21,7 +21,6 @@ from filters.packet import Side
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE = Path("/run/vcr-agent/bridge.json")
 SYSCTLS = {
     "net/bridge/bridge-nf-call-iptables": "1",
     "net/bridge/bridge-nf-call-ip6tables": "1",
@@ -126,10 +125,10 @@ def _sysctl(key: str, value: str | None = None) -> str:
 
 
 class BridgeControl:
-    def __init__(self, cfg: AgentConfig, state_path: Path = DEFAULT_STATE) -> None:
+    def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.spec = spec_from_config(cfg)
-        self.state_path = state_path
+        self.state_path = Path(cfg.bridge.state_file)
 
     # -- up ------------------------------------------------------------------------------
     def up(self) -> None:

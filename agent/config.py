@@ -58,6 +58,7 @@ class Bridge(_Strict):
     lan_port: str = "lan0"
     wan_port: str = "wan0"
     resolv_conf: str = "/etc/resolv.conf"
+    state_file: str = "/run/vcr-agent/bridge.json"  # what `bridge up` changed, for `bridge down`
 
     @field_validator("name", "lan_port", "wan_port")
     @classmethod

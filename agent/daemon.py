@@ -30,7 +30,7 @@ RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class Daemon:
-    def __init__(self, cfg: AgentConfig, *, config_path: str = "", state_path: Path | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, *, config_path: str = "") -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.reload_requested = threading.Event()
@@ -47,7 +47,7 @@ class Daemon:
         self.stopping = threading.Event()
         self.started = time.time()
         self.nflog_count = 0
-        self.bridge = BridgeControl(cfg, state_path) if state_path else BridgeControl(cfg)
+        self.bridge = BridgeControl(cfg)
         self.policy = firewall_policy(cfg)
         # Engines are prepared once here (rule compilation) and inherited by the forked workers.
         self.engines = build_engines(cfg)
@@ -201,7 +201,7 @@ class Daemon:
         self.reloads["requested"] += 1
         try:
             cfg = load_config(self.config_path)
-            BridgeControl(cfg, self.bridge.state_path).install_ruleset()
+            BridgeControl(cfg).install_ruleset()
         except Exception as exc:  # nothing changes on a bad config
             log.error("reload refused, the running configuration stays: %s", exc)
             self.reloads["failed"] += 1

@@ -30,6 +30,7 @@ def lab_config(workdir: Path, *, overrides: dict[str, Any] | None = None) -> dic
     resolve_relative_paths(data, EXAMPLE_CONFIG.parent)  # the copy lives elsewhere
     data["logging"]["dir"] = str(workdir / "log")
     data["bridge"]["resolv_conf"] = str(workdir / "resolv.conf")
+    data["bridge"]["state_file"] = str(workdir / "bridge.json")  # labs side by side keep apart
     for key, value in (overrides or {}).items():
         node = data
         *parents, last = key.split(".")

@@ -57,7 +57,7 @@ def _nflog(spec: DataplaneSpec, prefix: str) -> str:
     return " ".join(NFLOG_RATE) + f' -j NFLOG --nflog-group {spec.nflog_group} --nflog-prefix "{prefix}"'
 
 
-def _fwd_lines(spec: DataplaneSpec) -> list[str]:
+def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
     m = f"0x{MARK_MASK:x}"
     lines = [
         # A packet coming back from the queue with a verdict mark (NF_REPEAT): remember the verdict
@@ -71,6 +71,9 @@ def _fwd_lines(spec: DataplaneSpec) -> list[str]:
         f"-A VCR-FWD -m connmark --mark 0x{MARK_DROP:x}/{m} -j DROP",
         f"-A VCR-FWD -m connmark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",
         "-A VCR-FWD -m conntrack --ctstate NEW -j VCR-POLICY",
+        # ICMP errors about a connection share its conntrack entry: decide them in the kernel,
+        # so a verdict on one can never land on the connection itself.
+        f"-A VCR-FWD -p {'icmp' if family == 4 else 'ipv6-icmp'} -m conntrack --ctstate RELATED -j ACCEPT",
     ]
     if spec.stream_depth:
         # Kernel-side stream depth: a flow past the inspection depth in both directions together
@@ -190,7 +193,7 @@ def _policy_lines(spec: DataplaneSpec, policy: Policy, family: int) -> list[str]
 def render(spec: DataplaneSpec, policy: Policy, family: int) -> str:
     """iptables-restore (family 4) or ip6tables-restore (6) input for ``--noflush``."""
     lines = ["*filter"] + [f":{c} - [0:0]" for c in CHAINS]
-    lines += _fwd_lines(spec) + _block_lines(spec, family) + _policy_lines(spec, policy, family) + _reject_lines(family)
+    lines += _fwd_lines(spec, family) + _block_lines(spec, family) + _policy_lines(spec, policy, family) + _reject_lines(family)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 

@@ -152,6 +152,8 @@ def summary(results: list[CaseResult]) -> dict[str, Any]:
 
 def main(args: argparse.Namespace) -> int:
     root = Path(args.root) if args.root else DEFAULT_ROOT
+    if not getattr(args, "verbose", False):
+        logging.getLogger().setLevel(logging.WARNING)  # per-case rule-load chatter hides the results
     results = run_suite(root, args.case or None)
     for r in results:
         state = "pass" if r.passed else "FAIL"

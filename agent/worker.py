@@ -29,7 +29,12 @@ STATS_EVERY = 2.0
 
 
 def pipeline_from_config(
-    cfg: AgentConfig, emit: Callable[[dict[str, Any]], None], *, ips: bool = True, engines: list[Engine] | None = None
+    cfg: AgentConfig,
+    emit: Callable[[dict[str, Any]], None],
+    *,
+    ips: bool = True,
+    engines: list[Engine] | None = None,
+    kernel_offload: bool = False,
 ) -> Pipeline:
     """The pipeline for ``cfg``; ``engines`` prepared ahead (e.g. before forking workers) are reused."""
     dp = cfg.dataplane
@@ -48,6 +53,7 @@ def pipeline_from_config(
         hold_max_bytes=dp.hold.max_bytes,
         hold_overflow=Action.DROP if dp.hold.overflow == "drop" else Action.PASS,
         ips=ips,
+        kernel_offload=kernel_offload,
     )
     http = cfg.app_layer.http
     app = AppLayer(
@@ -75,7 +81,7 @@ class Worker:
         self.spec = spec
         self.out = out
         self.sides = port_sides(cfg)
-        self.pipeline = pipeline_from_config(cfg, self._emit, engines=engines)
+        self.pipeline = pipeline_from_config(cfg, self._emit, engines=engines, kernel_offload=True)
         self.io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"io-w{spec.index}")
         self.io_done: _queue.SimpleQueue[tuple[int, Any, str | None]] = _queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()

@@ -45,6 +45,7 @@ class PipelinePolicy:
     hold_max_bytes: int = 8 << 20
     hold_overflow: Action = Action.DROP
     ips: bool = True  # False: IDS mode, blocking verdicts are only reported
+    kernel_offload: bool = False  # True inline: decided flows live in the kernel (connmark)
 
 
 @dataclass(slots=True, eq=False)
@@ -106,6 +107,17 @@ class Pipeline:
         if found is None:
             return [self._flowless(pkt, token)]
         flow, to_server, is_new = found
+        if flow.decided is not None and self.policy.kernel_offload and not is_new:
+            # The kernel holds decided flows; a packet of one here means the kernel has forgotten
+            # the verdict (a new connection on the same addresses and ports, or an expired
+            # conntrack entry): decide it afresh.
+            self._count("flows.redecided")
+            self.flows.remove(flow)
+            self._end_flow(flow, now)
+            found = self.flows.lookup(pkt)
+            if found is None:
+                return [self._flowless(pkt, token)]
+            flow, to_server, is_new = found
         if flow.decided is not None:
             self._count("packets.decided")
             return [Release(token, _OUTCOME.get(flow.decided, Outcome.ACCEPT), offload=True)]

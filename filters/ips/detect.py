@@ -120,6 +120,27 @@ class Group:
         return out
 
 
+def _distinct_headers(infos: list[RuleInfo]) -> list[Rule]:
+    """One rule per distinct header (protocols, addresses, ports, direction) of non-app rules."""
+    seen: dict[tuple[Any, ...], Rule] = {}
+    for info in infos:
+        r = info.rule
+        if info.app_proto is not None:
+            continue
+        key = (r.ip_protos, r.ip_version, r.src.text, r.sport.text, r.direction, r.dst.text, r.dport.text)
+        seen.setdefault(key, r)
+    return list(seen.values())
+
+
+def _app_protos(infos: list[RuleInfo]) -> set[str]:
+    """App protocols some rule inspects ("*" when a rule's buffers fit any, e.g. bare file.data)."""
+    out = set()
+    for info in infos:
+        name = info.app_proto or "*"
+        out |= {"http", "http1"} if name in ("http", "http1") else {name}
+    return out
+
+
 def _is_iponly(rule: Rule) -> bool:
     return (
         not rule.sections and not rule.packet_checks and rule.flow is None and not rule.flowbits
@@ -189,11 +210,24 @@ class Detector:
             pf_patterns.setdefault((info.group, fp.buffer), []).append((info.idx, fp.pattern, fp.nocase))
         for (group, buf), pats in pf_patterns.items():
             self.groups[group].prefilters[buf] = Prefilter(pats)
+        self.headers = {name: _distinct_headers(g.rules) for name, g in self.groups.items()}
+        self.app_protos = _app_protos(self.groups["app"].rules) | _app_protos(
+            [i for i in self.groups["packet"].rules if i.app_proto is not None])
         self.counts = {name: len(g.rules) for name, g in self.groups.items()}
         self.counts["prefiltered"] = sum(len(p) for p in pf_patterns.values())
 
     def __len__(self) -> int:
         return len(self.infos)
+
+    def could_apply(self, group: str, flow: Any) -> bool:
+        """Could any rule of ``group`` match some packet of ``flow`` (either direction), judging by
+        protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos)."""
+        proto, has_ports = flow.proto, flow.proto in (6, 17)
+        c, cp, srv, sp = flow.client_addr, flow.client_port, flow.server_addr, flow.server_port
+        for rule in self.headers[group]:
+            if header_matches(rule, proto, c, cp, srv, sp, has_ports) or header_matches(rule, proto, srv, sp, c, cp, has_ports):
+                return True
+        return False
 
 
 # -- header and flow checks -------------------------------------------------------------------------

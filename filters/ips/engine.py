@@ -47,6 +47,7 @@ class _FlowState:
     iponly_done: set[bool] = field(default_factory=set)
     fired_tx: set[tuple[Any, int]] = field(default_factory=set)
     tail: dict[bool, bytes] = field(default_factory=lambda: {True: b"", False: b""})
+    relevant: tuple[bool, bool, bool] | None = None  # could (iponly, packet, stream) rules apply at all
 
 
 @dataclass(slots=True)
@@ -242,14 +243,27 @@ class Ips(Engine):
         return st
 
     def needs_more(self, flow: Any) -> bool:
-        if not len(self.detector):
+        """Keep the flow in Python only while some loaded rule could still match it: otherwise
+        the kernel takes it (the same reasoning as Suricata's bypass, made per flow)."""
+        det = self.detector
+        if not len(det):
             return False
-        st = flow.engine_data.get("ips")
-        if st is not None and st.passed:
+        st = self._state(flow)
+        if st.passed or flow.encrypted or (flow.toserver.depth_reached and flow.toclient.depth_reached):
             return False
-        if flow.encrypted:
-            return False
-        return not (flow.toserver.depth_reached and flow.toclient.depth_reached)
+        if st.relevant is None:
+            st.relevant = (
+                det.could_apply("iponly", flow),
+                det.could_apply("packet", flow),
+                flow.proto == PROTO_TCP and det.could_apply("stream", flow),
+            )
+        iponly, packet, stream = st.relevant
+        if packet or stream or (iponly and len(st.iponly_done) < 2):
+            return True
+        app = _app_name(flow)
+        if app in (None, "unknown"):
+            return bool(det.app_protos) and flow.proto in (PROTO_TCP, PROTO_UDP)
+        return app != "failed" and ("*" in det.app_protos or app in det.app_protos)
 
     # -- hooks -----------------------------------------------------------------------------
     def on_packet(self, pkt: Packet, flow: Any) -> Iterable[Decision] | None:
