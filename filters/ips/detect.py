@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from filters.ips.addrindex import AddressIndex
 from filters.ips.model import (
     BUFFERS,
     PKT,
@@ -28,7 +29,9 @@ from filters.ips.model import (
     PacketField,
     PayloadMode,
     Rule,
+    Transform,
 )
+from filters.ips.match import apply_transforms
 
 if TYPE_CHECKING:  # pragma: no cover
     from filters.app import DnsMessage, HttpTransaction, TlsHello
@@ -107,14 +110,24 @@ class Group:
 
     name: str
     rules: list[RuleInfo] = field(default_factory=list)
-    prefilters: dict[str, Prefilter] = field(default_factory=dict)
+    prefilters: dict[tuple[str, tuple[Transform, ...]], Prefilter] = field(default_factory=dict)
     always: list[int] = field(default_factory=list)
+    index: AddressIndex | None = None  # over the rules without a fast pattern
 
-    def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo]) -> list[RuleInfo]:
-        found: set[int] = set(self.always)
-        for name, pf in self.prefilters.items():
+    def finish(self, infos: list[RuleInfo]) -> None:
+        self.index = AddressIndex((i, infos[i].rule.src, infos[i].rule.dst) for i in self.always)
+
+    def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo],
+                   addrs: tuple[bytes, bytes] | None = None) -> list[RuleInfo]:
+        """Rules worth a full evaluation: prefilter hits, and the unprefiltered rules whose
+        addresses could match ``addrs`` (all of them when no addresses are given)."""
+        if addrs is not None and self.index is not None:
+            found = self.index.lookup(*addrs)
+        else:
+            found = set(self.always)
+        for (name, transforms), pf in self.prefilters.items():
             for data in buffers(name):
-                pf.scan(data, found)
+                pf.scan(apply_transforms(transforms, data) if transforms else data, found)
         out = [infos[i] for i in found]
         out.sort(key=lambda r: r.order)
         return out
@@ -142,8 +155,10 @@ def _app_protos(infos: list[RuleInfo]) -> set[str]:
 
 
 def _is_iponly(rule: Rule) -> bool:
+    """Addresses and protocol only (setting flowbits is allowed, as in Suricata's IP-only rules)."""
     return (
-        not rule.sections and not rule.packet_checks and rule.flow is None and not rule.flowbits
+        not rule.sections and not rule.packet_checks and rule.flow is None
+        and not any(op.cmd.is_check for op in rule.flowbits)
         and not rule.flowints and not rule.xbits and rule.app_proto is None and rule.app_layer_protocol is None
         and not rule.stream_size and rule.sport.any and rule.dport.any
     )
@@ -199,17 +214,19 @@ class Detector:
     def __init__(self, rules: list[Rule]) -> None:
         self.infos = [classify(i, r) for i, r in enumerate(rules)]
         self.groups = {name: Group(name) for name in ("iponly", "packet", "stream", "app")}
-        pf_patterns: dict[tuple[str, str], list[tuple[int, bytes, bool]]] = {}
+        pf_patterns: dict[tuple[str, str, tuple[Transform, ...]], list[tuple[int, bytes, bool]]] = {}
         for info in self.infos:
             g = self.groups[info.group]
             g.rules.append(info)
             fp = info.rule.fast_pattern
-            if fp is None or fp.transforms or not fp.pattern or info.group == "iponly":
+            if fp is None or not fp.pattern or info.group == "iponly":
                 g.always.append(info.idx)
                 continue
-            pf_patterns.setdefault((info.group, fp.buffer), []).append((info.idx, fp.pattern, fp.nocase))
-        for (group, buf), pats in pf_patterns.items():
-            self.groups[group].prefilters[buf] = Prefilter(pats)
+            pf_patterns.setdefault((info.group, fp.buffer, fp.transforms), []).append((info.idx, fp.pattern, fp.nocase))
+        for (group, buf, transforms), pats in pf_patterns.items():
+            self.groups[group].prefilters[(buf, transforms)] = Prefilter(pats)
+        for g in self.groups.values():
+            g.finish(self.infos)
         self.headers = {name: _distinct_headers(g.rules) for name, g in self.groups.items()}
         self.app_protos = _app_protos(self.groups["app"].rules) | _app_protos(
             [i for i in self.groups["packet"].rules if i.app_proto is not None])
@@ -224,7 +241,10 @@ class Detector:
         protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos)."""
         proto, has_ports = flow.proto, flow.proto in (6, 17)
         c, cp, srv, sp = flow.client_addr, flow.client_port, flow.server_addr, flow.server_port
-        for rule in self.headers[group]:
+        headers = self.headers[group]
+        if group == "iponly":  # thousands of address lists: look them up
+            headers = [self.infos[i].rule for i in self.groups["iponly"].index.lookup(c, srv)]  # type: ignore[union-attr]
+        for rule in headers:
             if header_matches(rule, proto, c, cp, srv, sp, has_ports) or header_matches(rule, proto, srv, sp, c, cp, has_ports):
                 return True
         return False
@@ -268,39 +288,43 @@ def _request_file(tx: "HttpTransaction") -> bytes:
     return b"" if ctype.startswith(b"application/x-www-form-urlencoded") else tx.request_body
 
 
+_HTTP_SIMPLE: dict[str, Callable[[Any, bool], bytes | None]] = {
+    "http.uri": lambda tx, req: tx.uri if tx.request_line else None,
+    "http.uri.raw": lambda tx, req: tx.uri_raw if tx.request_line else None,
+    "http.method": lambda tx, req: tx.method or None,
+    "http.request_line": lambda tx, req: tx.request_line or None,
+    "http.request_body": lambda tx, req: tx.request_body or None,
+    "http.host": lambda tx, req: tx.host or None,
+    "http.host.raw": lambda tx, req: tx.host_raw or None,
+    "http.user_agent": lambda tx, req: tx.user_agent or None,
+    "http.stat_code": lambda tx, req: tx.status_code or None,
+    "http.stat_msg": lambda tx, req: tx.status_msg or None,
+    "http.response_line": lambda tx, req: tx.status_line or None,
+    "http.response_body": lambda tx, req: tx.response_body or None,
+    "file.data": lambda tx, req: (_request_file(tx) if req else tx.response_body) or None,
+    "http.protocol": lambda tx, req: (tx.protocol if req else tx.response_protocol) or None,
+}
+_HTTP_NAMED = {
+    "http.accept": b"accept", "http.accept_enc": b"accept-encoding", "http.accept_lang": b"accept-language",
+    "http.referer": b"referer", "http.content_type": b"content-type", "http.content_len": b"content-length",
+    "http.connection": b"connection", "http.server": b"server", "http.location": b"location",
+}
+
+
 def http_buffer(tx: "HttpTransaction", name: str, to_server: bool) -> bytes | None:
     """One HTTP sticky buffer of a transaction for the side being inspected (None: not there)."""
     req = to_server
-    headers = tx.request_headers if req else tx.response_headers
-    ready = tx.request_headers_done if req else tx.response_headers_done
-    simple: dict[str, Callable[[], bytes | None]] = {
-        "http.uri": lambda: tx.uri if tx.request_line else None,
-        "http.uri.raw": lambda: tx.uri_raw if tx.request_line else None,
-        "http.method": lambda: tx.method or None,
-        "http.request_line": lambda: tx.request_line or None,
-        "http.request_body": lambda: tx.request_body or None,
-        "http.host": lambda: tx.host or None,
-        "http.host.raw": lambda: tx.host_raw or None,
-        "http.user_agent": lambda: tx.user_agent or None,
-        "http.stat_code": lambda: tx.status_code or None,
-        "http.stat_msg": lambda: tx.status_msg or None,
-        "http.response_line": lambda: tx.status_line or None,
-        "http.response_body": lambda: tx.response_body or None,
-        "file.data": lambda: (_request_file(tx) if req else tx.response_body) or None,
-        "http.protocol": lambda: (tx.protocol if req else tx.response_protocol) or None,
-    }
-    if name in simple:
-        return simple[name]()
-    if not ready:
+    simple = _HTTP_SIMPLE.get(name)
+    if simple is not None:
+        return simple(tx, req)
+    if not (tx.request_headers_done if req else tx.response_headers_done):
         return None
-    named = {
-        "http.accept": b"accept", "http.accept_enc": b"accept-encoding", "http.accept_lang": b"accept-language",
-        "http.referer": b"referer", "http.content_type": b"content-type", "http.content_len": b"content-length",
-        "http.connection": b"connection", "http.server": b"server", "http.location": b"location",
-        "http.cookie": b"cookie" if req else b"set-cookie",
-    }
-    if name in named:
-        return tx.header(named[name], response=not req)
+    header = _HTTP_NAMED.get(name)
+    if header is not None:
+        return tx.header(header, response=not req)
+    headers = tx.request_headers if req else tx.response_headers
+    if name == "http.cookie":
+        return tx.header(b"cookie" if req else b"set-cookie", response=not req)
     if name == "http.header":
         return _header_block(headers, (b"cookie", b"set-cookie")) or None
     if name == "http.header.raw":

@@ -20,7 +20,7 @@ from filters.ips.detect import (
     tls_buffers,
 )
 from filters.ips.match import MatchContext, match_packet_checks, match_section
-from filters.ips.model import PKT, Action as RuleAction, FlowbitCmd, Rule, Threshold, ThresholdType, Track
+from filters.ips.model import BUFFERS, PKT, Action as RuleAction, BufDir, FlowbitCmd, Rule, Threshold, ThresholdType, Track
 from filters.ips.netspec import Variables
 from filters.ips.rules import LoadResult, load_classification, load_files
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
@@ -290,12 +290,14 @@ class Ips(Engine):
                      lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts,
                      self._app_before if flow.proto == PROTO_TCP else _app_name(flow))
         out = pending
+        addrs = (pkt.src_addr, pkt.dst_addr)
         if not st.passed and to_server not in st.iponly_done:
             st.iponly_done.add(to_server)
-            out += self._run(self.detector.groups["iponly"].rules, site, st, tx_key=None)
+            out += self._run(self.detector.groups["iponly"].candidates(site.buffers, self.detector.infos, addrs),
+                             site, st, tx_key=None)
         if not any(d.action is Action.PASS for d in out):
             group = self.detector.groups["packet"]
-            out += self._run(group.candidates(site.buffers, self.detector.infos), site, st, tx_key=None)
+            out += self._run(group.candidates(site.buffers, self.detector.infos, addrs), site, st, tx_key=None)
         if any(d.action is Action.PASS for d in out):
             return [d for d in out if d.action is Action.PASS]  # a pass rule silences the packet
         return out
@@ -310,7 +312,7 @@ class Ips(Engine):
         window = tail + data
         st.tail[to_server] = window[-self.stream_tail:] if self.stream_tail else b""
         site = self._flow_site(flow, to_server, lambda name: [window] if name == PKT else [])
-        found = self.detector.groups["stream"].candidates(site.buffers, self.detector.infos)
+        found = self.detector.groups["stream"].candidates(site.buffers, self.detector.infos, (site.src, site.dst))
         if tail:  # a match wholly inside the old tail was reported with the earlier chunk
             old = self._flow_site(flow, to_server, lambda name: [tail] if name == PKT else [])
             found = [i for i in found if not self._matches(i, old, st, check_bits=False)]
@@ -349,13 +351,16 @@ class Ips(Engine):
     def _http(self, flow: Any, st: _FlowState, ev: Any) -> list[Decision]:
         tx, to_server = ev.tx, ev.to_server
 
-        def buffers(name: str) -> list[bytes]:
-            from filters.ips.model import BUFFERS, BufDir
+        cache: dict[str, list[bytes]] = {}
 
-            info = BUFFERS.get(name)
-            side = to_server if info is None or info.direction is BufDir.BOTH else info.direction is BufDir.TO_SERVER
-            value = http_buffer(tx, name, side)
-            return [value] if value is not None else []
+        def buffers(name: str) -> list[bytes]:
+            got = cache.get(name)
+            if got is None:
+                info = BUFFERS.get(name)
+                side = to_server if info is None or info.direction is BufDir.BOTH else info.direction is BufDir.TO_SERVER
+                value = http_buffer(tx, name, side)
+                got = cache[name] = [value] if value is not None else []
+            return got
 
         site = self._flow_site(flow, to_server, self._with_pkt(buffers))
         extra = {"http": _http_eve(tx)}
@@ -363,7 +368,7 @@ class Ips(Engine):
 
     def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any]) -> list[Decision]:
         infos = [
-            i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos)
+            i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos, (site.src, site.dst))
             if site.to_server in i.dirs and (i.app_proto is None or i.app_proto in protos)
         ]
         return self._run(infos, site, st, tx_key=tx_key, extra={"app_proto": sorted(protos)[0], **extra})
