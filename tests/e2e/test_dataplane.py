@@ -186,3 +186,57 @@ def test_bridge_up_twice_and_down_leaves_nothing(office: Lab, tmp_path: Path):
     assert office.exec("utm", ["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]).stdout == before_sysctl
     office.exec("utm", ["iptables", "-D", "FORWARD", "-p", "tcp", "--dport", "9", "-j", "CUSTOMER"], check=True)
     office.exec("utm", ["iptables", "-X", "CUSTOMER"], check=True)
+
+
+@pytest.mark.parametrize("agent", [{"engines.firewall.blocklist": ["203.0.113.64/28", "2001:db8:203::/64"]}], indirect=True)
+def test_blocklist_is_enforced_in_the_kernel_and_swapped_atomically(office: Lab, agent: LabAgent):
+    web, atk = office.hosts["web"], office.hosts["atk"]
+    office.start_tcp_listener("atk", 8443)
+    assert connect_result(office, "pc1", atk.ipv4, 8443) == "timeout"  # LAN->WAN is allowed, but not to a listed address
+    assert connect_result(office, "pc1", atk.ipv6, 8443) == "timeout"
+    rec = agent.wait_alarm(lambda r: r.get("alert", {}).get("signature") == "VCR firewall: blocklisted address")
+    assert rec is not None and rec["dest_ip"] in (atk.ipv4, atk.ipv6) and rec["alert"]["reason"] == "kernel"
+    drops = office.exec("utm", ["iptables", "-w", "-L", "VCR-BLOCK", "-v", "-x", "-n"]).stdout
+    assert any(line.split()[2] == "DROP" and int(line.split()[0]) > 0 for line in drops.splitlines()[2:])
+    assert curl(office, "pc1", f"http://{web.ipv4}/")[0]  # everything else still flows
+    # A new list is swapped in whole (config change + reload): the attacker is reachable again,
+    # the web server is not.
+    import yaml
+
+    cfg = yaml.safe_load(agent.config_path.read_text())
+    cfg["engines"]["firewall"]["blocklist"] = ["198.51.100.10/32"]
+    agent.config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True))
+    assert agent.cli("reload").returncode == 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "198.51.100.10" not in office.exec("utm", ["ipset", "list", "vcr-block4"]).stdout:
+        time.sleep(0.2)
+    assert connect_result(office, "pc1", atk.ipv4, 8443) == "open"
+    assert not curl(office, "pc1", f"http://{web.ipv4}/", timeout=2)[0]
+    assert office.exec("utm", ["ipset", "list", "-n"]).stdout.split() == ["vcr-block4", "vcr-block6"]  # no temp set left
+
+
+def test_systemd_notify_ready_and_watchdog(office: Lab, tmp_path: Path):
+    """Type=notify: READY=1 once the workers are bound, WATCHDOG=1 while they live."""
+    import os
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    a = LabAgent(office, tmp_path / "agent")
+    a.bridge_up()
+    os.environ.update(NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="1000000")
+    try:
+        a.start()
+        got = set()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not {"READY=1", "WATCHDOG=1"} <= got:
+            got |= set(sock.recv(4096).decode().split("\n"))
+        assert "READY=1" in got and "WATCHDOG=1" in got
+    finally:
+        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC"):
+            os.environ.pop(key, None)
+        sock.close()
+        a.kill()
+        a.bridge_down()
