@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from agent.bridge import port_sides
 from agent.config import AgentConfig
+from agent.inject import Injector
 from agent.performers import perform
 from agent.ruleset import MARK_ACCEPT, MARK_DROP, MARK_MASK, MARK_REJECT
 from filters.app.layer import AppLayer, AppSettings
@@ -82,6 +83,7 @@ class Worker:
         self.out = out
         self.sides = port_sides(cfg)
         self.pipeline = pipeline_from_config(cfg, self._emit, engines=engines, kernel_offload=True)
+        self.injector = Injector()
         self.io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"io-w{spec.index}")
         self.io_done: _queue.SimpleQueue[tuple[int, Any, str | None]] = _queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
@@ -102,6 +104,9 @@ class Worker:
         nfpkt = rel.token
         key = rel.outcome.name.lower() + ("+offload" if rel.offload else "")
         self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        if rel.inject and rel.packet is not None:
+            for inj in rel.inject:
+                self.injector.send(rel.packet, inj)
         try:
             if not rel.offload:
                 nfpkt.accept() if rel.outcome is Outcome.ACCEPT else nfpkt.drop()
@@ -240,7 +245,7 @@ class Worker:
 
     def _send_stats(self) -> None:
         stats = self.pipeline.stats()
-        stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, "pid": os.getpid()}
+        stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid()}
         self.out.put(("stats", self.spec.index, stats))
 
 

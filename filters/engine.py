@@ -52,6 +52,25 @@ class EngineContext:
     home_net: tuple[str, ...] = ()
 
 
+class InjectKind(enum.Enum):
+    DNS_ANSWER = "dns_answer"  # answer the client's DNS query ourselves (sinkhole / NXDOMAIN)
+    HTTP_BLOCK_PAGE = "http_block_page"  # answer the client's HTTP request with the block page
+    TCP_RESET = "tcp_reset"  # reset the TCP connection (to either side or both)
+
+
+@dataclass(frozen=True, slots=True)
+class Inject:
+    """A packet the agent sends on an engine's behalf, built from the packet being judged.
+
+    ``args`` by kind: DNS_ANSWER {"rcode": int, "answers": [(rrtype, rdata_bytes)], "ttl": int};
+    HTTP_BLOCK_PAGE {"html": str}; TCP_RESET {"sender": bool, "receiver": bool}, relative to
+    the judged packet (its sender gets a reset it accepts, its receiver one too).
+    """
+
+    kind: InjectKind
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What one engine decided about a packet or flow, and why."""
@@ -67,6 +86,7 @@ class Verdict:
     reason: str = ""
     scope: Scope = Scope.FLOW
     metadata: Mapping[str, Any] = field(default_factory=dict)  # extra EVE fields (e.g. "http": {...})
+    inject: tuple[Inject, ...] = ()  # packets to send back (block page, DNS answer, resets)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from filters import eve
 from filters.app.layer import AppLayer
-from filters.engine import Action, Decision, Engine, Hold, Hook, IORequest, Scope, Verdict
+from filters.engine import Action, Decision, Engine, Hold, Hook, Inject, IORequest, Scope, Verdict
 from filters.flow import Flow, FlowTable
 from filters.packet import Packet
 
@@ -35,6 +35,8 @@ class Release:
     token: Any
     outcome: Outcome
     offload: bool = False
+    packet: Packet | None = None  # the judged packet, when there is something to inject
+    inject: tuple[Inject, ...] = ()  # packets the driver should send in reply to ``packet``
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,10 @@ class Pipeline:
                 rec["drop"].update(signature_id=cause.rule_id, signature=cause.signature, action=strictest.name.lower())
                 self.emit(rec)
             self._count("verdict." + strictest.name.lower())
-            return [Release(token, _OUTCOME[strictest], offload=flow_wide)]
+            inject = tuple(i for v in verdicts for i in v.inject)
+            if inject:
+                self._count("inject." + "+".join(sorted({i.kind.value for i in inject})))
+            return [Release(token, _OUTCOME[strictest], offload=flow_wide, packet=pkt if inject else None, inject=inject)]
         if holds:
             return self._start_hold(flow, holds[0], token, pkt, now)
         offload = not any(e.needs_more(flow) for e in self.engines)
