@@ -41,13 +41,12 @@ import collections
 import enum
 import logging
 import random
-import socket
 import types
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from filters.engine import Action, ConfigError
-from filters.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, Side
+from filters.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, Side, ntop
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +174,11 @@ class Flow:
 
     @property
     def client_ip(self) -> str:
-        return _ntop(self.client_addr)
+        return ntop(self.client_addr)
 
     @property
     def server_ip(self) -> str:
-        return _ntop(self.server_addr)
+        return ntop(self.server_addr)
 
 
 def flow_key(pkt: Packet) -> FlowKey:
@@ -191,14 +190,6 @@ def flow_key(pkt: Packet) -> FlowKey:
 def seq_diff(a: int, b: int) -> int:
     """Signed distance ``a - b`` in 32-bit sequence space."""
     return ((a - b + _SEQ_HALF) & _SEQ_MASK) - _SEQ_HALF
-
-
-def _ntop(addr: bytes) -> str:
-    if len(addr) == 4:
-        return socket.inet_ntop(socket.AF_INET, addr)
-    if len(addr) == 16:
-        return socket.inet_ntop(socket.AF_INET6, addr)
-    return ""
 
 
 def _ports(pkt: Packet) -> tuple[int, int]:

@@ -152,18 +152,19 @@ class Packet:
 
     @property
     def src_ip(self) -> str:
-        return _ntop(self.src_addr)
+        return ntop(self.src_addr)
 
     @property
     def dst_ip(self) -> str:
-        return _ntop(self.dst_addr)
+        return ntop(self.dst_addr)
 
     @property
     def has_ports(self) -> bool:
         return self.proto in (PROTO_TCP, PROTO_UDP) and self.frag_offset == 0 and self.anomaly is None
 
 
-def _ntop(addr: bytes) -> str:
+def ntop(addr: bytes) -> str:
+    """Text form of a packed IPv4/IPv6 address ("" for anything else)."""
     if len(addr) == 4:
         return socket.inet_ntop(socket.AF_INET, addr)
     if len(addr) == 16:
