@@ -173,7 +173,11 @@ def load_yaml(path: str | os.PathLike[str]) -> Any:
 
 
 # Keys holding file paths; a relative path is taken relative to the config file's folder.
-PATH_KEYS = (("engines", "ips", "rule_files"), ("engines", "ips", "classification"))
+PATH_KEYS = (
+    ("engines", "ips", "rule_files"),
+    ("engines", "ips", "classification"),
+    ("engines", "webfilter", "database"),
+)
 
 
 def resolve_relative_paths(data: Any, base: Path) -> None:

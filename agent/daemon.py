@@ -52,6 +52,7 @@ class Daemon:
         # Engines are prepared once here (rule compilation) and inherited by the forked workers.
         self.engines = build_engines(cfg)
         self.reload_summary: dict[str, Any] = {e.name: e.summary() for e in self.engines}
+        self.blockpage: Any = None
 
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -162,8 +163,29 @@ class Daemon:
         os.replace(tmp, path)
 
     # -- main ------------------------------------------------------------------------------
+    def _start_blockpage(self) -> None:
+        """Serve the block page where sinkholed names land: the box's management address."""
+        from agent.blockpage import BlockPageServer
+        from filters.webfilter.engine import WebFilter
+
+        wf = next((e for e in self.engines if isinstance(e, WebFilter)), None)
+        sheet = self.cfg.settings_sheet
+        if wf is None or sheet is None:
+            return
+
+        def describe(host: str) -> tuple[list[str], str]:
+            d = wf.decide_host(host)
+            return sorted(d.categories & wf.policy.blocked) or sorted(d.categories), "deny list" if d.reason == "deny list" else "category"
+
+        try:
+            self.blockpage = BlockPageServer(sheet.management_ip.split("/")[0], 80, describe, box=wf.box)
+            self.blockpage.start()
+        except OSError as exc:
+            log.warning("block page server not started: %s", exc)
+
     def run(self) -> int:
         self.bridge.up()
+        self._start_blockpage()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
@@ -215,6 +237,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")
+        if self.blockpage is not None:
+            self.blockpage.stop()
         for p in self.procs.values():
             p.terminate()
         deadline = time.time() + 5

@@ -22,6 +22,7 @@ from agent.lab import Lab, LabError
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "config" / "vcr-agent.yaml"
+UT1 = REPO.parent / "shared" / "data" / "ut1"
 
 
 def lab_config(workdir: Path, *, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -31,6 +32,8 @@ def lab_config(workdir: Path, *, overrides: dict[str, Any] | None = None) -> dic
     data["logging"]["dir"] = str(workdir / "log")
     data["bridge"]["resolv_conf"] = str(workdir / "resolv.conf")
     data["bridge"]["state_file"] = str(workdir / "bridge.json")  # labs side by side keep apart
+    if UT1.is_dir():  # the lab's category bundle: the real UT1 lists beside the repository
+        data["engines"]["webfilter"]["database"] = str(UT1)
     for key, value in (overrides or {}).items():
         node = data
         *parents, last = key.split(".")

@@ -50,6 +50,8 @@ class EngineContext:
     """Settings from outside an engine's own section that engines may use."""
 
     home_net: tuple[str, ...] = ()
+    management_ipv4: str = ""  # the box's own address (settings sheet), e.g. the DNS sinkhole
+    management_ipv6: str = ""
 
 
 class InjectKind(enum.Enum):

@@ -7,6 +7,7 @@ from filters.engine import ConfigError, Engine, EngineContext
 from filters.firewall import Firewall
 from filters.ips.engine import Ips
 from filters.probe import Probe
+from filters.webfilter.engine import WebFilter
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.config import AgentConfig
@@ -15,6 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 ENGINES: tuple[tuple[type[Engine], bool], ...] = (
     (Firewall, True),
     (Ips, False),
+    (WebFilter, False),
     (Probe, False),
 )
 
@@ -28,7 +30,12 @@ def build_engines(cfg: "AgentConfig", *, path: str = "", prepare: bool = True) -
     for name in cfg.engines:
         if name not in known:
             raise ConfigError(f"unknown engine (known: {', '.join(sorted(known))})", path=path, key=f"engines.{name}")
-    ctx = EngineContext(home_net=tuple(cfg.home_net))
+    sheet = cfg.settings_sheet
+    ctx = EngineContext(
+        home_net=tuple(cfg.home_net),
+        management_ipv4=sheet.management_ip.split("/")[0] if sheet else "",
+        management_ipv6=(sheet.management_ipv6 or "").split("/")[0] if sheet else "",
+    )
     out: list[Engine] = []
     for cls, default_on in ENGINES:
         section = cfg.engines.get(cls.name) or {}

@@ -1,0 +1,222 @@
+"""The web filter engine: URL categories enforced at DNS, HTTP Host/URL and TLS SNI, without decryption."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping
+
+from filters.app import DnsMessage, HttpEvent, TlsHello
+from filters.app.dns import normalize_name
+from filters.engine import Action, ConfigError, Decision as EngineDecision, Engine, EngineContext, Hook, Verdict
+from filters.packet import PROTO_TCP, PROTO_UDP, Packet
+from filters.webfilter import page
+from filters.webfilter.blocking import Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow, block_http, block_tls
+from filters.webfilter.categories import CategoryDB
+from filters.webfilter.policy import Decision, WebPolicy, WebVerdict, decide, parse_policy
+
+log = logging.getLogger(__name__)
+
+SID_CATEGORY = 9_300_001
+SID_DENY_LIST = 9_300_002
+SID_DOH_CANARY = 9_300_010
+SID_QUIC = 9_300_011
+SID_DOT = 9_300_012
+CATEGORY = "Web filter"
+DOH_CANARY = "use-application-dns.net"
+KEYS = {"enabled", "database", "blocked", "allow", "deny", "dns_action", "sinkhole_ipv4", "sinkhole_ipv6",
+        "block_quic", "doh_canary", "block_dot", "block_doh", "monitor_only", "box_name"}
+
+
+def _bool(section: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError("expected true or false", key=key)
+    return value
+
+
+class WebFilter(Engine):
+    name: ClassVar[str] = "webfilter"
+    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START, Hook.DNS, Hook.HTTP_REQUEST, Hook.TLS_HELLO})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db = CategoryDB.from_entries({})
+        self.policy = WebPolicy()
+        self.database: Path | None = None
+        self.sinkhole = Sinkhole()
+        self.block_quic = self.doh_canary = self.block_dot = self.block_doh = True
+        self.monitor = False
+        self.box = ""
+        self.missing = ""
+
+    # -- configuration -------------------------------------------------------------------
+    def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
+        unknown = set(section) - KEYS
+        if unknown:
+            raise ConfigError("unknown key", key=sorted(unknown)[0])
+        db = section.get("database")
+        if db is not None and not isinstance(db, str):
+            raise ConfigError("expected the path of a UT1-layout category folder", key="database")
+        known = None
+        if db:
+            path = Path(db)
+            # A missing bundle is not a config error: the box must start and pass traffic until
+            # signature sync delivers it (summary() says "database missing").
+            known = {p.name for p in path.iterdir() if p.is_dir()} if path.is_dir() else None
+            self.database = path
+        self.policy = parse_policy({k: section[k] for k in ("blocked", "allow", "deny") if k in section}, known_categories=known)
+        action = section.get("dns_action", "sinkhole")
+        if action not in ("sinkhole", "nxdomain"):
+            raise ConfigError("expected sinkhole or nxdomain", key="dns_action")
+        v4 = section.get("sinkhole_ipv4", ctx.management_ipv4)
+        v6 = section.get("sinkhole_ipv6", ctx.management_ipv6)
+        for key, value in (("sinkhole_ipv4", v4), ("sinkhole_ipv6", v6)):
+            if value and not isinstance(value, str):
+                raise ConfigError("expected an IP address", key=key)
+        self.sinkhole = Sinkhole(v4 or "", v6 or "", nxdomain=action == "nxdomain" or not (v4 or v6))
+        self.block_quic = _bool(section, "block_quic", True)
+        self.doh_canary = _bool(section, "doh_canary", True)
+        self.block_dot = _bool(section, "block_dot", True)
+        self.block_doh = _bool(section, "block_doh", True)
+        self.monitor = _bool(section, "monitor_only", False)
+        self.box = str(section.get("box_name", "") or os.uname().nodename)
+
+    def prepare(self) -> None:
+        if self.database is None:
+            return
+        try:
+            self.db = CategoryDB.load(self.database)
+        except OSError as exc:
+            log.warning("web filter: no category database (%s); nothing is blocked by category until it arrives", exc)
+            self.missing = str(exc)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "categories": len(self.db.categories),
+            "database_version": self.db.version,
+            "blocked": sorted(self.policy.blocked),
+            "allow": len(self.policy.allow),
+            "deny": len(self.policy.deny),
+            "monitor_only": self.monitor,
+            "database_missing": self.missing,
+        }
+
+    # -- decisions -------------------------------------------------------------------------
+    def decide_host(self, host: str, path: str = "") -> Decision:
+        """The decision for a host (and path), as enforced (the block page server asks too)."""
+        return self._decide(normalize_name(host.encode("utf-8", "surrogateescape")), path)
+
+    def _decide(self, host: str, path: str = "") -> Decision:
+        d = decide(self.db, self.policy, host, path)
+        if not d.blocks and self.block_doh and "doh" in d.categories and d.reason != "allow list":
+            return Decision(WebVerdict.BLOCK, d.categories, "category doh", d.matched)
+        return d
+
+    def _alarm(self, d: Decision, host: str, where: str, url: str = "") -> Alarm:
+        by_list = d.reason == "deny list"
+        sid = SID_DENY_LIST if by_list else SID_CATEGORY
+        sig = "VCR webfilter: site on the deny list" if by_list else f"VCR webfilter: blocked {d.reason}"
+        self.count(f"blocked.{where}")
+        details = {"host": host, "categories": sorted(d.categories), "reason": d.reason, "matched": d.matched, "where": where}
+        if url:
+            details["url"] = url
+        return Alarm(self.name, sid, sig, CATEGORY, 2, details)
+
+    def _page(self, d: Decision, site: str) -> str:
+        reason = "deny list" if d.reason == "deny list" else "category"
+        cats = [c for c in d.categories if c in self.policy.blocked or c == "doh"] or list(d.categories)
+        return page.render(site, cats, reason, box=self.box)
+
+    # -- hooks -------------------------------------------------------------------------------
+    def on_flow_start(self, flow: Any, pkt: Packet) -> Iterable[EngineDecision] | None:
+        if self.block_quic and flow.proto == PROTO_UDP and flow.server_port == 443:
+            self.count("blocked.quic")
+            return [block_flow(Alarm(self.name, SID_QUIC, "VCR webfilter: QUIC blocked (browsers fall back to TLS over TCP)",
+                                     CATEGORY, 3, {"where": "quic"}), monitor=self.monitor)]
+        if self.block_dot and flow.server_port == 853 and flow.proto in (PROTO_TCP, PROTO_UDP):
+            self.count("blocked.dot")
+            return [block_flow(Alarm(self.name, SID_DOT, "VCR webfilter: DNS over TLS blocked", CATEGORY, 3,
+                                     {"where": "dot"}), monitor=self.monitor)]
+        return None
+
+    def on_event(self, hook: Hook, flow: Any, event: Any) -> Iterable[EngineDecision] | None:
+        if hook is Hook.DNS:
+            return self._dns(event)
+        if hook is Hook.HTTP_REQUEST:
+            return self._http(flow, event)
+        if hook is Hook.TLS_HELLO:
+            return self._tls(flow, event)
+        return None
+
+    def _dns(self, msg: DnsMessage) -> list[Verdict]:
+        if msg.to_server:
+            for q in msg.questions:
+                name = normalize_name(q.name)
+                if self.doh_canary and name == DOH_CANARY:
+                    self.count("blocked.doh_canary")
+                    alarm = Alarm(self.name, SID_DOH_CANARY, "VCR webfilter: DoH canary answered NXDOMAIN", CATEGORY, 3,
+                                  {"host": name, "where": "dns"})
+                    return [block_dns_query(alarm, Sinkhole(nxdomain=True), q.rrtype)]
+                d = self._decide(name)
+                if d.blocks:
+                    return [block_dns_query(self._alarm(d, name, "dns"), self.sinkhole, q.rrtype, monitor=self.monitor)]
+            return []
+        for ans in msg.answers:  # CNAME chains: any name in the answer that is blocked
+            for raw in (ans.name, ans.data if ans.rrtype == 5 else b""):
+                if raw:
+                    name = normalize_name(raw)
+                    d = self._decide(name)
+                    if d.blocks:
+                        return [block_dns_response(self._alarm(d, name, "dns_answer"), monitor=self.monitor)]
+        return []
+
+    def _http(self, flow: Any, ev: HttpEvent) -> list[Verdict]:
+        if ev.stage != "request_headers":
+            return []
+        tx = ev.tx
+        host = tx.host.decode("latin-1") or flow.server_ip
+        path = tx.uri_raw.decode("latin-1") if tx.uri_raw.startswith(b"/") else tx.uri.decode("latin-1")
+        d = self._decide(host, path)
+        if not d.blocks:
+            return []
+        url = f"http://{host}{path}"
+        return [block_http(self._alarm(d, host, "http", url), self._page(d, host + path), monitor=self.monitor)]
+
+    def _tls(self, flow: Any, hello: TlsHello) -> list[Verdict]:
+        seen = flow.engine_data.setdefault(self.name, {})
+        if hello.to_server:
+            seen["client_hello"] = True
+            if not hello.sni:
+                return []
+            seen["sni"] = True
+            name = normalize_name(hello.sni)
+            d = self._decide(name)
+            return [block_tls(self._alarm(d, name, "tls_sni"), monitor=self.monitor)] if d.blocks else []
+        if seen.get("sni"):
+            return []
+        for raw in (*hello.cert_sans, _cn(hello.cert_subject)):  # no SNI: fall back to the certificate's names
+            if raw:
+                name = normalize_name(raw)
+                d = self._decide(name.lstrip("*."))
+                if d.blocks:
+                    return [block_tls(self._alarm(d, name, "tls_certificate"), monitor=self.monitor)]
+        return []
+
+    def needs_more(self, flow: Any) -> bool:
+        st = flow.engine_data.get("app")
+        app = st.proto.value if st is not None else "unknown"
+        if app in ("unknown", "dns", "http"):
+            return flow.proto in (PROTO_TCP, PROTO_UDP)
+        if app == "tls":
+            seen = flow.engine_data.get(self.name, {})
+            return not seen.get("sni") and not flow.encrypted
+        return False
+
+
+def _cn(subject: bytes) -> bytes:
+    for part in subject.split(b","):
+        key, _, value = part.strip().partition(b"=")
+        if key.upper() == b"CN":
+            return value.strip()
+    return b""
