@@ -174,6 +174,9 @@ class WebFilter(Engine):
     def _http(self, flow: Any, ev: HttpEvent) -> list[Verdict]:
         if ev.stage != "request_headers":
             return []
+        # Judged once per connection: later requests on it go to the same server (the flow is
+        # handed to the kernel unless another engine still wants it).
+        flow.engine_data.setdefault(self.name, {})["http_judged"] = True
         tx = ev.tx
         host = tx.host.decode("latin-1") or flow.server_ip
         path = tx.uri_raw.decode("latin-1") if tx.uri_raw.startswith(b"/") else tx.uri.decode("latin-1")
@@ -206,7 +209,9 @@ class WebFilter(Engine):
     def needs_more(self, flow: Any) -> bool:
         st = flow.engine_data.get("app")
         app = st.proto.value if st is not None else "unknown"
-        if app in ("unknown", "dns", "http"):
+        if app == "http":
+            return not flow.engine_data.get(self.name, {}).get("http_judged")
+        if app in ("unknown", "dns"):
             return flow.proto in (PROTO_TCP, PROTO_UDP)
         if app == "tls":
             seen = flow.engine_data.get(self.name, {})
