@@ -1,6 +1,7 @@
 """The agent daemon (``vcr-agent run``): bridge ruleset, one worker per queue, alarms, stats, systemd."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -51,6 +52,10 @@ class Daemon:
         self.policy = firewall_policy(cfg)
         # Engines are prepared once here (rule compilation) and inherited by the forked workers.
         self.engines = build_engines(cfg)
+        # Compiled rules are long-lived: keep them out of the collector (no multi-100 ms pauses
+        # scanning them) and untouched after fork (the workers share their pages).
+        gc.collect()
+        gc.freeze()
         self.reload_summary: dict[str, Any] = {e.name: e.summary() for e in self.engines}
         self.blockpage: Any = None
 

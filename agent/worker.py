@@ -1,6 +1,7 @@
 """One NFQUEUE worker process: binds a queue, runs the pipeline, gives verdicts and connmark offloads."""
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue as _queue
@@ -210,6 +211,8 @@ class Worker:
         if self.reloaded is not None:
             engines, self.reloaded = self.reloaded, None
             self.pipeline.replace_engines(engines)
+            gc.collect()
+            gc.freeze()  # the new rules are long-lived too
             summary = {e.name: e.summary() for e in engines}
             log.info("worker %d: reloaded engines %s", self.spec.index, ", ".join(summary))
             self.out.put(("reloaded", self.spec.index, summary))
