@@ -109,6 +109,46 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return verify_main(args)
 
 
+def _split_target(text: str) -> tuple[str, str]:
+    """``https://host/path``, ``host/path`` or ``host`` -> (host, path)."""
+    from urllib.parse import urlsplit
+
+    if "://" in text:
+        parts = urlsplit(text)
+        return parts.hostname or "", parts.path + (f"?{parts.query}" if parts.query else "")
+    host, slash, rest = text.partition("/")
+    return host, slash + rest
+
+
+def cmd_category(args: argparse.Namespace) -> int:
+    from filters.webfilter.categories import CategoryDB
+    from filters.webfilter.policy import decide, parse_policy
+
+    section: dict[str, Any] = {}
+    if args.config or DEFAULT_CONFIG.exists():
+        section = dict(_config(args.config).engines.get("webfilter") or {})
+    folder = args.db or section.get("database")
+    if not folder:
+        print("カテゴリ DB がありません / no category database: give --db DIR or a config with engines.webfilter.database", file=sys.stderr)
+        return 2
+    try:
+        db = CategoryDB.load(Path(folder))
+    except OSError as exc:
+        print(f"カテゴリ DB を読めません / cannot load the category database: {exc}", file=sys.stderr)
+        return 2
+    policy = parse_policy({k: section[k] for k in ("blocked", "allow", "deny") if k in section}, known_categories=db.categories)
+    for text in args.names:
+        host, path = _split_target(text)
+        d = decide(db, policy, host, path)
+        if args.json:
+            print(json.dumps({"input": text, "categories": sorted(d.categories), "verdict": str(d.verdict),
+                              "reason": d.reason, "matched": d.matched}, ensure_ascii=False))
+        else:
+            cats = ", ".join(sorted(d.categories)) or "-"
+            print(f"{text}\t{d.verdict}\t{cats}\t({d.reason}{': ' + d.matched if d.matched else ''})")
+    return 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from agent.demo import run_demo, lab_down, lab_up
 
@@ -157,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--simulate-ips", action="store_true", help="drop verdicts really drop (IPS), as inline")
     pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="Suricata-style setting, e.g. stream.midstream=true")
     pc.set_defaults(fn=cmd_pcap)
+
+    cat = sub.add_parser("category", help="web filter categories and verdict of hosts or URLs")
+    cat.add_argument("names", nargs="+", metavar="HOST_OR_URL")
+    cat.add_argument("-c", "--config")
+    cat.add_argument("--db", help="a UT1-layout category folder instead of the installed bundle")
+    cat.add_argument("--json", action="store_true", help="one JSON object per input")
+    cat.set_defaults(fn=cmd_category)
 
     v = sub.add_parser("verify", help="run the suricata-verify peer suite through the pcap mode")
     v.add_argument("--root", help="suricata-verify folder (default: ../shared/peer/suricata-verify)")
