@@ -84,8 +84,54 @@ def summarize_alarms(alarms: list[dict[str, Any]]) -> None:
         print("    " + json.dumps(ips[0], ensure_ascii=False))
 
 
+def phishing_example() -> str | None:
+    """A real entry of the UT1 phishing list, for the web filter step (None without the lists)."""
+    from agent.labrun import UT1
+
+    path = UT1 / "phishing" / "domains"
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        name = line.strip()
+        if "." in name and not name.replace(".", "").isdigit() and len(name) < 40:
+            return name
+    return None
+
+
+def _dns(lab: Lab, bad: str | None) -> None:
+    import os
+    import sys
+
+    from agent.labrun import REPO
+
+    lab.add_internet_host("dns", "198.51.100.53")
+    web = lab.hosts["web"]
+    names = [f"{n}={web.ipv4},{web.ipv6}" for n in ("www.example.org", bad) if n]
+    lab.popen("dns", [sys.executable, "-m", "agent.labdns", "53", *names], name="dns",
+              env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def _webfilter(lab: Lab, bad: str | None, results: dict[str, bool]) -> None:
+    step(7, "Web フィルター: フィッシングサイトへのアクセス", "web filter: a phishing site (a real UT1 entry)")
+    if bad is None:
+        say("UT1 リストがないため省略", "skipped: the UT1 lists are not beside the repository")
+        return
+    web = lab.hosts["web"]
+    answer = lab.exec("pc1", ["dig", "@198.51.100.53", "+short", "+tries=1", "+time=2", bad]).stdout.strip()
+    print(f"    DNS {bad} -> {answer}  (UTM の管理アドレス / the UTM's own address: block page)")
+    res = lab.exec("pc1", ["curl", "-sS", "--max-time", "4", "--resolve", f"{bad}:80:{web.ipv4}", f"http://{bad}/login"])
+    title = next((ln for ln in res.stdout.splitlines() if "<h1>" in ln), "").replace("<h1>", "").replace("</h1>", "")
+    print(f"    http://{bad}/login -> {title or res.stderr.strip()}")
+    tls = lab.exec("pc1", ["curl", "-sS", "--max-time", "4", "--resolve", f"{bad}:443:{web.ipv4}", f"https://{bad}/"])
+    print(f"    https://{bad}/ -> {tls.stderr.strip()[:70]}")
+    results["web filter: DNS sinkhole"] = answer == "192.0.2.2"
+    results["web filter: block page"] = "ブロックされました" in res.stdout
+    results["web filter: HTTPS reset"] = "reset" in tls.stderr.lower()
+
+
 def _servers(lab: Lab) -> None:
     lab.start_http_server("web", 80)
+    lab.start_tcp_listener("web", 443)
     lab.start_http_server("pc1", PUBLISHED)
     lab.start_tcp_listener("web", 23)
     lab.start_tcp_listener("web", 445)
@@ -132,7 +178,7 @@ def _protected(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
 
 def _fail_open(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
     web, pc1 = lab.hosts["web"], lab.hosts["pc1"]
-    step(8, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
+    step(9, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
     agent.kill()
     ok, detail = curl(lab, "pc1", f"http://{web.ipv4}/")
     say(f"Web 閲覧: {'成功' if ok else '失敗'} ({detail})", f"browsing with the agent dead: {'OK' if ok else 'FAILED'}")
@@ -153,6 +199,8 @@ def run_demo(args: argparse.Namespace) -> int:
         for name, h in lab.hosts.items():
             print(f"    {name:7s} {h.ipv4:15s} {h.ipv6}")
         _servers(lab)
+        bad = phishing_example()
+        _dns(lab, bad)
         step(2, "保護なし (ただのブリッジ) でスキャン", "scan through a bare bridge (no protection)")
         lab.bridge_bare()
         show_scan(scan(lab, lab.hosts["pc1"].ipv4))
@@ -164,7 +212,8 @@ def run_demo(args: argparse.Namespace) -> int:
             agent.start()
             say("エージェント起動完了", f"agent running: {agent.status()['ready']} NFQUEUE workers, config {agent.config_path}")
             _protected(lab, agent, results)
-            step(7, "警告ログ (EVE JSON)", "alarms written (EVE JSON)")
+            _webfilter(lab, bad, results)
+            step(8, "警告ログ (EVE JSON)", "alarms written (EVE JSON)")
             time.sleep(1.0)
             alarms = agent.alarms()
             summarize_alarms(alarms)
@@ -172,7 +221,7 @@ def run_demo(args: argparse.Namespace) -> int:
             _fail_open(lab, agent, results)
         finally:
             agent.kill()
-            step(9, "後片付け", "tearing down (bridge down, namespaces removed)")
+            step(10, "後片付け", "tearing down (bridge down, namespaces removed)")
             agent.bridge_down()
     print("\n=== 結果 / results ===")
     for what, ok in results.items():

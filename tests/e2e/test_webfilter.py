@@ -12,7 +12,6 @@ from agent.labrun import UT1, LabAgent
 
 pytestmark = pytest.mark.lab
 
-DNS_SERVER = Path(__file__).with_name("dns_server.py")
 REPO = Path(__file__).resolve().parents[2]
 ALLOWED = "www.example.org"
 
@@ -34,7 +33,7 @@ def dns_office(office: Lab):
     web = office.hosts["web"]
     names = [f"{n}={web.ipv4},{web.ipv6}" for n in (ALLOWED, phishing_name())]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    office.popen("dns", [sys.executable, str(DNS_SERVER), "53", *names], name="dns", env=env)
+    office.popen("dns", [sys.executable, "-m", "agent.labdns", "53", *names], name="dns", env=env)
     office.start_tcp_listener("web", 443)
     return office
 

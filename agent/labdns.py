@@ -1,4 +1,4 @@
-"""A small authoritative DNS server for the lab: fixed A/AAAA records, NXDOMAIN for the rest."""
+"""The lab's DNS server: fixed A/AAAA records for the simulated internet, NXDOMAIN for the rest."""
 import socket
 import sys
 
