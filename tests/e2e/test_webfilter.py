@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.demo import phishing_example
 from agent.lab import Lab
 from agent.labrun import UT1, LabAgent
 
@@ -17,14 +18,11 @@ ALLOWED = "www.example.org"
 
 
 def phishing_name() -> str:
-    """A real entry of the UT1 phishing list (blocked by the shipped default)."""
-    if not UT1.is_dir():
+    """A real entry of the UT1 phishing list (blocked by the shipped default), as the demo uses."""
+    name = phishing_example()
+    if name is None:
         pytest.skip(f"WEB FILTER TEST SKIPPED: the UT1 lists are not at {UT1}")
-    for line in (UT1 / "phishing" / "domains").read_text().splitlines():
-        name = line.strip()
-        if name.count(".") >= 1 and not name.replace(".", "").isdigit() and len(name) < 40:
-            return name
-    raise AssertionError("no usable phishing entry")
+    return name
 
 
 @pytest.fixture(scope="module")
