@@ -59,6 +59,12 @@ def _looks_http(to_server: bool, data: bytes) -> bool:
     return method in HTTP_METHODS
 
 
+def flow_app_proto(flow: Any) -> str | None:
+    """The app-layer protocol name of a flow ("http", "unknown", "failed"...), None before any data."""
+    st = flow.engine_data.get("app")
+    return st.proto.value if st is not None else None
+
+
 class AppLayer:
     """Owns the per-flow app-layer state (in ``flow.engine_data['app']``)."""
 
@@ -71,10 +77,6 @@ class AppLayer:
         if st is None:
             st = flow.engine_data["app"] = AppState()
         return st
-
-    def proto(self, flow: Any) -> AppProto:
-        st = flow.engine_data.get("app")
-        return st.proto if st is not None else AppProto.UNKNOWN
 
     def on_chunk(self, flow: Any, to_server: bool, data: bytes, offset: int) -> list[tuple[Hook, Any]]:
         st = self.state(flow)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
+from filters.app.layer import flow_app_proto
 from filters.engine import Action, ConfigError, Decision, Engine, EngineContext, Hook, Verdict
 from filters.flow import TcpState
 from filters.ips.detect import (
@@ -108,11 +109,6 @@ def _established(flow: Any) -> bool:
             return flow.state is not TcpState.CLOSED
         return flow.prev_state in (TcpState.ESTABLISHED, TcpState.CLOSING)
     return flow.pkts_toserver > 0 and flow.pkts_toclient > 0
-
-
-def _app_name(flow: Any) -> str | None:
-    st = flow.engine_data.get("app")
-    return st.proto.value if st is not None else None
 
 
 @dataclass(slots=True)
@@ -260,7 +256,7 @@ class Ips(Engine):
         iponly, packet, stream = st.relevant
         if packet or stream or (iponly and len(st.iponly_done) < 2):
             return True
-        app = _app_name(flow)
+        app = flow_app_proto(flow)
         if app in (None, "unknown"):
             return bool(det.app_protos) and flow.proto in (PROTO_TCP, PROTO_UDP)
         return app != "failed" and ("*" in det.app_protos or app in det.app_protos)
@@ -270,7 +266,7 @@ class Ips(Engine):
         self._pkt, self._pkt_flow, self._pending = pkt, flow, []
         # TCP: app-protocol-only rules apply from the packet after detection (Suricata detects on
         # the acknowledged stream); UDP: from the detecting packet itself (see on_packet_end).
-        self._app_before = _app_name(flow) if flow.proto == PROTO_TCP else None
+        self._app_before = flow_app_proto(flow) if flow.proto == PROTO_TCP else None
         return None
 
     def _defer(self, flow: Any, decisions: list[Decision]) -> list[Decision] | None:
@@ -288,7 +284,7 @@ class Ips(Engine):
         to_server = pkt.src_addr == flow.client_addr and (pkt.sport == flow.client_port or not pkt.has_ports)
         site = _Site(flow, to_server, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, pkt.has_ports, pkt,
                      lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts,
-                     self._app_before if flow.proto == PROTO_TCP else _app_name(flow))
+                     self._app_before if flow.proto == PROTO_TCP else flow_app_proto(flow))
         out = pending
         addrs = (pkt.src_addr, pkt.dst_addr)
         if not st.passed and to_server not in st.iponly_done:
@@ -381,7 +377,7 @@ class Ips(Engine):
         pkt = self._pkt
         ts = pkt.ts if pkt is not None else flow.last_ts
         return _Site(flow, to_server, src, sport, dst, dport, flow.proto in (PROTO_TCP, PROTO_UDP), pkt, buffers, ts,
-                     _app_name(flow))
+                     flow_app_proto(flow))
 
     # -- evaluation ----------------------------------------------------------------------------
     def _run(self, infos: list[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
@@ -420,7 +416,7 @@ class Ips(Engine):
         if info.group == "packet" and info.app_proto is not None and site.app not in _aliases(info.app_proto):
             return False
         if r.app_layer_protocol is not None:
-            same = _app_name(flow) in _aliases(r.app_layer_protocol.name)
+            same = flow_app_proto(flow) in _aliases(r.app_layer_protocol.name)
             if same == r.app_layer_protocol.negated:
                 return False
         if check_bits and not self._bits_ok(r, st):

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 from filters.app import DnsMessage, HttpEvent, TlsHello
 from filters.app.dns import normalize_name
-from filters.engine import Action, ConfigError, Decision as EngineDecision, Engine, EngineContext, Hook, Verdict
+from filters.app.layer import flow_app_proto
+from filters.engine import ConfigError, Decision as EngineDecision, Engine, EngineContext, Hook, Verdict
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
 from filters.webfilter import page
 from filters.webfilter.blocking import Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow, block_http, block_tls
@@ -207,8 +208,7 @@ class WebFilter(Engine):
         return []
 
     def needs_more(self, flow: Any) -> bool:
-        st = flow.engine_data.get("app")
-        app = st.proto.value if st is not None else "unknown"
+        app = flow_app_proto(flow) or "unknown"
         if app == "http":
             return not flow.engine_data.get(self.name, {}).get("http_judged")
         if app in ("unknown", "dns"):
