@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(iptables ipset iproute2 conntrack libnetfilter-queue-dev libnfnetlink-dev iperf3 iputils-ping
-          curl procps kmod tcpdump socat dnsutils python3-dev build-essential)
+          curl procps kmod tcpdump socat dnsutils python3-dev build-essential postgresql openssl)
 
 need_apt=()
 for p in "${APT_PKGS[@]}"; do

@@ -1,0 +1,1 @@
+"""Reference operations center for vcr-agent boxes."""
