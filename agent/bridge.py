@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from agent.config import AgentConfig
-from agent.ruleset import BLOCK_SETS, CHAINS, DataplaneSpec, jump_rule, render
+from agent.ruleset import BLOCK_SETS, CHAINS, TI_MAXELEM, TI_NET_SETS, TI_PORT_SETS, DataplaneSpec, jump_rule, render
 from filters.firewall import Policy, parse_policy
 from filters.packet import Side
 
@@ -214,14 +214,17 @@ class BridgeControl:
                 run([tool, "-w", "-I", "FORWARD", "1", *jump])
 
     def ensure_ipsets(self) -> None:
-        for fam, name in BLOCK_SETS.items():
-            run(["ipset", "create", name, "hash:net", "family", "inet" if fam == 4 else "inet6", "-exist"])
+        for fam in (4, 6):
+            family = "inet" if fam == 4 else "inet6"
+            run(["ipset", "create", BLOCK_SETS[fam], "hash:net", "family", family, "-exist"])
+            for name, kind in ((TI_NET_SETS[fam], "hash:net"), (TI_PORT_SETS[fam], "hash:ip,port")):
+                run(["ipset", "create", name, kind, "family", family, "maxelem", str(TI_MAXELEM), "counters", "-exist"])
 
     # -- down ----------------------------------------------------------------------------
     def down(self) -> None:
         st = BridgeState.load(self.state_path)
         self.remove_ruleset()
-        for name in BLOCK_SETS.values():
+        for name in (*BLOCK_SETS.values(), *TI_NET_SETS.values(), *TI_PORT_SETS.values()):
             run(["ipset", "destroy", name], check=False)
         dev = st.bridge or self.cfg.bridge.name
         for route in st.routes:
@@ -253,6 +256,34 @@ class BridgeControl:
                 run([tool, "-w", "-X", chain], check=False)
 
 
+def swap_set(name: str, kind: str, family: int, entries: Iterable[str], *, maxelem: int = 65536,
+             counters: bool = False) -> int:
+    """Replace one ipset's content atomically: fill a temporary set, swap it in, destroy the old one.
+
+    Returns the number of entries loaded. A failure leaves the live set as it was."""
+    tmp = f"{name}-new"
+    fam = "inet" if family == 4 else "inet6"
+    extra = f" maxelem {maxelem}" + (" counters" if counters else "")
+    lines = [f"create {tmp} {kind} family {fam}{extra} -exist", f"flush {tmp}"]
+    n0 = len(lines)
+    lines += [f"add {tmp} {e} -exist" for e in entries]
+    try:
+        run(["ipset", "restore"], input="\n".join(lines) + "\n")
+        run(["ipset", "swap", tmp, name])
+    finally:
+        run(["ipset", "destroy", tmp], check=False)
+    return len(lines) - n0
+
+
+def update_threat_sets(net_entries: tuple[list[str], list[str]], port_entries: tuple[list[str], list[str]]) -> dict[str, int]:
+    """Load the threat-intel sets (IPv4, IPv6 lists of each kind); returns entries per set."""
+    loaded = {}
+    for i, fam in enumerate((4, 6)):
+        loaded[TI_NET_SETS[fam]] = swap_set(TI_NET_SETS[fam], "hash:net", fam, net_entries[i], maxelem=TI_MAXELEM, counters=True)
+        loaded[TI_PORT_SETS[fam]] = swap_set(TI_PORT_SETS[fam], "hash:ip,port", fam, port_entries[i], maxelem=TI_MAXELEM, counters=True)
+    return loaded
+
+
 def update_blocklist(entries: Iterable[str]) -> None:
     """Replace the blocklist ipsets atomically (build a temporary set, then swap)."""
     import ipaddress
@@ -262,10 +293,4 @@ def update_blocklist(entries: Iterable[str]) -> None:
         net = ipaddress.ip_network(e, strict=False)
         by_fam[net.version].append(str(net))
     for fam, name in BLOCK_SETS.items():
-        tmp = f"{name}-new"
-        family = "inet" if fam == 4 else "inet6"
-        lines = [f"create {tmp} hash:net family {family} -exist", f"flush {tmp}"]
-        lines += [f"add {tmp} {n} -exist" for n in by_fam[fam]]
-        run(["ipset", "restore"], input="\n".join(lines) + "\n")
-        run(["ipset", "swap", tmp, name])
-        run(["ipset", "destroy", tmp])
+        swap_set(name, "hash:net", fam, by_fam[fam])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from filters.engine import ConfigError
 
@@ -117,6 +117,115 @@ class Logging(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+def _host_name(v: str) -> str:
+    """A DNS name or an IP address (what the port check and the SNTP client connect to)."""
+    v = v.strip()
+    try:
+        ipaddress.ip_address(v)
+        return v
+    except ValueError:
+        pass
+    labels = v.rstrip(".").split(".")
+    if not v or len(v) > 253 or not all(0 < len(x) <= 63 and x.replace("-", "").isalnum() and x[0] != "-" for x in labels):
+        raise ValueError(f"expected a host name or IP address, got {v!r}")
+    return v
+
+
+class CenterSpool(_Strict):
+    path: str = "/var/lib/vcr-agent/spool.db"
+    max_events: int = Field(100_000, ge=100, description="events kept while the center is unreachable")
+    max_bytes: int = Field(64 << 20, ge=64 * 1024, description="bytes of event JSON kept")
+
+
+class CenterDrain(_Strict):
+    rate: float = Field(50.0, gt=0, le=100_000, description="events a second sent to the center at most")
+    batch: int = Field(100, ge=1, le=5000, description="events per request")
+
+
+class CenterPortcheck(_Strict):
+    enabled: bool = True
+    interval: float = Field(3600.0, ge=10, description="seconds between periodic port checks")
+    timeout: float = Field(3.0, gt=0, le=60)
+    endpoints: dict[int, str] = Field(default_factory=dict, description="port -> host (default: the center's host)")
+    dns_name: str | None = None  # resolved for the UDP 53 test; default: the center's host name
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: dict[int, str]) -> dict[int, str]:
+        for port, host in v.items():
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not 1-65535")
+            _host_name(host)
+        return v
+
+    @field_validator("dns_name")
+    @classmethod
+    def _dns_name(cls, v: str | None) -> str | None:
+        return None if v is None else _host_name(v)
+
+
+class Center(_Strict):
+    """The operations-center link (issue 5): activation, check-ins, alarm delivery, port check."""
+
+    enabled: bool = False
+    url: str = Field("", validate_default=True, description="https://host[:port] of the operations center")
+    ca_file: str = "/etc/vcr-agent/center-ca.pem"
+    state_file: str = "/var/lib/vcr-agent/center.json"
+    serial: str = ""  # the box's serial number; default: the DMI product serial
+    heartbeat_interval: float = Field(60.0, ge=1, le=86400)
+    jitter: float = Field(1.0, ge=0, le=1, description="1.0 = full jitter: uniform(0, 2 x interval)")
+    backoff_base: float = Field(2.0, gt=0, le=3600)
+    backoff_cap: float = Field(600.0, ge=1, le=86400)
+    request_timeout: float = Field(15.0, gt=0, le=300)
+    clock_tolerance: float = Field(300.0, gt=0, description="seconds of clock difference reported as a problem")
+    ntp_servers: list[str] = Field(default_factory=lambda: ["ntp.nict.jp"])
+    spool: CenterSpool = CenterSpool()
+    drain: CenterDrain = CenterDrain()
+    portcheck: CenterPortcheck = CenterPortcheck()
+    clock_skew_s: float = 0.0  # TESTS ONLY: pretend the local clock is off by this much
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str, info: ValidationInfo) -> str:
+        from urllib.parse import urlsplit
+
+        if not v:
+            if info.data.get("enabled"):
+                raise ValueError("required when center.enabled is true, e.g. https://ops.example.jp")
+            return v
+        parts = urlsplit(v)
+        if parts.scheme != "https":
+            raise ValueError("must start with https:// (the link always uses TLS)")
+        if not parts.hostname:
+            raise ValueError("has no host name")
+        try:
+            parts.port
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        if parts.query or parts.fragment or parts.username:
+            raise ValueError("expected https://host[:port][/path] without user, query or fragment")
+        _host_name(parts.hostname)
+        return v.rstrip("/")
+
+    @field_validator("ntp_servers")
+    @classmethod
+    def _ntp(cls, v: list[str]) -> list[str]:
+        return [_host_name(h) for h in v]
+
+    @field_validator("serial")
+    @classmethod
+    def _serial(cls, v: str) -> str:
+        if v and (len(v) > 64 or not all(c.isalnum() or c in "-_." for c in v)):
+            raise ValueError("expected up to 64 letters, digits, '-', '_' or '.'")
+        return v
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.url).hostname or ""
+
+
 class AgentConfig(_Strict):
     settings_sheet: SettingsSheet | None = None
     bridge: Bridge = Bridge()
@@ -125,6 +234,7 @@ class AgentConfig(_Strict):
     app_layer: AppLayerSettings = AppLayerSettings()
     home_net: list[str] = Field(default_factory=lambda: ["192.0.2.0/24"])
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    center: Center = Center()
 
     @field_validator("home_net")
     @classmethod
@@ -177,6 +287,10 @@ PATH_KEYS = (
     ("engines", "ips", "rule_files"),
     ("engines", "ips", "classification"),
     ("engines", "webfilter", "database"),
+    ("center", "ca_file"),
+    ("center", "state_file"),
+    ("center", "spool", "path"),
+    ("engines", "atp", "feeds"),
 )
 
 
@@ -188,7 +302,11 @@ def resolve_relative_paths(data: Any, base: Path) -> None:
         if not isinstance(node, dict) or keys[-1] not in node:
             continue
         value = node[keys[-1]]
-        fix = lambda v: str(base / v) if isinstance(v, str) and v and not os.path.isabs(v) else v  # noqa: E731
+        def fix(v: Any) -> Any:
+            if isinstance(v, dict) and "path" in v:  # a feed given as {path: ..., format: ...}
+                return {**v, "path": fix(v["path"])}
+            return str(base / v) if isinstance(v, str) and v and not os.path.isabs(v) else v
+
         node[keys[-1]] = [fix(v) for v in value] if isinstance(value, list) else fix(value)
 
 

@@ -23,7 +23,7 @@ from filters import eve
 from filters.registry import build_engines
 from filters.engine import Action, Verdict
 from filters.firewall import BLOCKLIST_SID, CATEGORY, SID_BASE
-from filters.packet import Side, parse_ip
+from filters.packet import Side, ntop, parse_ip
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Daemon:
         gc.freeze()
         self.reload_summary: dict[str, Any] = {e.name: e.summary() for e in self.engines}
         self.blockpage: Any = None
+        self.threat_sets: dict[str, Any] = {}
 
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -108,6 +109,9 @@ class Daemon:
             return
         kind, number, action, direction = parsed
         pkt = parse_ip(rec.payload, rec.ts or time.time(), sides.get(rec.physindev, Side.UNKNOWN))
+        if kind == "ti":
+            self._threat_alarm(pkt)
+            return
         if kind == "bl":
             sid, sig = BLOCKLIST_SID, "VCR firewall: blocklisted address"
         elif number == 0:
@@ -117,6 +121,55 @@ class Daemon:
             sid, sig = SID_BASE + number, f"VCR firewall: {rule.name if rule else f'rule {number}'}"
         act = Action.REJECT if action == "reject" else Action.DROP
         v = Verdict(act, "firewall", rule_id=sid, signature=sig, category=CATEGORY, severity=2, reason="kernel")
+        self.nflog_count += 1
+        self.eve.write(eve.alert_record(v, pkt.ts, pkt, None, blocked=True))
+
+    # -- threat protection (C&C) in the kernel ------------------------------------------------
+    def _atp(self) -> Any:
+        from filters.atp import Atp
+
+        return next((e for e in self.engines if isinstance(e, Atp)), None)
+
+    def _sync_threat_sets(self, atp: Any) -> None:
+        """Load the C&C addresses into the kernel sets (empty sets when ATP is off)."""
+        from agent.bridge import update_threat_sets
+
+        if atp is None:
+            nets: tuple[list[str], list[str]] = ([], [])
+            ports: tuple[list[str], list[str]] = ([], [])
+        else:
+            nets, ports = atp.intel.ipset_entries(), atp.intel.ipset_ip_port_entries(("tcp", "udp"))
+        try:
+            loaded = update_threat_sets(nets, ports)
+        except Exception as exc:  # the previous sets stay live
+            log.error("threat-intel ipsets not updated (the previous ones stay): %s", exc)
+            return
+        self.threat_sets = {"version": atp.intel.version if atp else "", "entries": loaded}
+        log.info("threat-intel ipsets loaded: %s", loaded)
+
+    def _threat_alarm(self, pkt: Any) -> None:
+        """A kernel drop of a listed C&C address: name the LAN host, the indicator and the threat."""
+        from filters.atp import CATEGORY as ATP_CATEGORY, SID_IP
+
+        atp = self._atp()
+        ind = None
+        # The listed end is the remote one: the destination of a LAN host's attempt, or the
+        # source of an inbound packet from the C&C.
+        ends = [(pkt.dst_addr, pkt.dport, pkt.src_addr), (pkt.src_addr, pkt.sport, pkt.dst_addr)]
+        if pkt.side is Side.WAN:
+            ends.reverse()
+        remote, remote_port, lan = ends[0]
+        for r, rp, other in ends:
+            ind = atp.intel.match_ip(r, rp or None) if atp is not None else None
+            if ind is not None:
+                remote, remote_port, lan = r, rp, other
+                break
+        details: dict[str, Any] = {"lan_host": ntop(lan), "where": "kernel", "seen": f"{ntop(remote)}:{remote_port}"}
+        if ind is not None:
+            details.update(indicator=ind.value, indicator_type=ind.kind.value, threat=ind.threat, source=ind.source)
+        threat = ind.threat if ind is not None else "listed address"
+        v = Verdict(Action.DROP, "atp", rule_id=SID_IP, signature=f"VCR ATP: connection with a listed C&C address ({threat})",
+                    category=ATP_CATEGORY, severity=1, reason="kernel", metadata={"atp": details})
         self.nflog_count += 1
         self.eve.write(eve.alert_record(v, pkt.ts, pkt, None, blocked=True))
 
@@ -156,6 +209,7 @@ class Daemon:
             "workers": {str(i): {"pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts.get(i, 0)} for i, p in self.procs.items()},
             "alarms_written": self.eve.written,
             "kernel_firewall_alarms": self.nflog_count,
+            "threat_sets": self.threat_sets,
             "reloads": self.reloads,
             "engines": self.reload_summary,
             "counters": totals,
@@ -190,6 +244,7 @@ class Daemon:
 
     def run(self) -> int:
         self.bridge.up()
+        self._sync_threat_sets(self._atp())
         self._start_blockpage()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
@@ -235,10 +290,30 @@ class Daemon:
             self.reloads["last_error"] = str(exc)
             return
         self.policy = firewall_policy(cfg)
+        self._reload_threat_intel(cfg)
         for p in self.procs.values():
             if p.pid:
                 os.kill(p.pid, signal.SIGHUP)
         log.info("reload: configuration valid, workers are rebuilding their engines")
+
+    def _reload_threat_intel(self, cfg: AgentConfig) -> None:
+        """Re-read the threat-intel feeds (a feed update) and swap the kernel sets."""
+        from filters.atp import Atp
+
+        section = cfg.engines.get("atp") or {}
+        atp = None
+        if section.get("enabled", False):
+            atp = Atp()
+            atp.configure(section, self._engine_context(cfg))
+            atp.prepare()
+        self.engines = [e for e in self.engines if not isinstance(e, Atp)] + ([atp] if atp else [])
+        self._sync_threat_sets(atp)
+
+    @staticmethod
+    def _engine_context(cfg: AgentConfig) -> Any:
+        from filters.registry import engine_context
+
+        return engine_context(cfg)
 
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")

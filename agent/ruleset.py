@@ -24,6 +24,11 @@ MARK_ACCEPT = 0x10000000
 MARK_DROP = 0x20000000
 MARK_REJECT = 0x30000000
 BLOCK_SETS = {4: "vcr-block4", 6: "vcr-block6"}
+# Threat protection (C&C): listed IPs/CIDRs (hash:net) and ip:port channels (hash:ip,port), filled
+# from the threat-intel feeds by the daemon, with per-entry counters.
+TI_NET_SETS = {4: "vcr-ti4", 6: "vcr-ti6"}
+TI_PORT_SETS = {4: "vcr-tip4", 6: "vcr-tip6"}
+TI_MAXELEM = 2_000_000
 NFLOG_RATE = ("-m", "limit", "--limit", "50/sec", "--limit-burst", "200")
 MAX_LINES_PER_RULE = 512
 
@@ -89,13 +94,14 @@ def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
 
 
 def _block_lines(spec: DataplaneSpec, family: int) -> list[str]:
-    s = BLOCK_SETS[family]
-    return [
-        f"-A VCR-BLOCK -m set --match-set {s} dst {_nflog(spec, 'vcr:bl:0:drop')}",
-        f"-A VCR-BLOCK -m set --match-set {s} dst -j DROP",
-        f"-A VCR-BLOCK -m set --match-set {s} src {_nflog(spec, 'vcr:bl:0:drop')}",
-        f"-A VCR-BLOCK -m set --match-set {s} src -j DROP",
-    ]
+    lines = []
+    for s, kind, dst, src in ((BLOCK_SETS[family], "bl", "dst", "src"),
+                              (TI_NET_SETS[family], "ti", "dst", "src"),
+                              (TI_PORT_SETS[family], "ti", "dst,dst", "src,src")):
+        for match in (dst, src):
+            lines.append(f"-A VCR-BLOCK -m set --match-set {s} {match} {_nflog(spec, f'vcr:{kind}:0:drop')}")
+            lines.append(f"-A VCR-BLOCK -m set --match-set {s} {match} -j DROP")
+    return lines
 
 
 def _reject_lines(family: int) -> list[str]:

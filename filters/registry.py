@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from filters.atp import Atp
 from filters.engine import ConfigError, Engine, EngineContext
 from filters.firewall import Firewall
 from filters.ips.engine import Ips
@@ -15,10 +16,20 @@ if TYPE_CHECKING:  # pragma: no cover
 # name -> (class, enabled unless the config says otherwise)
 ENGINES: tuple[tuple[type[Engine], bool], ...] = (
     (Firewall, True),
+    (Atp, False),
     (Ips, False),
     (WebFilter, False),
     (Probe, False),
 )
+
+
+def engine_context(cfg: "AgentConfig") -> EngineContext:
+    sheet = cfg.settings_sheet
+    return EngineContext(
+        home_net=tuple(cfg.home_net),
+        management_ipv4=sheet.management_ip.split("/")[0] if sheet else "",
+        management_ipv6=(sheet.management_ipv6 or "").split("/")[0] if sheet else "",
+    )
 
 
 def build_engines(cfg: "AgentConfig", *, path: str = "", prepare: bool = True) -> list[Engine]:
@@ -30,12 +41,7 @@ def build_engines(cfg: "AgentConfig", *, path: str = "", prepare: bool = True) -
     for name in cfg.engines:
         if name not in known:
             raise ConfigError(f"unknown engine (known: {', '.join(sorted(known))})", path=path, key=f"engines.{name}")
-    sheet = cfg.settings_sheet
-    ctx = EngineContext(
-        home_net=tuple(cfg.home_net),
-        management_ipv4=sheet.management_ip.split("/")[0] if sheet else "",
-        management_ipv6=(sheet.management_ipv6 or "").split("/")[0] if sheet else "",
-    )
+    ctx = engine_context(cfg)
     out: list[Engine] = []
     for cls, default_on in ENGINES:
         section = cfg.engines.get(cls.name) or {}

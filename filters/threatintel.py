@@ -115,6 +115,9 @@ class FeedLimits:
     max_text: int = 128  # threat names and tags are cut to this many characters
     min_prefix_v4: int = 8
     min_prefix_v6: int = 16
+    # The lab's "internet" uses the documentation ranges (RFC 5737/3849); a lab config opts in so
+    # its C&C servers there can be listed. Never set on a real box.
+    allow_documentation: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,11 @@ _NON_PUBLIC_V6 = tuple(ipaddress.IPv6Network(n) for n in (
     "::/8", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8"))
 _RESERVED_V4 = tuple((int(n.network_address), int(n.broadcast_address)) for n in _NON_PUBLIC_V4)
 _RESERVED_V6 = tuple((int(n.network_address), int(n.broadcast_address)) for n in _NON_PUBLIC_V6)
+_DOCUMENTATION = frozenset({"192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"})
+_NON_PUBLIC_LAB_V4 = tuple(n for n in _NON_PUBLIC_V4 if str(n) not in _DOCUMENTATION)
+_NON_PUBLIC_LAB_V6 = tuple(n for n in _NON_PUBLIC_V6 if str(n) not in _DOCUMENTATION)
+_RESERVED_LAB_V4 = tuple((int(n.network_address), int(n.broadcast_address)) for n in _NON_PUBLIC_LAB_V4)
+_RESERVED_LAB_V6 = tuple((int(n.network_address), int(n.broadcast_address)) for n in _NON_PUBLIC_LAB_V6)
 _HOSTS_BUILTIN = frozenset({
     "localhost", "localhost.localdomain", "local", "broadcasthost", "ip6-localhost", "ip6-loopback",
     "ip6-localnet", "ip6-mcastprefix", "ip6-allnodes", "ip6-allrouters", "ip6-allhosts", "0.0.0.0"})
@@ -173,9 +181,13 @@ def _parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
-def _public(ip: IPAddress) -> bool:
+def _public(ip: IPAddress, limits: FeedLimits) -> bool:
     number = int(ip)
-    return not any(lo <= number <= hi for lo, hi in (_RESERVED_V4 if ip.version == 4 else _RESERVED_V6))
+    if limits.allow_documentation:
+        reserved = _RESERVED_LAB_V4 if ip.version == 4 else _RESERVED_LAB_V6
+    else:
+        reserved = _RESERVED_V4 if ip.version == 4 else _RESERVED_V6
+    return not any(lo <= number <= hi for lo, hi in reserved)
 
 
 def _parse_port(text: str) -> int | None:
@@ -189,12 +201,12 @@ def _ip_text(ip: IPAddress) -> str:
     return str(ip) if ip.version == 4 else f"[{ip}]"
 
 
-def _ip_entry(ip: IPAddress) -> _Entry | Skip:
-    return _Entry(IndicatorKind.IP, str(ip)) if _public(ip) else Skip.NON_PUBLIC_IP
+def _ip_entry(ip: IPAddress, limits: FeedLimits) -> _Entry | Skip:
+    return _Entry(IndicatorKind.IP, str(ip)) if _public(ip, limits) else Skip.NON_PUBLIC_IP
 
 
-def _ip_port_entry(ip: IPAddress, port: int) -> _Entry | Skip:
-    if not _public(ip):
+def _ip_port_entry(ip: IPAddress, port: int, limits: FeedLimits) -> _Entry | Skip:
+    if not _public(ip, limits):
         return Skip.NON_PUBLIC_IP
     return _Entry(IndicatorKind.IP_PORT, f"{_ip_text(ip)}:{port}", port)
 
@@ -205,10 +217,13 @@ def _cidr_entry(text: str, limits: FeedLimits) -> _Entry | Skip:
     except ValueError:
         return Skip.BAD_CIDR
     if net.prefixlen == net.max_prefixlen:
-        return _ip_entry(net.network_address)
+        return _ip_entry(net.network_address, limits)
     if net.prefixlen < (limits.min_prefix_v4 if net.version == 4 else limits.min_prefix_v6):
         return Skip.CIDR_TOO_WIDE
-    reserved = _NON_PUBLIC_V4 if net.version == 4 else _NON_PUBLIC_V6
+    if limits.allow_documentation:
+        reserved = _NON_PUBLIC_LAB_V4 if net.version == 4 else _NON_PUBLIC_LAB_V6
+    else:
+        reserved = _NON_PUBLIC_V4 if net.version == 4 else _NON_PUBLIC_V6
     if any(net.overlaps(other) for other in reserved):  # type: ignore[arg-type]
         return Skip.NON_PUBLIC_IP
     return _Entry(IndicatorKind.CIDR, str(net))
@@ -306,7 +321,7 @@ def _classify(token: str, limits: FeedLimits) -> _Entry | Skip:
     host, port = split
     ip = _parse_ip(host)
     if ip is not None:
-        return _ip_entry(ip) if port is None else _ip_port_entry(ip, port)
+        return _ip_entry(ip, limits) if port is None else _ip_port_entry(ip, port, limits)
     if ":" in host or token.startswith("["):
         return Skip.BAD_IP
     return _domain_entry(host)  # a domain's port, if any, is dropped: the whole name is blocked
@@ -544,13 +559,14 @@ def parse_feodo_csv(text: str, source: str, *, include_offline: bool = True, blo
             out.skip(Skip.BAD_IP if ip is None else Skip.BAD_PORT)
             return
         online = row.get("c2status", "online").lower() != "offline"
-        if not _public(ip) or not (online or include_offline):
-            out.skip(Skip.NON_PUBLIC_IP if not _public(ip) else Skip.OFFLINE)
+        public = _public(ip, limits)
+        if not public or not (online or include_offline):
+            out.skip(Skip.OFFLINE if public else Skip.NON_PUBLIC_IP)
             return
         family = row.get("malware", "")
-        out.add(_ip_port_entry(ip, port), family)
+        out.add(_ip_port_entry(ip, port, limits), family)
         if online and block_whole_ip:
-            out.add(_ip_entry(ip), family)
+            out.add(_ip_entry(ip, limits), family)
 
     return _csv_parse(text, source, limits, _FEODO, handle_row)
 
@@ -582,7 +598,7 @@ def parse_threatfox_csv(text: str, source: str, *, min_confidence: int = 0,
             return
         tags = _tags((row.get("malwareprintable", ""), row.get("tags", "")), limits)
         if ioc_type == "ip:port":
-            out.add(_threatfox_ip_port(value), row.get("threattype", ""), tags)
+            out.add(_threatfox_ip_port(value, limits), row.get("threattype", ""), tags)
         elif ioc_type == "domain":
             out.add(_domain_entry(value), row.get("threattype", ""), tags)
         elif ioc_type == "url":
@@ -593,14 +609,14 @@ def parse_threatfox_csv(text: str, source: str, *, min_confidence: int = 0,
     return _csv_parse(text, source, limits, _THREATFOX, handle_row)
 
 
-def _threatfox_ip_port(value: str) -> _Entry | Skip:
+def _threatfox_ip_port(value: str, limits: FeedLimits) -> _Entry | Skip:
     split = _split_host_port(value)
     if isinstance(split, Skip):
         return split
     ip = _parse_ip(split[0])
     if ip is None:
         return Skip.BAD_IP
-    return _ip_port_entry(ip, split[1]) if split[1] is not None else Skip.BAD_PORT
+    return _ip_port_entry(ip, split[1], limits) if split[1] is not None else Skip.BAD_PORT
 
 
 # --- Adblock Plus / uBlock Origin lists -----------------------------------------------------------
