@@ -1382,7 +1382,9 @@ def run_bench(args: argparse.Namespace) -> int:
     report = build_report(bench, args.runs, args.seconds, offline, noise, f"the bench took {took / 60:.1f} min")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(report), encoding="utf-8")
+    from agent.benchdoc import write_section
+
+    write_section(out, "dataplane", render_markdown(report))
     print()
     print(render_terminal(report))
     print(f"\nbench: {took:.0f} s; report written to {out}")
