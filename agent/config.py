@@ -226,6 +226,26 @@ class Center(_Strict):
         return urlsplit(self.url).hostname or ""
 
 
+class Updates(_Strict):
+    """Signed bundle updates through the center's TUF repository (agent/updates.py)."""
+
+    enabled: bool = False
+    repository_url: str = ""  # default: <center.url>/tuf/
+    ca_file: str = ""  # default: center.ca_file
+    trusted_root: str = "/var/lib/vcr-agent/tuf/root.json"  # installed at activation / shipped with the box
+    metadata_dir: str = "/var/lib/vcr-agent/tuf/metadata"
+    download_dir: str = "/var/lib/vcr-agent/tuf/downloads"
+    bundles_dir: str = "/var/lib/vcr-agent/bundles"  # <kind>/<version>/ and the <kind>/current symlink
+    kinds: list[Literal["ips", "threatintel", "webcat", "av", "antispam"]] = Field(
+        default_factory=lambda: ["ips", "threatintel", "webcat", "av", "antispam"])
+    min_rule_ratio: float = Field(0.5, ge=0, le=1, description="a bundle with fewer rules than this x the live one is refused")
+    check_interval: float = Field(3600.0, ge=10, le=7 * 86400)
+    keep_versions: int = Field(3, ge=2, le=20)
+    timeout: float = Field(30.0, gt=0, le=600)
+    ntp_servers: list[str] | None = None  # host[:port]; default: center.ntp_servers
+    max_clock_skew: float | None = Field(None, gt=0)  # seconds; default: center.clock_tolerance
+
+
 class AgentConfig(_Strict):
     settings_sheet: SettingsSheet | None = None
     bridge: Bridge = Bridge()
@@ -235,6 +255,7 @@ class AgentConfig(_Strict):
     home_net: list[str] = Field(default_factory=lambda: ["192.0.2.0/24"])
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     center: Center = Center()
+    updates: Updates = Updates()
 
     @field_validator("home_net")
     @classmethod
@@ -290,6 +311,7 @@ PATH_KEYS = (
     ("center", "ca_file"),
     ("center", "state_file"),
     ("center", "spool", "path"),
+    ("updates", "trusted_root"),
     ("engines", "atp", "feeds"),
 )
 
@@ -317,5 +339,10 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     data = load_yaml(path)
     resolve_relative_paths(data, Path(path).resolve().parent)
     cfg = parse_config(data, path=str(path))
+    if cfg.updates.enabled:  # the engines load the live signed bundles (agent/updates.py)
+        from agent.updates import apply_live_bundles
+
+        if apply_live_bundles(data, cfg.updates.bundles_dir):
+            cfg = parse_config(data, path=str(path))
     build_engines(cfg, path=str(path), prepare=False)  # validates every engine section; raises ConfigError
     return cfg
