@@ -1,0 +1,186 @@
+"""Check-ins, tasks, desired versions and offline detection.
+
+A box is offline once it has missed ``offline_after_missed`` check-ins (that many times the interval
+it was told). ``device_state`` computes that on read; ``sweep_offline`` records the transition as an
+``offline`` device event (a check-in afterwards records ``online``). Both are race-free across
+worker processes: a transition is a conditional UPDATE and only the winner writes the event.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, delete, select, update
+
+from opscenter.db import (
+    Database,
+    alarms,
+    checkins,
+    contracts,
+    desired,
+    device_events,
+    devices,
+    health,
+    iso,
+    tasks,
+    utcnow,
+)
+from opscenter.enroll import DeviceAuth
+from opscenter.errors import CenterError
+
+TASK_OPEN = ("queued", "delivered")
+TASK_REPORTED = ("received", "running", "done", "failed", "rejected")
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def checkin(db: Database, auth: DeviceAuth, body: dict[str, Any], *, client_ip: str | None, interval: float,
+            history: int) -> dict[str, Any]:
+    """Record a check-in; return the reply body (server_time, next_checkin, desired, tasks, license)."""
+    now = utcnow()
+    h = body.get("health") if isinstance(body.get("health"), dict) else {}
+    spool = body.get("spool") if isinstance(body.get("spool"), dict) else {}
+    pc = body.get("portcheck") if isinstance(body.get("portcheck"), dict) else None
+    rev = body.get("config_revision")
+    with db.write() as conn:
+        back = conn.execute(update(devices).where(and_(devices.c.device_id == auth.device_id,
+                                                       devices.c.status != "online"))
+                            .values(status="online", status_changed_at=now))
+        if back.rowcount:
+            conn.execute(device_events.insert().values(device_id=auth.device_id, kind="online", at=now, detail={}))
+        conn.execute(update(devices).where(devices.c.device_id == auth.device_id).values(
+            last_checkin_at=now, last_ip=client_ip, heartbeat_interval=interval,
+            agent_version=str(body.get("agent_version") or "")[:64] or None,
+            config_revision=rev if isinstance(rev, int) and not isinstance(rev, bool) else None,
+            checkins=devices.c.checkins + 1))
+        up = db.insert(health).values(device_id=auth.device_id, received_at=now, body=body)
+        conn.execute(up.on_conflict_do_update(index_elements=[health.c.device_id],
+                                              set_={"received_at": now, "body": body}))
+        conn.execute(checkins.insert().values(
+            device_id=auth.device_id, received_at=now, sent_at=str(body.get("sent_at") or "")[:40] or None,
+            cpu_percent=_num(h.get("cpu_percent")), memory_percent=_num(h.get("memory_percent")),
+            disk_percent=_num(h.get("disk_percent")), uptime_s=_num(h.get("uptime_s")),
+            spool_pending=int(spool["pending"]) if isinstance(spool.get("pending"), int) else None,
+            portcheck_ok=None if pc is None or not isinstance(pc.get("ok"), bool) else int(pc["ok"])))
+        oldest_kept = (select(checkins.c.id).where(checkins.c.device_id == auth.device_id)
+                       .order_by(checkins.c.id.desc()).offset(history - 1).limit(1).scalar_subquery())
+        conn.execute(delete(checkins).where(and_(checkins.c.device_id == auth.device_id,
+                                                 checkins.c.id < oldest_kept)))
+        open_tasks = conn.execute(select(tasks.c.task_id, tasks.c.kind, tasks.c.params, tasks.c.status)
+                                  .where(and_(tasks.c.device_id == auth.device_id, tasks.c.status.in_(TASK_OPEN)))
+                                  .order_by(tasks.c.task_id)).all()
+        fresh = [t[0] for t in open_tasks if t[3] == "queued"]
+        if fresh:
+            conn.execute(update(tasks).where(tasks.c.task_id.in_(fresh)).values(status="delivered", updated_at=now))
+        want = _desired(conn, auth.device_id)
+        lic = conn.execute(select(contracts.c.term_start, contracts.c.term_end)
+                           .where(contracts.c.contract_id == auth.contract_id)).first()
+    return {
+        "server_time": iso(now),
+        "next_checkin": interval,
+        "desired": want,
+        "tasks": [{"task_id": t[0], "kind": t[1], "params": t[2]} for t in open_tasks],
+        "license": {"term_start": iso(lic[0]) if lic else None, "term_end": iso(lic[1]) if lic else None},
+    }
+
+
+def _desired(conn: Any, device_id: str) -> dict[str, Any]:
+    rows = dict(conn.execute(select(desired.c.scope, desired.c.body)
+                             .where(desired.c.scope.in_(("*", device_id)))).all())
+    out: dict[str, Any] = {"agent_version": None, "config_revision": None, "signatures": {}}
+    for scope in ("*", device_id):
+        body = rows.get(scope) or {}
+        for k in ("agent_version", "config_revision"):
+            if body.get(k) is not None:
+                out[k] = body[k]
+        out["signatures"].update(body.get("signatures") or {})
+    return out
+
+
+def set_desired(db: Database, scope: str, *, agent_version: str | None = None, config_revision: int | None = None,
+                signatures: dict[str, str] | None = None) -> dict[str, Any]:
+    """Merge desired versions for ``scope`` ("*" = every box, or a device id)."""
+    now = utcnow()
+    with db.write() as conn:
+        body = dict(conn.execute(select(desired.c.body).where(desired.c.scope == scope)).scalar() or {})
+        if agent_version is not None:
+            body["agent_version"] = agent_version
+        if config_revision is not None:
+            body["config_revision"] = config_revision
+        if signatures:
+            body["signatures"] = {**(body.get("signatures") or {}), **signatures}
+        up = db.insert(desired).values(scope=scope, body=body, updated_at=now)
+        conn.execute(up.on_conflict_do_update(index_elements=[desired.c.scope], set_={"body": body, "updated_at": now}))
+    return body
+
+
+def add_task(db: Database, device_id: str, kind: str, params: dict[str, Any]) -> int:
+    now = utcnow()
+    with db.write() as conn:
+        if conn.execute(select(devices.c.device_id).where(devices.c.device_id == device_id)).first() is None:
+            raise LookupError(f"no device {device_id!r}")
+        r = conn.execute(tasks.insert().values(device_id=device_id, kind=kind, params=params, status="queued",
+                                               detail="", created_at=now, updated_at=now))
+        return int(r.inserted_primary_key[0])
+
+
+def task_status(db: Database, auth: DeviceAuth, task_id: int, status: str, detail: str) -> dict[str, Any]:
+    now = utcnow()
+    with db.write() as conn:
+        r = conn.execute(update(tasks).where(and_(tasks.c.task_id == task_id, tasks.c.device_id == auth.device_id))
+                         .values(status=status, detail=detail[:4000], updated_at=now))
+        if r.rowcount != 1:
+            raise CenterError(404, "not_found", f"no task {task_id} for this device")
+    return {}
+
+
+def list_tasks(db: Database, device_id: str | None = None) -> list[dict[str, Any]]:
+    q = select(tasks).order_by(tasks.c.task_id)
+    if device_id:
+        q = q.where(tasks.c.device_id == device_id)
+    with db.read() as conn:
+        rows = conn.execute(q).mappings().all()
+    return [{**dict(r), "created_at": iso(r["created_at"]), "updated_at": iso(r["updated_at"])} for r in rows]
+
+
+def device_state(revoked_at: dt.datetime | None, last_checkin_at: dt.datetime | None, activated_at: dt.datetime,
+                 interval: float, misses: int, now: dt.datetime) -> str:
+    """online / offline / revoked, computed now (a box that never checked in counts from its activation)."""
+    if revoked_at is not None:
+        return "revoked"
+    ref = last_checkin_at or activated_at
+    return "offline" if (now - ref).total_seconds() > misses * interval else "online"
+
+
+def sweep_offline(db: Database, misses: int) -> list[str]:
+    """Mark boxes that missed ``misses`` check-ins offline and record an ``offline`` event for each."""
+    now = utcnow()
+    went: list[str] = []
+    with db.read() as conn:
+        cand = conn.execute(select(devices.c.device_id, devices.c.last_checkin_at, devices.c.activated_at,
+                                   devices.c.heartbeat_interval)
+                            .where(and_(devices.c.status == "online", devices.c.revoked_at.is_(None)))).all()
+    for device_id, last, activated, interval in cand:
+        if device_state(None, last, activated, interval, misses, now) != "offline":
+            continue
+        with db.write() as conn:
+            ref = devices.c.last_checkin_at == last if last is not None else devices.c.last_checkin_at.is_(None)
+            r = conn.execute(update(devices).where(and_(devices.c.device_id == device_id,
+                                                        devices.c.status == "online", ref))
+                             .values(status="offline", status_changed_at=now))
+            if r.rowcount:
+                conn.execute(device_events.insert().values(
+                    device_id=device_id, kind="offline", at=now,
+                    detail={"last_checkin": iso(last), "missed": misses, "interval": interval}))
+                went.append(device_id)
+    return went
+
+
+def prune_alarms(db: Database, retention_days: int) -> int:
+    if retention_days <= 0:
+        return 0
+    cutoff = utcnow() - dt.timedelta(days=retention_days)
+    with db.write() as conn:
+        return conn.execute(delete(alarms).where(alarms.c.received_at < cutoff)).rowcount or 0
