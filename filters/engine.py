@@ -189,6 +189,10 @@ class Engine:
         """The I/O asked for with ``Hold`` finished (``error`` set when it failed)."""
         return None
 
+    def on_io_late(self, request: IORequest, result: Any, error: str | None) -> None:
+        """An I/O result that came after its hold timed out (the flow went on without it): an
+        engine may still learn from it, e.g. fill a cache. Nothing is decided here."""
+
     def needs_more(self, flow: "Flow") -> bool:
         """True while this engine still wants to see the flow's packets (no kernel offload yet)."""
         return False

@@ -62,6 +62,7 @@ class _HoldState:
 
 APP_HOOKS = (Hook.DNS, Hook.HTTP_REQUEST, Hook.HTTP_RESPONSE, Hook.TLS_HELLO, Hook.FILE, Hook.MAIL)
 _OUTCOME = {Action.DROP: Outcome.DROP, Action.REJECT: Outcome.REJECT}
+MAX_EXPIRED_HOLDS = 4096  # timed-out holds whose late I/O result still goes to the engine
 
 
 class Pipeline:
@@ -82,6 +83,7 @@ class Pipeline:
         wants_app = any(self._by_hook[h] for h in APP_HOOKS)
         self.app = (app or AppLayer()) if wants_app else None
         self._holds: dict[int, _HoldState] = {}
+        self._expired: dict[int, tuple[str, IORequest]] = {}
         self._hold_of_flow: dict[int, int] = {}  # flow_id -> hold_id
         self._held_bytes = 0
         self._io_out: list[tuple[int, IORequest]] = []
@@ -137,6 +139,10 @@ class Pipeline:
         st = self._holds.get(hold_id)
         if st is None:
             self._count("hold.late_results")
+            late = self._expired.pop(hold_id, None)
+            engine = self._engine(late[0]) if late else None
+            if late and engine is not None:
+                self._call(engine, engine.on_io_late, late[1], result, error)
             return []
         self._unhold(st)
         engine = self._engine(st.hold.engine)
@@ -150,6 +156,9 @@ class Pipeline:
             self._count("hold.timeouts")
             self._unhold(st)
             h = st.hold
+            self._expired[st.hold_id] = (h.engine, h.request)
+            while len(self._expired) > MAX_EXPIRED_HOLDS:
+                self._expired.pop(next(iter(self._expired)))
             v = Verdict(h.on_timeout, h.engine, reason=h.reason or "hold timeout", signature=f"{h.engine}: verdict timeout")
             out += self._resume(st, [v], st.trigger[1], now)
         try:

@@ -9,11 +9,13 @@ from typing import Any, ClassVar, Iterable, Mapping
 from filters.app import DnsMessage, HttpEvent, TlsHello
 from filters.app.dns import normalize_name
 from filters.app.layer import flow_app_proto
-from filters.engine import ConfigError, Decision as EngineDecision, Engine, EngineContext, Hook, Verdict
+from filters.engine import (Action, ConfigError, Decision as EngineDecision, Engine, EngineContext, Hold, Hook, IORequest,
+                            Verdict)
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
 from filters.webfilter import page
 from filters.webfilter.blocking import Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow, block_http, block_tls
 from filters.webfilter.categories import CategoryDB
+from filters.webfilter.lookup import LookupCache, LookupSettings, parse_lookup
 from filters.webfilter.policy import Decision, WebPolicy, WebVerdict, decide, parse_policy
 
 log = logging.getLogger(__name__)
@@ -23,10 +25,11 @@ SID_DENY_LIST = 9_300_002
 SID_DOH_CANARY = 9_300_010
 SID_QUIC = 9_300_011
 SID_DOT = 9_300_012
+SID_LOOKUP_FAILED = 9_300_020
 CATEGORY = "Web filter"
 DOH_CANARY = "use-application-dns.net"
 KEYS = {"enabled", "database", "blocked", "allow", "deny", "dns_action", "sinkhole_ipv4", "sinkhole_ipv6",
-        "block_quic", "doh_canary", "block_dot", "block_doh", "monitor_only", "box_name"}
+        "block_quic", "doh_canary", "block_dot", "block_doh", "monitor_only", "box_name", "lookup"}
 
 
 def _bool(section: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -50,6 +53,8 @@ class WebFilter(Engine):
         self.monitor = False
         self.box = ""
         self.missing = ""
+        self.lookup = LookupSettings()
+        self.cache = LookupCache(self.lookup.cache_size)
 
     # -- configuration -------------------------------------------------------------------
     def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
@@ -82,6 +87,11 @@ class WebFilter(Engine):
         self.block_doh = _bool(section, "block_doh", True)
         self.monitor = _bool(section, "monitor_only", False)
         self.box = str(section.get("box_name", "") or os.uname().nodename)
+        try:
+            self.lookup = parse_lookup(section.get("lookup"))
+        except ConfigError as exc:
+            raise exc.within(prefix="lookup") from None
+        self.cache = LookupCache(self.lookup.cache_size)
 
     def prepare(self) -> None:
         if self.database is None:
@@ -101,6 +111,7 @@ class WebFilter(Engine):
             "deny": len(self.policy.deny),
             "monitor_only": self.monitor,
             "database_missing": self.missing,
+            "lookup": {"enabled": self.lookup.enabled, "cached": len(self.cache)},
         }
 
     # -- decisions -------------------------------------------------------------------------
@@ -109,7 +120,8 @@ class WebFilter(Engine):
         return self._decide(normalize_name(host.encode("utf-8", "surrogateescape")), path)
 
     def _decide(self, host: str, path: str = "") -> Decision:
-        d = decide(self.db, self.policy, host, path)
+        extra = (self.cache.get(host) or frozenset()) if self.lookup.enabled else frozenset()
+        d = decide(self.db, self.policy, host, path, extra)
         if not d.blocks and self.block_doh and "doh" in d.categories and d.reason != "allow list":
             return Decision(WebVerdict.BLOCK, d.categories, "category doh", d.matched)
         return d
@@ -143,14 +155,14 @@ class WebFilter(Engine):
 
     def on_event(self, hook: Hook, flow: Any, event: Any) -> Iterable[EngineDecision] | None:
         if hook is Hook.DNS:
-            return self._dns(event)
+            return self._dns(flow, event)
         if hook is Hook.HTTP_REQUEST:
             return self._http(flow, event)
         if hook is Hook.TLS_HELLO:
             return self._tls(flow, event)
         return None
 
-    def _dns(self, msg: DnsMessage) -> list[Verdict]:
+    def _dns(self, flow: Any, msg: DnsMessage) -> list[EngineDecision]:
         if msg.to_server:
             for q in msg.questions:
                 name = normalize_name(q.name)
@@ -162,6 +174,9 @@ class WebFilter(Engine):
                 d = self._decide(name)
                 if d.blocks:
                     return [block_dns_query(self._alarm(d, name, "dns"), self.sinkhole, q.rrtype, monitor=self.monitor)]
+                hold = self._lookup(flow, name, d, where="dns", rrtype=q.rrtype)
+                if hold is not None:
+                    return [hold]
             return []
         for ans in msg.answers:  # CNAME chains: any name in the answer that is blocked
             for raw in (ans.name, ans.data if ans.rrtype == 5 else b""):
@@ -172,7 +187,7 @@ class WebFilter(Engine):
                         return [block_dns_response(self._alarm(d, name, "dns_answer"), monitor=self.monitor)]
         return []
 
-    def _http(self, flow: Any, ev: HttpEvent) -> list[Verdict]:
+    def _http(self, flow: Any, ev: HttpEvent) -> list[EngineDecision]:
         if ev.stage != "request_headers":
             return []
         # Judged once per connection: later requests on it go to the same server (the flow is
@@ -183,11 +198,13 @@ class WebFilter(Engine):
         path = tx.uri_raw.decode("latin-1") if tx.uri_raw.startswith(b"/") else tx.uri.decode("latin-1")
         d = self._decide(host, path)
         if not d.blocks:
-            return []
+            hold = self._lookup(flow, normalize_name(host.partition(":")[0].encode("latin-1")), d, where="http",
+                                path=path, host=host)
+            return [hold] if hold is not None else []
         url = f"http://{host}{path}"
         return [block_http(self._alarm(d, host, "http", url), self._page(d, host + path), monitor=self.monitor)]
 
-    def _tls(self, flow: Any, hello: TlsHello) -> list[Verdict]:
+    def _tls(self, flow: Any, hello: TlsHello) -> list[EngineDecision]:
         seen = flow.engine_data.setdefault(self.name, {})
         if hello.to_server:
             seen["client_hello"] = True
@@ -196,7 +213,10 @@ class WebFilter(Engine):
             seen["sni"] = True
             name = normalize_name(hello.sni)
             d = self._decide(name)
-            return [block_tls(self._alarm(d, name, "tls_sni"), monitor=self.monitor)] if d.blocks else []
+            if d.blocks:
+                return [block_tls(self._alarm(d, name, "tls_sni"), monitor=self.monitor)]
+            hold = self._lookup(flow, name, d, where="tls_sni")
+            return [hold] if hold is not None else []
         if seen.get("sni"):
             return []
         for raw in (*hello.cert_sans, _cn(hello.cert_subject)):  # no SNI: fall back to the certificate's names
@@ -206,6 +226,58 @@ class WebFilter(Engine):
                 if d.blocks:
                     return [block_tls(self._alarm(d, name, "tls_certificate"), monitor=self.monitor)]
         return []
+
+    # -- names the local lists do not have: ask the operations center -----------------------
+    def _lookup(self, flow: Any, name: str, d: Decision, **context: Any) -> Hold | None:
+        """A hold while the center categorises ``name``, or None (lookup off, known or cached)."""
+        if not self.lookup.enabled or not name or d.categories or d.reason != "not blocked":
+            return None
+        if self.cache.get(name) is not None:
+            return None  # cached, also as "no category" or a recent failure
+        flow.engine_data.setdefault(self.name, {})["lookup"] = {"name": name, **context}
+        self.count("lookup.requests")
+        req = IORequest("category_lookup", {"url": self.lookup.url, "name": name, "timeout": self.lookup.timeout,
+                                            "auth_file": self.lookup.auth_file, "ca_file": self.lookup.ca_file})
+        return Hold(self.name, req, timeout=self.lookup.timeout, on_timeout=Action.ALERT,
+                    reason=f"category lookup of {name} timed out: allowed")
+
+    def _learn(self, name: str, result: Any, error: str | None) -> bool:
+        """Cache an answer (or a failure, briefly); True when it was a usable answer."""
+        if error is not None or not isinstance(result, dict) or not isinstance(result.get("categories"), list):
+            self.count("lookup.errors")
+            self.cache.put(name, frozenset(), self.lookup.error_ttl)
+            return False
+        cats = frozenset(str(c) for c in result["categories"])
+        ttl = min(float(result.get("ttl") or self.lookup.cache_ttl), self.lookup.cache_ttl) if cats else self.lookup.negative_ttl
+        self.cache.put(name, cats, ttl)
+        self.count("lookup.answers")
+        return True
+
+    def on_io_result(self, flow: Any, request: IORequest, result: Any, error: str | None) -> list[EngineDecision]:
+        name = str(request.args.get("name", ""))
+        ctx = flow.engine_data.setdefault(self.name, {}).pop("lookup", {"name": name, "where": ""})
+        if not self._learn(name, result, error):
+            alarm = Alarm(self.name, SID_LOOKUP_FAILED, "VCR webfilter: category lookup failed, allowed", CATEGORY, 3,
+                          {"host": name, "where": ctx.get("where", ""), "error": error or "bad answer"})
+            return [Verdict(Action.ALERT, self.name, rule_id=alarm.sid, signature=alarm.signature, category=CATEGORY,
+                            severity=3, metadata={self.name: alarm.details}, reason=error or "bad answer")]
+        path = ctx.get("path", "")
+        d = self._decide(name, path)
+        if not d.blocks:
+            return []
+        where = ctx.get("where", "")
+        if where == "dns":
+            return [block_dns_query(self._alarm(d, name, "dns"), self.sinkhole, ctx.get("rrtype", 1), monitor=self.monitor)]
+        if where == "tls_sni":
+            return [block_tls(self._alarm(d, name, "tls_sni"), monitor=self.monitor)]
+        if where == "http":
+            host = ctx.get("host", name)
+            alarm = self._alarm(d, host, "http", f"http://{host}{path}")
+            return [block_http(alarm, self._page(d, host + path), monitor=self.monitor)]
+        return []
+
+    def on_io_late(self, request: IORequest, result: Any, error: str | None) -> None:
+        self._learn(str(request.args.get("name", "")), result, error)
 
     def needs_more(self, flow: Any) -> bool:
         app = flow_app_proto(flow) or "unknown"

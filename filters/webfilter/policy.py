@@ -133,13 +133,15 @@ def parse_policy(section: Mapping[str, Any] | None, *, known_categories: Collect
     )
 
 
-def decide(db: CategoryDB, policy: WebPolicy, host: str | bytes, path: str | bytes = "") -> Decision:
+def decide(db: CategoryDB, policy: WebPolicy, host: str | bytes, path: str | bytes = "",
+           extra: frozenset[str] = frozenset()) -> Decision:
     """Allow or block ``host`` (and ``path``, when the request is visible: plain HTTP).
 
     Order: the allow list wins over everything, then the deny list, then the blocked categories
-    (the alphabetically first blocked category is named), else allow.
+    (the alphabetically first blocked category is named), else allow. ``extra``: categories known
+    from elsewhere (the operations center's answer for a name the local lists do not have).
     """
-    cats = db.lookup(host, path)
+    cats = db.lookup(host, path) | extra
     allowed = policy._allow_db.matches(host, path) if policy.allow else ()
     if allowed:
         return Decision(WebVerdict.ALLOW, cats, "allow list", allowed[0].entry)
@@ -150,5 +152,5 @@ def decide(db: CategoryDB, policy: WebPolicy, host: str | bytes, path: str | byt
     if not hit:
         return Decision(WebVerdict.ALLOW, cats, "not blocked")
     name = min(hit)
-    matched = next((m.entry for m in db.matches(host, path) if name in m.categories), "")
+    matched = next((m.entry for m in db.matches(host, path) if name in m.categories), "" if name not in extra else "center lookup")
     return Decision(WebVerdict.BLOCK, cats, f"category {name}", matched)
