@@ -319,9 +319,16 @@ def add_bench(sub: Any) -> None:
     p.set_defaults(fn=cmd_bench)
 
 
+def add_tuf(sub: Any) -> None:
+    """tuf-init, publish, tuf-refresh: the TUF repository of signed bundles (opscenter/tufrepo.py)."""
+    from opscenter.tufrepo import add_cli
+
+    add_cli(sub)
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     add_serve, add_init_ca, add_issue_code, add_replace, add_revoke, add_devices, add_alarms, add_events,
-    add_task, add_desired, add_bench,
+    add_task, add_desired, add_bench, add_tuf,
 ]
 
 

@@ -519,6 +519,20 @@ def _repo(args: argparse.Namespace) -> TufRepo:
     return TufRepo(args.repo, args.keys, offline_keys_dir=getattr(args, "offline_keys", None))
 
 
+def _reported(fn: Any) -> Any:
+    """A RepoError becomes one line for the operator and exit status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except RepoError as exc:
+            print(f"エラー / error: {exc}")
+            return 1
+
+    return run
+
+
+@_reported
 def cmd_init(args: argparse.Namespace) -> int:
     repo = _repo(args)
     root = repo.init(force=args.force)
@@ -539,6 +553,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+@_reported
 def cmd_refresh(args: argparse.Namespace) -> int:
     repo = _repo(args)
     if args.rotate_timestamp_key:
