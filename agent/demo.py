@@ -28,6 +28,23 @@ DEMO_OVERRIDES = {
 }
 
 
+CNC_IP, CNC_PORT, CNC_DOMAIN = "203.0.113.99", 4443, "update.evil-c2.example"
+DEMO_FEEDS = {  # the lab's threat-intel bundle: a Feodo-style C&C list and a domain list
+    "feodo.csv": "first_seen_utc,dst_ip,dst_port,c2_status,last_online,malware\n"
+                 f"2026-11-20 08:00:00,{CNC_IP},{CNC_PORT},online,2026-11-25,QakBot\n",
+    "c2-domains.txt": "# C&C domains\nevil-c2.example\n",
+}
+
+
+def atp_overrides(workdir: Path) -> dict[str, Any]:
+    """ATP with the demo's feeds (the lab's C&C lives at a documentation address: opt in)."""
+    feeds = workdir / "threatintel"
+    feeds.mkdir(parents=True, exist_ok=True)
+    for name, text in DEMO_FEEDS.items():
+        (feeds / name).write_text(text)
+    return {"engines.atp": {"enabled": True, "feeds": [str(feeds)], "allow_documentation_addresses": True}}
+
+
 def say(ja: str, en: str) -> None:
     print(f"  {ja}\n  {en}", flush=True)
 
@@ -107,6 +124,7 @@ def _dns(lab: Lab, bad: str | None) -> None:
     lab.add_internet_host("dns", "198.51.100.53")
     web = lab.hosts["web"]
     names = [f"{n}={web.ipv4},{web.ipv6}" for n in ("www.example.org", bad) if n]
+    names.append(f"{CNC_DOMAIN}={CNC_IP},2001:db8:3::99")
     lab.popen("dns", [sys.executable, "-m", "agent.labdns", "53", *names], name="dns",
               env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -127,6 +145,21 @@ def _webfilter(lab: Lab, bad: str | None, results: dict[str, bool]) -> None:
     results["web filter: DNS sinkhole"] = answer == "192.0.2.2"
     results["web filter: block page"] = "ブロックされました" in res.stdout
     results["web filter: HTTPS reset"] = "reset" in tls.stderr.lower()
+
+
+def _cnc(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
+    step(8, "脅威防御: 感染した PC から C&C サーバーへの通信", "threat protection: an infected PC calls its C&C server")
+    answer = lab.exec("pc1", ["dig", "@198.51.100.53", "+short", "+tries=1", "+time=2", CNC_DOMAIN]).stdout.strip()
+    print(f"    DNS {CNC_DOMAIN} -> {answer}  (C&C ドメインは UTM のアドレスへ / the C&C name gets the UTM's address)")
+    direct = connect_result(lab, "pc1", CNC_IP, CNC_PORT)
+    print(f"    TCP {CNC_IP}:{CNC_PORT} (ハードコードされた C&C / hard-coded C&C) -> {direct}")
+    rec = agent.wait_alarm(lambda r: r.get("atp", {}).get("where") == "kernel", timeout=5)
+    if rec is not None:
+        a = rec["atp"]
+        say(f"警告: 端末 {a['lan_host']} が {a.get('threat')} の C&C ({a.get('indicator')}) に接続しようとしました",
+            f"alarm: host {a['lan_host']} tried to reach a {a.get('threat')} C&C ({a.get('indicator')}), dropped in the kernel")
+    results["ATP: C&C domain sinkholed"] = answer == "192.0.2.2"
+    results["ATP: C&C address dropped"] = direct == "timeout" and rec is not None
 
 
 def _servers(lab: Lab) -> None:
@@ -178,7 +211,7 @@ def _protected(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
 
 def _fail_open(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
     web, pc1 = lab.hosts["web"], lab.hosts["pc1"]
-    step(9, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
+    step(10, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
     agent.kill()
     ok, detail = curl(lab, "pc1", f"http://{web.ipv4}/")
     say(f"Web 閲覧: {'成功' if ok else '失敗'} ({detail})", f"browsing with the agent dead: {'OK' if ok else 'FAILED'}")
@@ -199,6 +232,8 @@ def run_demo(args: argparse.Namespace) -> int:
         for name, h in lab.hosts.items():
             print(f"    {name:7s} {h.ipv4:15s} {h.ipv6}")
         _servers(lab)
+        lab.add_internet_host("cnc", CNC_IP)
+        lab.start_tcp_listener("cnc", CNC_PORT)
         bad = phishing_example()
         _dns(lab, bad)
         step(2, "保護なし (ただのブリッジ) でスキャン", "scan through a bare bridge (no protection)")
@@ -206,14 +241,15 @@ def run_demo(args: argparse.Namespace) -> int:
         show_scan(scan(lab, lab.hosts["pc1"].ipv4))
         lab.unbridge_bare()
 
-        agent = LabAgent(lab, workdir / "agent", overrides=DEMO_OVERRIDES)
+        agent = LabAgent(lab, workdir / "agent", overrides={**DEMO_OVERRIDES, **atp_overrides(workdir)})
         try:
             agent.bridge_up()
             agent.start()
             say("エージェント起動完了", f"agent running: {agent.status()['ready']} NFQUEUE workers, config {agent.config_path}")
             _protected(lab, agent, results)
             _webfilter(lab, bad, results)
-            step(8, "警告ログ (EVE JSON)", "alarms written (EVE JSON)")
+            _cnc(lab, agent, results)
+            step(9, "警告ログ (EVE JSON)", "alarms written (EVE JSON)")
             time.sleep(1.0)
             alarms = agent.alarms()
             summarize_alarms(alarms)
@@ -221,7 +257,7 @@ def run_demo(args: argparse.Namespace) -> int:
             _fail_open(lab, agent, results)
         finally:
             agent.kill()
-            step(10, "後片付け", "tearing down (bridge down, namespaces removed)")
+            step(11, "後片付け", "tearing down (bridge down, namespaces removed)")
             agent.bridge_down()
     print("\n=== 結果 / results ===")
     for what, ok in results.items():
