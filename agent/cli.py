@@ -149,6 +149,67 @@ def cmd_category(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload_and_wait(cfg: AgentConfig, timeout: float = 120.0) -> bool | None:
+    """SIGHUP the running agent and wait until its workers report the reload (status.json).
+
+    True: reloaded (or no agent runs: the next start loads the new bundle); False: a worker failed."""
+    import os
+    import signal
+    import time
+
+    path = Path(cfg.logging.dir) / "status.json"
+    try:
+        before = json.loads(path.read_text())
+        pid = int(before["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return True
+    r0 = before.get("reloads", {})
+    workers = max(1, len(before.get("workers", {})))
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            r = json.loads(path.read_text()).get("reloads", {})
+        except (OSError, ValueError):
+            continue
+        if r.get("failed", 0) > r0.get("failed", 0):
+            return False
+        if r.get("workers_reloaded", 0) - r0.get("workers_reloaded", 0) >= workers:
+            return True
+    return None
+
+
+def cmd_bundles(args: argparse.Namespace) -> int:
+    from agent.evelog import EveLog
+    from agent.updates import BundleUpdater
+
+    cfg = _config(args.config)
+    if args.action != "status" and not cfg.updates.enabled:
+        print("署名付き更新は無効です (updates.enabled: false) / signed updates are disabled", file=sys.stderr)
+        return 1
+    eve = EveLog(Path(cfg.logging.dir) / "eve.json", rotate_bytes=cfg.logging.eve_rotate_bytes, keep=cfg.logging.eve_keep) \
+        if args.action != "status" else None
+    updater = BundleUpdater(cfg, emit=eve.write if eve else None, reload=lambda: _reload_and_wait(cfg))
+    try:
+        if args.action == "status":
+            out: Any = {**updater.status(), "live": updater.live_versions()}
+        elif args.action == "check":
+            out = [r.as_dict() for r in updater.check_all(args.kinds or None)]
+        else:
+            if not args.kinds or len(args.kinds) != 1:
+                print("rollback needs one KIND", file=sys.stderr)
+                return 2
+            out = [updater.rollback(args.kinds[0]).as_dict()]
+    finally:
+        if eve:
+            eve.close()
+    print(json.dumps(out, indent=1, ensure_ascii=False))
+    results = out if isinstance(out, list) else []
+    return 1 if any(r.get("status") == "rejected" for r in results) else 0
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from agent.demo import run_demo, lab_down, lab_up
 
@@ -211,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", help="write the results as JSON here")
     v.add_argument("--strict", action="store_true", help="exit 1 unless every case passes")
     v.set_defaults(fn=cmd_verify)
+
+    bu = sub.add_parser("bundles", help="signed signature bundles: status, check now, roll back one kind")
+    bu.add_argument("action", choices=["status", "check", "rollback"])
+    bu.add_argument("kinds", nargs="*", metavar="KIND", help="ips, threatintel, webcat, av, antispam (default: all)")
+    bu.add_argument("-c", "--config")
+    bu.set_defaults(fn=cmd_bundles)
 
     lab = sub.add_parser("lab", help="the simulated office in network namespaces")
     lab.add_argument("action", choices=["up", "down", "demo"], nargs="?", default="demo")
