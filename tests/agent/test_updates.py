@@ -549,3 +549,31 @@ def test_update_records_are_eve_with_japanese_and_english() -> None:
     assert rec["update"]["severity"] == 1 and " / " in rec["update"]["message"]
     for reason, (sev, ja, en) in updates.REASONS.items():
         assert 1 <= sev <= 4 and ja and en and not ja.isascii() and en.isascii(), reason
+
+
+# -- command line -----------------------------------------------------------------------------------
+def test_cli_bundles_check_status_rollback(tmp_path: Path, center: TufRepo, box: Box,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+    from agent.evelog import read_eve
+
+    publish(center, tmp_path, V1)
+    cfg = str(box.config_path)
+    assert main(["bundles", "check", "ips", "-c", cfg]) == 0
+    (res,) = json.loads(capsys.readouterr().out)
+    assert res["status"] == "activated" and res["version"] == V1
+    publish(center, tmp_path, V2, extra=NEW_RULE)
+    assert main(["bundles", "check", "-c", cfg]) == 0
+    assert {r["kind"]: r["status"] for r in json.loads(capsys.readouterr().out)}["ips"] == "activated"
+    assert main(["bundles", "status", "-c", cfg]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["live"] == {"ips": V2} and st["kinds"]["ips"]["previous"] == V1
+    assert main(["bundles", "rollback", "ips", "-c", cfg]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["version"] == V1
+    center.publish("ips", V3, rule_folder(tmp_path, V3, extra=NEW_RULE))
+    _served_target(center, V3).write_bytes(b"tampered")
+    assert main(["bundles", "check", "ips", "-c", cfg]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["reason"] == "tampered"
+    events = [e["update"] for e in read_eve(box.dir / "log" / "eve.json")]
+    assert [(e["action"], e["reason"]) for e in events] == [
+        ("activated", "activated"), ("activated", "activated"), ("rolled_back", "rolled_back"), ("rejected", "tampered")]
