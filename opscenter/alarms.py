@@ -2,7 +2,8 @@
 
 The unique constraint does the deduplication, so concurrent re-sends of the same batch (a retry
 racing a slow first attempt, two workers) store each event once on SQLite and on PostgreSQL alike;
-``accepted`` is the number of rows the insert really added.
+``accepted`` is the number of rows the insert really added (``RETURNING``; rowcount is not
+reliable for multi-row inserts on every driver).
 """
 from __future__ import annotations
 
@@ -38,9 +39,9 @@ def ingest(db: Database, device_id: str, events: list[dict[str, Any]]) -> dict[s
     if not rows:
         return {"accepted": 0, "duplicates": 0}
     stmt = db.insert(alarms).values(list(rows.values())).on_conflict_do_nothing(
-        index_elements=[alarms.c.device_id, alarms.c.event_id])
+        index_elements=[alarms.c.device_id, alarms.c.event_id]).returning(alarms.c.id)
     with db.write() as conn:
-        accepted = conn.execute(stmt).rowcount
+        accepted = len(conn.execute(stmt).all())  # RETURNING lists exactly the rows inserted
     return {"accepted": accepted, "duplicates": len(events) - accepted}
 
 
