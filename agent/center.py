@@ -438,6 +438,7 @@ class CenterLink:
         self.sent_batches = 0
         self.duplicates = 0
         self.rejected = 0
+        self.retry_later = 0  # 429/503 answers (each waited out)
         self.drain_rate = 0.0  # events/s over the last batches
         self.portcheck: dict[str, Any] | None = None
         self.portcheck_at = 0.0
@@ -650,6 +651,7 @@ class CenterLink:
                 self.state = self.problem or "credential_rejected"
                 delay = backoff.next_delay()
             except RetryLater as exc:
+                self.retry_later += 1
                 self.checkins_failed += 1
                 self.last_error = str(exc)
                 self.state = "busy"
@@ -677,7 +679,7 @@ class CenterLink:
         try:
             reply = self.client.send_alarms(self.cred["token"], [e.wire() for e in batch])
         except CenterError as exc:
-            if exc.status == 400 and not isinstance(exc, (Unauthorized, RetryLater)):
+            if exc.status in (400, 413) and not isinstance(exc, (Unauthorized, RetryLater)):
                 self._bisect_rejected(batch, exc)
                 return
             self.spool.release(batch)
@@ -693,7 +695,7 @@ class CenterLink:
         self.drain_rate = 0.7 * self.drain_rate + 0.3 * (len(batch) / dt) if self.drain_rate else len(batch) / dt
 
     def _bisect_rejected(self, batch: list[SpoolEvent], exc: CenterError) -> None:
-        """400 for a batch: find the events the center refuses (halving), drop only those."""
+        """400 (an event it cannot take) or 413 (too big): halve the batch until the culprit is alone."""
         if len(batch) == 1:
             self.spool.ack(batch)  # the center will never take it: it must not block the queue
             self.rejected += 1
@@ -739,6 +741,7 @@ class CenterLink:
                 self._release_all(batch)
                 self._on_unauthorized(exc)
             except RetryLater as exc:
+                self.retry_later += 1
                 self._release_all(batch)
                 delay = backoff.next_delay(exc.retry_after)
                 log.info("center busy (%s): alarms wait %.1f s", exc.code, delay)
@@ -806,7 +809,7 @@ class CenterLink:
             "checkins_failed": self.checkins_failed,
             "spool": self.spool.stats(),
             "sent": {"events": self.sent_events, "batches": self.sent_batches, "duplicates": self.duplicates,
-                     "rejected": self.rejected, "rate_eps": round(self.drain_rate, 1)},
+                     "rejected": self.rejected, "retry_later": self.retry_later, "rate_eps": round(self.drain_rate, 1)},
             "desired": self.desired,
             "tasks": len(self.tasks),
             "portcheck": {"checked_at": pc.get("checked_at"), "ok": pc.get("ok"),

@@ -210,6 +210,87 @@ def cmd_bundles(args: argparse.Namespace) -> int:
     return 1 if any(r.get("status") == "rejected" for r in results) else 0
 
 
+def cmd_activate(args: argparse.Namespace) -> int:
+    from agent.center import ActivationError, LinkConfigError, activate
+
+    cfg = _config(args.config)
+    try:
+        state = activate(cfg, code=args.code, serial=args.serial or "", replace=args.replace)
+    except (ActivationError, LinkConfigError) as exc:
+        print(f"アクティベーションできません / activation failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({k: v for k, v in state.items() if k != "token"}, ensure_ascii=False))
+        return 0
+    lic = state.get("license") or {}
+    print(f"アクティベーション完了 / activated: device {state['device_id']}, contract {state['contract_id']}")
+    print(f"  ライセンス期間 / license term: {lic.get('term_start') or '-'} .. {lic.get('term_end') or '-'}")
+    print(f"  認証情報 / credential: {cfg.center.state_file} (0600)")
+    if state.get("restore_saved"):
+        print("  交換前の設定バックアップを受信しました / the contract's config backup was received for restore")
+    off = state.get("clock_offset_s")
+    if off is not None and abs(off) > cfg.center.clock_tolerance:
+        print(f"  警告: 時計が運用センターと {off:+.0f} 秒ずれています / warning: the clock is {off:+.0f} s off the center's",
+              file=sys.stderr)
+    if not cfg.center.enabled:
+        print("  center.enabled を true にすると監視が始まります / set center.enabled: true to start monitoring")
+    else:
+        print("  実行中のエージェントは自動的にチェックインを始めます / a running agent starts checking in by itself")
+    return 0
+
+
+def cmd_portcheck(args: argparse.Namespace) -> int:
+    from agent.portcheck import endpoints, format_text, run_portcheck
+
+    cfg = _config(args.config)
+    if not endpoints(cfg):
+        print("運用センターの URL (center.url) か center.portcheck.endpoints を設定してください / "
+              "set center.url or center.portcheck.endpoints first", file=sys.stderr)
+        return 2
+    res = run_portcheck(cfg)
+    if args.json:
+        print(json.dumps(res.as_dict(), ensure_ascii=False, indent=1))
+    else:
+        print(format_text(res))
+    return 0 if res.ok else 1
+
+
+def cmd_center_status(args: argparse.Namespace) -> int:
+    from agent.center import LinkConfigError, load_state
+
+    cfg = _config(args.config)
+    try:
+        state = load_state(cfg.center.state_file)
+    except LinkConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    try:
+        running = json.loads((Path(cfg.logging.dir) / "status.json").read_text()).get("center")
+    except (OSError, ValueError):
+        running = None
+    out = {"enabled": cfg.center.enabled, "url": cfg.center.url,
+           "credential": None if state is None else {k: v for k, v in state.items() if k != "token"},
+           "link": running}
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False, indent=1))
+        return 0 if state else 1
+    if state is None:
+        print(f"未アクティベーション / not activated (no {cfg.center.state_file}); run `vcr-agent activate CODE`")
+    else:
+        lic = state.get("license") or {}
+        print(f"アクティベーション済み / activated: device {state.get('device_id')}, contract {state.get('contract_id')}, "
+              f"license {lic.get('term_start') or '-'} .. {lic.get('term_end') or '-'}")
+    if running:
+        sp = running.get("spool") or {}
+        print(f"リンク / link: {running.get('state')}  last check-in {running.get('last_checkin_ok') or '-'}  "
+              f"spool pending {sp.get('pending', 0)}, dropped {sp.get('dropped', 0)}")
+        if running.get("problem_detail"):
+            print(f"問題 / problem: {running['problem_detail']}")
+    else:
+        print("実行中のエージェントの状態がありません / no running agent status")
+    return 0 if state else 1
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from agent.demo import run_demo, lab_down, lab_up
 
@@ -278,6 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("kinds", nargs="*", metavar="KIND", help="ips, threatintel, webcat, av, antispam (default: all)")
     bu.add_argument("-c", "--config")
     bu.set_defaults(fn=cmd_bundles)
+
+    act = sub.add_parser("activate", help="activate the box at the operations center (activation code + serial)")
+    act.add_argument("code", metavar="CODE", help="the activation code (or, with --replace, the replacement code)")
+    act.add_argument("--serial", help="the box's serial number (default: center.serial, then the DMI serial)")
+    act.add_argument("--replace", action="store_true",
+                     help="this box replaces another one (the operator issued a replacement code); overwrites a stored credential")
+    act.add_argument("--json", action="store_true")
+    act.add_argument("-c", "--config")
+    act.set_defaults(fn=cmd_activate)
+
+    port = sub.add_parser("portcheck", help="test the outbound ports the service needs (table 4), per feature")
+    port.add_argument("--json", action="store_true")
+    port.add_argument("-c", "--config")
+    port.set_defaults(fn=cmd_portcheck)
+
+    cs = sub.add_parser("center-status", help="activation and operations-center link state")
+    cs.add_argument("--json", action="store_true")
+    cs.add_argument("-c", "--config")
+    cs.set_defaults(fn=cmd_center_status)
 
     lab = sub.add_parser("lab", help="the simulated office in network namespaces")
     lab.add_argument("action", choices=["up", "down", "demo"], nargs="?", default="demo")

@@ -59,6 +59,8 @@ class Daemon:
         self.reload_summary: dict[str, Any] = {e.name: e.summary() for e in self.engines}
         self.blockpage: Any = None
         self.threat_sets: dict[str, Any] = {}
+        self.center: Any = None  # the operations-center link (agent/center.py), when enabled
+        self.center_error = ""
 
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -213,6 +215,7 @@ class Daemon:
             "reloads": self.reloads,
             "engines": self.reload_summary,
             "counters": totals,
+            "center": self.center.status() if self.center is not None else {"enabled": self.cfg.center.enabled, "error": self.center_error},
         }
 
     def _write_status(self) -> None:
@@ -220,6 +223,27 @@ class Daemon:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.status(), indent=1))
         os.replace(tmp, path)
+
+    # -- operations center link (issue 5) -------------------------------------------------------
+    def _start_center(self) -> None:
+        """Every EVE record also goes to the durable spool; threads check in, drain it and run port checks.
+
+        The EVE listener only appends to an in-memory queue (the spool's writer thread commits), so
+        an unreachable center or a slow disk never holds up the alarm path.
+        """
+        if not self.cfg.center.enabled:
+            return
+        from agent.center import CenterLink
+        from agent.spool import SpoolError
+
+        try:
+            self.center = CenterLink(self.cfg, config_path=self.config_path, alarm_sink=self.eve.write)
+        except SpoolError as exc:
+            self.center_error = str(exc)
+            log.error("operations center link not started (alarms stay in eve.json only): %s", exc)
+            return
+        self.eve.listeners.append(self.center.spool.submit)
+        self.center.start()
 
     # -- main ------------------------------------------------------------------------------
     def _start_blockpage(self) -> None:
@@ -249,6 +273,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        self._start_center()
         nflog = threading.Thread(target=self._nflog_loop, name="nflog", daemon=True)
         nflog.start()
         for i in range(self.spec.workers):
@@ -331,6 +356,8 @@ class Daemon:
                 self._handle(self.out.get(timeout=0.2))
             except (_queue.Empty, EOFError, OSError):
                 break
+        if self.center is not None:
+            self.center.stop()  # commits what is queued for the spool; unsent alarms wait there
         self._write_status()
         self.eve.close()
         log.info("agent stopped; the bridge keeps forwarding (%s)", "fail-open" if self.spec.fail_open else "fail-closed")
