@@ -56,8 +56,10 @@ def serve(settings: Settings) -> int:
     actual = join_listen(host, sock.getsockname()[1])
     settings = settings.model_copy(update={"listen": actual})
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    # Graceful stop waits at most 3 s: an idle TLS keep-alive connection whose client never answers the
+    # close_notify would otherwise hold the shutdown (asyncio waits for the peer's TLS shutdown).
     common = dict(ssl_certfile=settings.cert, ssl_keyfile=settings.key, log_level=settings.log_level,
-                  access_log=settings.access_log, timeout_graceful_shutdown=5, timeout_keep_alive=30,
+                  access_log=settings.access_log, timeout_graceful_shutdown=3, timeout_keep_alive=30,
                   server_header=False, proxy_headers=False, lifespan="on")
     log.info("operations center on https://%s (%d worker%s, database %s)", actual, settings.workers,
              "s" if settings.workers > 1 else "", _safe_url(settings.db))

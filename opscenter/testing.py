@@ -265,6 +265,8 @@ class Center:
 
         s = requests.Session()
         s.verify = str(self.ca)
+        # With trust_env, $REQUESTS_CA_BUNDLE would silently win over Session.verify (requests #3829).
+        s.trust_env = False
         return s
 
 
