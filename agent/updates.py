@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -277,10 +278,13 @@ def apply_live_bundles(data: dict[str, Any], bundles_dir: str) -> bool:
     ips = engines.get("ips")
     live = live_path(bundles_dir, "ips")
     if isinstance(ips, dict) and live is not None:
-        rules = [str(p) for p in bundle_files(live, ".rules")]
+        own = ips.get("rule_files") or []
+        own = list(own) if isinstance(own, list) else [own]
+        # a config that already names the bundle's files (by a glob over current/) keeps them once
+        named = {os.path.realpath(f) for pat in own if isinstance(pat, str) for f in glob.glob(pat)}
+        rules = [str(p) for p in bundle_files(live, ".rules") if str(p) not in named]
         if rules:
-            own = ips.get("rule_files") or []
-            ips["rule_files"] = (list(own) if isinstance(own, list) else [own]) + rules
+            ips["rule_files"] = own + rules
             if (live / "classification.config").is_file():
                 ips["classification"] = str(live / "classification.config")
             changed = True
@@ -510,11 +514,9 @@ class BundleUpdater:
             return UpdateError("bad_signature", text)
         if isinstance(exc, (tex.LengthOrHashMismatchError, tex.DownloadLengthMismatchError)):
             return UpdateError("tampered", text)
-        if isinstance(exc, (tex.DownloadError, OSError)) and not isinstance(exc, tex.DownloadLengthMismatchError):
+        if isinstance(exc, (tex.DownloadError, OSError)):
             return UpdateError("unreachable", text)
-        if isinstance(exc, tex.RepositoryError):
-            return UpdateError("invalid_metadata", text)
-        return UpdateError("invalid_metadata", text)
+        return UpdateError("invalid_metadata", text)  # RepositoryError and anything unexpected
 
     def _newest(self, kind: str) -> tuple[str, Any] | None:
         """After a refresh: the newest (version, TargetFile) of ``kind`` in the trusted targets."""

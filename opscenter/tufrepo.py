@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner, Key, Signer
+from securesystemslib.signer import CryptoSigner, Signer
 from tuf.api.metadata import (
     Metadata,
     MetaFile,

@@ -577,3 +577,12 @@ def test_cli_bundles_check_status_rollback(tmp_path: Path, center: TufRepo, box:
     events = [e["update"] for e in read_eve(box.dir / "log" / "eve.json")]
     assert [(e["action"], e["reason"]) for e in events] == [
         ("activated", "activated"), ("activated", "activated"), ("rolled_back", "rolled_back"), ("rejected", "tampered")]
+
+
+def test_config_naming_the_bundle_itself_loads_it_once(tmp_path: Path, center: TufRepo, box: Box) -> None:
+    publish(center, tmp_path, V1)
+    box.updater.check("ips")
+    data = yaml.safe_load(box.config_path.read_text())
+    data["engines"]["ips"]["rule_files"] = [str(box.dir / "bundles" / "ips" / "current" / "rules" / "*.rules")]
+    apply_live_bundles(data, str(box.dir / "bundles"))
+    assert len(data["engines"]["ips"]["rule_files"]) == 1
