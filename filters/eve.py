@@ -54,7 +54,7 @@ def alert_record(v: Verdict, ts: float, pkt: Packet | None, flow: "Flow | None",
     """An ``alert`` record; ``blocked`` says whether the agent really blocked (IPS) or only saw (IDS)."""
     rec = base_record("alert", ts, pkt, flow)
     if flow is not None and pkt is not None and pkt.version:
-        to_server = pkt.src_addr == flow.client_addr and pkt.sport == flow.client_port
+        to_server = flow.to_server(pkt)
         rec["direction"] = "to_server" if to_server else "to_client"
     rec["alert"] = {
         "action": "blocked" if blocked else "allowed",

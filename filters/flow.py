@@ -172,6 +172,11 @@ class Flow:
     def stream(self, to_server: bool) -> Stream:
         return self.toserver if to_server else self.toclient
 
+    def to_server(self, pkt: Packet) -> bool:
+        """Whether ``pkt`` goes from this flow's client to its server (a non-first fragment, which
+        has no ports, goes by its source address)."""
+        return pkt.src_addr == self.client_addr and (pkt.sport == self.client_port or not pkt.has_ports)
+
     @property
     def client_ip(self) -> str:
         return ntop(self.client_addr)

@@ -322,7 +322,7 @@ class Pipeline:
             if st.flow.decided is not None:
                 out.append(Release(tok, _OUTCOME.get(st.flow.decided, Outcome.ACCEPT), offload=True))
                 continue
-            to_server = p.src_addr == st.flow.client_addr and p.sport == st.flow.client_port
+            to_server = st.flow.to_server(p)
             out += self._inspect(st.flow, p, tok, to_server, False, now)
         return out
 

@@ -281,7 +281,7 @@ class Ips(Engine):
         st = self._state(flow)
         if st.passed and not any(d.action is Action.PASS for d in pending):
             return None
-        to_server = pkt.src_addr == flow.client_addr and (pkt.sport == flow.client_port or not pkt.has_ports)
+        to_server = flow.to_server(pkt)
         site = _Site(flow, to_server, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, pkt.has_ports, pkt,
                      lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts,
                      self._app_before if flow.proto == PROTO_TCP else flow_app_proto(flow))

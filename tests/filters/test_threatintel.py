@@ -379,20 +379,16 @@ def test_real_feeds_lookups(real_intel: ThreatIntel) -> None:
     assert "1.1.104.12" in v4 and "51.178.161.32" in v4
 
 
-def test_real_feeds_build_and_lookup_speed() -> None:
+def test_real_feeds_build_and_look_up_whole() -> None:
+    """All three real feeds merge into one intel that answers for each of them. (Speed is in the
+    filter benchmark, `vcr-agent bench --suite filter`, not here.)"""
     paths = [real(FEODO), real(URLHAUS_CSV), real(URLHAUS_ABP)]
     start = time.perf_counter()
     intel = ThreatIntel.build(load_feed(p) for p in paths)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"parse + build took {elapsed:.2f} s"
-    probes = 2000
-    start = time.perf_counter()
-    for i in range(probes):
-        intel.match_ip(f"203.0.{i % 256}.{i // 256}", 443)
-        intel.match_domain(f"host{i}.sub.example.com")
-        intel.match_url("github.com", f"/user{i}/repo/releases/download/v1/x.zip")
-    per_lookup = (time.perf_counter() - start) / (3 * probes)
-    assert per_lookup < 50e-6, f"{per_lookup * 1e6:.1f} us per look-up"
+    print(f"\nparse + build of the real feeds: {time.perf_counter() - start:.2f} s, {len(intel)} indicators")
+    assert intel.match_ip("51.178.161.32") is not None and intel.match_domain("wegrowcoaching.com") is not None
+    assert intel.match_ip("203.0.0.1", 443) is None and intel.match_domain("host1.sub.example.com") is None
+    assert intel.match_url("github.com", "/user1/repo/releases/download/v1/x.zip") is None
 
 
 # --- fuzz -----------------------------------------------------------------------------------------

