@@ -225,25 +225,39 @@ class Daemon:
         os.replace(tmp, path)
 
     # -- operations center link (issue 5) -------------------------------------------------------
-    def _start_center(self) -> None:
+    def _start_center(self, cfg: AgentConfig | None = None) -> None:
         """Every EVE record also goes to the durable spool; threads check in, drain it and run port checks.
 
         The EVE listener only appends to an in-memory queue (the spool's writer thread commits), so
         an unreachable center or a slow disk never holds up the alarm path.
         """
-        if not self.cfg.center.enabled:
+        cfg = cfg or self.cfg
+        if not cfg.center.enabled:
             return
         from agent.center import CenterLink
         from agent.spool import SpoolError
 
         try:
-            self.center = CenterLink(self.cfg, config_path=self.config_path, alarm_sink=self.eve.write)
+            self.center = CenterLink(cfg, config_path=self.config_path, alarm_sink=self.eve.write)
         except SpoolError as exc:
             self.center_error = str(exc)
             log.error("operations center link not started (alarms stay in eve.json only): %s", exc)
             return
         self.eve.listeners.append(self.center.spool.submit)
         self.center.start()
+
+    def _reload_center(self, cfg: AgentConfig) -> None:
+        """A changed ``center:`` section takes effect on reload: the link restarts on the same spool."""
+        running = self.center.cfg.center if self.center is not None else None
+        if running == cfg.center or (running is None and not cfg.center.enabled):
+            return
+        if self.center is not None:
+            self.eve.listeners.remove(self.center.spool.submit)
+            self.center.stop()
+            self.center = None
+        self.center_error = ""
+        self._start_center(cfg)
+        log.info("reload: operations center link %s", "restarted" if self.center is not None else "stopped")
 
     # -- main ------------------------------------------------------------------------------
     def _start_blockpage(self) -> None:
@@ -316,6 +330,7 @@ class Daemon:
             return
         self.policy = firewall_policy(cfg)
         self._reload_threat_intel(cfg)
+        self._reload_center(cfg)
         for p in self.procs.values():
             if p.pid:
                 os.kill(p.pid, signal.SIGHUP)

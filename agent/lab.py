@@ -175,6 +175,8 @@ def delete_netns(netns: str) -> None:
             log.warning("could not delete netns %s: %s", netns, proc.stderr.strip())
     except LabError as exc:
         log.warning("could not delete netns %s: %s", netns, exc)
+    # per-namespace files `ip netns exec` bind-mounts over /etc (the UTM's resolv.conf, see labrun)
+    shutil.rmtree(Path("/etc/netns") / netns, ignore_errors=True)
 
 
 def cleanup_stale(prefix: str) -> list[str]:

@@ -145,3 +145,46 @@ class LabAgent:
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------ the operations center
+CENTER_IP = "198.51.100.80"  # the lab's "ops" host
+CENTER_NAME = "center.vcr.example"
+
+
+def utm_resolv_conf(lab: Lab) -> Path:
+    """Where ``bridge up`` should write the settings sheet's DNS servers in the lab.
+
+    ``ip netns exec`` bind-mounts ``/etc/netns/NS/resolv.conf`` over ``/etc/resolv.conf``, so the
+    agent's own lookups (the center's name) go to the lab's DNS server as on a real box. Deleting
+    the namespace removes the folder (``agent.lab.delete_netns``).
+    """
+    folder = Path("/etc/netns") / lab.utm_netns
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "resolv.conf"
+
+
+def start_lab_center(lab: Lab, workdir: Path, *, names: tuple[str, ...] = (CENTER_NAME,), **kw: Any) -> Any:
+    """The real reference center (``vcr-opscenter serve``) on the lab's ops host, port 443, own CA."""
+    from opscenter.testing import start_center
+
+    if "ops" not in lab.hosts:
+        lab.add_internet_host("ops", CENTER_IP)
+    kw.setdefault("settings", {"checkin_rate": 0, "alarm_rate": 0})
+    return start_center(workdir, f"{lab.hosts['ops'].ipv4}:443", netns=lab.netns("ops"), names=list(names), **kw)
+
+
+def center_overrides(center: Any, workdir: Path, *, url: str | None = None, **center_keys: Any) -> dict[str, Any]:
+    """LabAgent overrides that point the box at ``center`` (state and spool under ``workdir``)."""
+    out: dict[str, Any] = {
+        "center.enabled": True,
+        "center.url": url or center.url,
+        "center.ca_file": str(center.ca),
+        "center.state_file": str(workdir / "lib" / "center.json"),
+        "center.spool": {"path": str(workdir / "lib" / "spool.db")},
+        "center.heartbeat_interval": 2,
+        "center.backoff_base": 0.5,
+        "center.backoff_cap": 4,
+    }
+    out.update({f"center.{k}": v for k, v in center_keys.items()})
+    return out
