@@ -401,7 +401,7 @@ class CenterLink:
     def __init__(self, cfg: AgentConfig, *, config_path: str = "", spool: Spool | None = None,
                  alarm_sink: Callable[[dict[str, Any]], None] | None = None,
                  rng: random.Random | None = None) -> None:
-        from agent.health import Versions, agent_version
+        from agent.health import Versions, agent_version, prime_cpu
 
         self.cfg = cfg
         self.c = cfg.center
@@ -442,6 +442,7 @@ class CenterLink:
         self.drain_rate = 0.0  # events/s over the last batches
         self.portcheck: dict[str, Any] | None = None
         self.portcheck_at = 0.0
+        prime_cpu()
         self._make_client()
 
     # -- plumbing ----------------------------------------------------------------------------

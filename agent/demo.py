@@ -147,6 +147,68 @@ def _webfilter(lab: Lab, bad: str | None, results: dict[str, bool]) -> None:
     results["web filter: HTTPS reset"] = "reset" in tls.stderr.lower()
 
 
+def _center(lab: Lab, agent: LabAgent, workdir: Path, results: dict[str, bool]) -> None:
+    """The operations center: the box activates, checks in, and its alarms arrive (also after an outage)."""
+    import yaml
+
+    from agent.labrun import center_overrides, start_lab_center
+
+    print("\n[9b] 運用センター: アクティベーションと警告の送信 / operations center: activation and alarm delivery", flush=True)
+    center = start_lab_center(lab, workdir / "center", heartbeat_interval=2)
+    try:
+        say(f"運用センター起動 ({center.url}, 独自 CA)", f"reference center up at {center.url} (vcr-opscenter serve, its own CA)")
+        data = yaml.safe_load(agent.config_path.read_text(encoding="utf-8"))
+        for key, value in center_overrides(center, workdir / "agent", portcheck={"enabled": False}, ntp_servers=[]).items():
+            data.setdefault("center", {})[key.split(".", 1)[1]] = value
+        agent.config_path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        agent.cli("reload")  # the link starts on reload: the data path keeps running
+        serial = "VCR116W-DEMO0001"
+        code = center.issue_code("C-DEMO-001", serial=serial)
+        print(f"    運用センターが発行したアクティベーションコード / activation code from the center: {code}")
+        res = agent.cli("activate", code, "--serial", serial)
+        for line in (res.stdout or res.stderr).strip().splitlines():
+            print(f"    {line}")
+        results["center: activated"] = res.returncode == 0
+
+        def until(pred: Any, timeout: float = 20.0) -> Any:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                value = pred()
+                if value:
+                    return value
+                time.sleep(0.3)
+            return None
+
+        dev = until(lambda: next((d for d in center.devices() if d["serial"] == serial and d["last_checkin"]), None))
+        if dev:
+            h = dev["health"]
+            print(f"    チェックイン受信 / check-in at the center: {dev['device_id']} {dev['status']}, "
+                  f"CPU {h.get('cpu_percent')}%, memory {h.get('memory_percent')}%, uptime {h.get('uptime_s', 0) / 3600:.1f} h")
+        results["center: heartbeat"] = bool(dev)
+        device_id = dev["device_id"] if dev else ""
+        web = lab.hosts["web"]
+        connect_result(lab, "pc1", web.ipv4, 23)  # blocked telnet: an alarm
+        got = until(lambda: [a for a in center.alarms(device_id) if a["signature"] == "VCR firewall: block outbound telnet"])
+        for a in (got or [])[:1]:
+            ev = a["event"]
+            print(f"    警告がセンターに到着 / alarm at the center: {a['signature']} {ev['src_ip']} -> {ev['dest_ip']}:{ev['dest_port']}"
+                  f" (severity {a['severity']}, event_id {a['event_id'][:8]}...)")
+        results["center: alarms arrive"] = bool(got)
+        say("センター停止中の警告はディスクに保存され、復旧後に 1 回だけ届きます",
+            "alarms raised while the center is down wait on disk and arrive once when it is back:")
+        center.stop()
+        before = center.alarm_count(device_id)
+        connect_result(lab, "pc1", web.ipv4, 23)
+        pending = until(lambda: ((agent.status() or {}).get("center") or {}).get("spool", {}).get("pending"), 10)
+        print(f"    センター停止中 / center down: {pending or 0} 件が送信待ち / alarm(s) waiting in the spool")
+        center.start()
+        after = until(lambda: center.alarm_count(device_id) > before and center.alarm_count(device_id), 30)
+        print(f"    センター復旧後 / center back: 合計 {after or before} 件を保存 / {after or before} alarms stored in all (none lost, none twice)")
+        results["center: alarm kept through an outage"] = bool(after) and after >= before + 1
+    finally:
+        center.close()
+
+
 def _cnc(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
     step(8, "脅威防御: 感染した PC から C&C サーバーへの通信", "threat protection: an infected PC calls its C&C server")
     answer = lab.exec("pc1", ["dig", "@198.51.100.53", "+short", "+tries=1", "+time=2", CNC_DOMAIN]).stdout.strip()
@@ -254,6 +316,7 @@ def run_demo(args: argparse.Namespace) -> int:
             alarms = agent.alarms()
             summarize_alarms(alarms)
             results["alarms written"] = any(r.get("event_type") == "alert" for r in alarms)
+            _center(lab, agent, workdir, results)
             _fail_open(lab, agent, results)
         finally:
             agent.kill()

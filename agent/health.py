@@ -32,6 +32,11 @@ def agent_version() -> str:
         return "0.0.0+unknown"
 
 
+def prime_cpu() -> None:
+    """psutil's CPU figure is "since the previous call": start the clock so the first heartbeat has one."""
+    psutil.cpu_percent(interval=None)
+
+
 def host_metrics(cfg: AgentConfig) -> dict[str, Any]:
     """CPU, memory, disk of the state folder, load, uptime and the bridge's interface counters."""
     state_dir = Path(cfg.center.state_file).parent
