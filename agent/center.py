@@ -400,6 +400,7 @@ class CenterLink:
 
     def __init__(self, cfg: AgentConfig, *, config_path: str = "", spool: Spool | None = None,
                  alarm_sink: Callable[[dict[str, Any]], None] | None = None,
+                 bundles: Callable[[], dict[str, str]] | None = None,
                  rng: random.Random | None = None) -> None:
         from agent.health import Versions, agent_version, prime_cpu
 
@@ -412,6 +413,7 @@ class CenterLink:
         self.lock = threading.Lock()
         self.spool = spool or Spool(self.c.spool.path, max_events=self.c.spool.max_events, max_bytes=self.c.spool.max_bytes)
         self.alarm_sink = alarm_sink or self.spool.put
+        self.bundles = bundles  # {kind: version} of the live signed bundles (agent/updates.py), if any
         self.versions = Versions(cfg, config_path)
         self.agent_version = agent_version()
         self.client: CenterClient | None = None
@@ -595,8 +597,14 @@ class CenterLink:
         from agent.health import heartbeat_body
 
         assert self.client is not None and self.cred is not None
+        bundles = None
+        if self.bundles is not None:
+            try:
+                bundles = self.bundles()
+            except Exception as exc:  # noqa: BLE001 - a heartbeat without versions beats none
+                log.warning("bundle versions unavailable: %s", exc)
         body = heartbeat_body(self.cfg, self.versions, now_iso=iso(self.now()), spool=self.spool.stats(),
-                              portcheck=self.portcheck, link=self.link_summary())
+                              portcheck=self.portcheck, link=self.link_summary(), bundles=bundles)
         self.last_checkin = time.time()
         reply = self.client.checkin(self.cred["token"], body)
         self.last_checkin_ok = time.time()

@@ -121,8 +121,9 @@ class Versions:
 
 
 def heartbeat_body(cfg: AgentConfig, versions: Versions, *, now_iso: str, spool: dict[str, Any],
-                   portcheck: dict[str, Any] | None, link: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The check-in body of the API (docs/opscenter-api.md)."""
+                   portcheck: dict[str, Any] | None, link: dict[str, Any] | None = None,
+                   bundles: dict[str, str] | None = None) -> dict[str, Any]:
+    """The check-in body of the API (docs/opscenter-api.md); ``bundles``: live signed-bundle versions."""
     status = read_status(cfg)
     try:
         health = host_metrics(cfg)
@@ -133,7 +134,7 @@ def heartbeat_body(cfg: AgentConfig, versions: Versions, *, now_iso: str, spool:
         "sent_at": now_iso,
         "agent_version": agent_version(),
         "config_revision": 0,
-        "signatures": versions.signatures(status),
+        "signatures": {**versions.signatures(status), **(bundles or {})},
         "health": health,
         "engines": engines_report(status),
         "spool": {"pending": spool.get("pending", 0), "dropped": spool.get("dropped", 0),
