@@ -4,18 +4,14 @@ handling without re-enrollment, clock skew, Retry-After and the drain rate limit
 from __future__ import annotations
 
 import collections
-import json
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-from agent import center as link_mod
 from agent.center import ActivationError, CenterClient, CenterLink, Unreachable, activate, load_state
 from agent.config import parse_config
-from agent.spool import Spool
 
 testing = pytest.importorskip("opscenter.testing", reason="the reference center (opscenter/) is not there")
 
