@@ -123,6 +123,8 @@ class Spool:
         self._last_drop_log = -1e9
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Created 0600 before SQLite opens it: the -wal and -shm files take the same mode.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             self._db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")

@@ -44,7 +44,8 @@ def test_event_ids_lease_release_ack_and_reopen(tmp_path: Path):
     sp = Spool(path)
     ids = sp.put_many([alert(3, i) for i in range(5)])
     assert len(set(ids)) == 5 and all(uuid.UUID(i).version == 4 for i in ids)
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    for f in (path, path.with_name("spool.db-wal"), path.with_name("spool.db-shm")):
+        assert oct(f.stat().st_mode & 0o777) == "0o600", f
     b1 = sp.lease(3)
     assert [e.event_id for e in b1] == ids[:3]
     b2 = sp.lease(10)  # in-flight events are not handed out twice
