@@ -411,6 +411,7 @@ class CenterLink:
         self.stopping = threading.Event()
         self.wake = threading.Event()  # a new credential or a cleared problem: re-evaluate now
         self.lock = threading.Lock()
+        self.clock_lock = threading.Lock()
         self.spool = spool or Spool(self.c.spool.path, max_events=self.c.spool.max_events, max_bytes=self.c.spool.max_bytes)
         self.alarm_sink = alarm_sink or self.spool.put
         self.bundles = bundles  # {kind: version} of the live signed bundles (agent/updates.py), if any
@@ -502,16 +503,22 @@ class CenterLink:
             return
         self.clock_offset = offset
         bad = abs(offset) > self.c.clock_tolerance
-        if bad and not self.clock_problem:
-            self.clock_problem = True
+        with self.clock_lock:  # both threads may see it at once: one alarm per transition
+            changed = bad != self.clock_problem
+            self.clock_problem = bad
+        if not changed:
+            return
+        if bad:
             msg = (f"clock differs from the {source} by {offset:+.1f} s (more than {self.c.clock_tolerance:g} s); "
                    "fix the box's time (NTP, UDP 123)")
             log.error("%s", msg)
-            self._raise_alarm(CLOCK_SID, f"VCR agent: clock is off by {offset:+.0f} s",
+            side = "behind" if offset > 0 else "ahead of"
+            self._raise_alarm(CLOCK_SID, f"VCR agent: clock is off by {offset:+.0f} s ({side} the {source})",
                               {"problem": "clock", "offset_s": round(offset, 3), "source": source,
-                               "tolerance_s": self.c.clock_tolerance, "message": msg})
-        elif not bad and self.clock_problem:
-            self.clock_problem = False
+                               "tolerance_s": self.c.clock_tolerance, "message": msg,
+                               "message_ja": f"UTM の時計が{'遅れて' if offset > 0 else '進んで'}います ({abs(offset):.0f} 秒)。"
+                                             "NTP (UDP 123) を確認してください"})
+        else:
             log.info("clock agrees with the %s again (%+.1f s)", source, offset)
 
     def _raise_alarm(self, sid: int, signature: str, details: dict[str, Any]) -> None:
