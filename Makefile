@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-filter lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -16,6 +16,9 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/vcr-agent bench
+
+bench-filter: setup
+	$(VENV)/bin/vcr-agent bench --suite filter
 
 clean:
 	-$(VENV)/bin/vcr-agent lab down

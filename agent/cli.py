@@ -299,8 +299,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.suite == "filter":
+        from agent.benchfilter import run_filter_bench
+
+        args.prefix = args.prefix or "vbf"
+        return run_filter_bench(args)
     from agent.bench import run_bench
 
+    args.prefix = args.prefix or "vb"
     return run_bench(args)
 
 
@@ -388,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3)
     bench.add_argument("--seconds", type=float, default=5.0)
     bench.add_argument("--out", default="docs/benchmarks.md")
-    bench.add_argument("--prefix", default="vb")
+    bench.add_argument("--prefix", default=None, help="lab prefix (default vb, vbf for --suite filter)")
+    bench.add_argument("--suite", choices=["dataplane", "filter"], default="dataplane",
+                       help="dataplane: the data path against the bare bridge; filter: web filter and threat protection")
     bench.set_defaults(fn=cmd_bench)
     return p
 
