@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from sqlalchemy import (
     JSON,
@@ -198,6 +199,19 @@ class Database:
         self.engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow,
                                   busy_timeout_ms=busy_timeout_ms, echo=echo)
         self.dialect = self.engine.dialect.name
+        # SQLite has one writer at a time. Writers of this process queue on a mutex instead of
+        # polling the file lock (SQLite's busy handler sleeps up to 100 ms between tries); other
+        # processes still wait through busy_timeout.
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
+        self._stmts: dict[str, Any] = {}
+
+    def stmt(self, key: str, build: Callable[["Database"], Any]) -> Any:
+        """A statement built once per database (hot paths: building Core statements costs more than
+        running them)."""
+        s = self._stmts.get(key)
+        if s is None:
+            s = self._stmts[key] = build(self)
+        return s
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Database":
@@ -218,10 +232,17 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
-        with self.engine.connect() as conn:
-            conn.execution_options(vcr_write=True)
-            with conn.begin():
-                yield conn
+        if self._write_lock is None:
+            with self.engine.connect() as conn:
+                conn.execution_options(vcr_write=True)
+                with conn.begin():
+                    yield conn
+            return
+        with self._write_lock:
+            with self.engine.connect() as conn:
+                conn.execution_options(vcr_write=True)
+                with conn.begin():
+                    yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, bindparam, delete, func, select, update
 
 from opscenter.db import Database, activation_codes, backups, contracts, device_events, devices, iso, utcnow
 from opscenter.errors import CenterError
@@ -68,6 +68,8 @@ class DeviceAuth:
     serial: str
     heartbeat_interval: float
     status: str
+    term_start: dt.datetime | None = None
+    term_end: dt.datetime | None = None
 
 
 def issue_code(db: Database, contract_id: str, *, serial: str | None = None, term_days: int | None = None,
@@ -172,13 +174,18 @@ def activate(db: Database, *, code: str, serial: str, hostname: str, agent_versi
     }
 
 
+def _auth_stmt(_db: Database) -> Any:
+    return (select(devices.c.device_id, devices.c.contract_id, devices.c.serial, devices.c.heartbeat_interval,
+                   devices.c.status, contracts.c.term_start, contracts.c.term_end)
+            .select_from(devices.join(contracts, contracts.c.contract_id == devices.c.contract_id))
+            .where(and_(devices.c.token_hash == bindparam("h"), devices.c.revoked_at.is_(None))))
+
+
 def authenticate(db: Database, token: str) -> DeviceAuth | None:
     if not token:
         return None
     with db.read() as conn:
-        row = conn.execute(select(devices.c.device_id, devices.c.contract_id, devices.c.serial,
-                                  devices.c.heartbeat_interval, devices.c.status)
-                           .where(and_(devices.c.token_hash == sha256(token), devices.c.revoked_at.is_(None)))).first()
+        row = conn.execute(db.stmt("auth", _auth_stmt), {"h": sha256(token)}).first()
     return DeviceAuth(*row) if row else None
 
 

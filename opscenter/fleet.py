@@ -10,13 +10,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 
 from opscenter.db import (
     Database,
     alarms,
     checkins,
-    contracts,
     desired,
     device_events,
     devices,
@@ -36,59 +35,77 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+PRUNE_EVERY = 10  # check-ins between trims of a device's history
+
+
+def _stmts_checkin(db: Database) -> dict[str, Any]:
+    b = bindparam
+    up = db.insert(health).values(device_id=b("d"), received_at=b("now"), body=b("body", type_=health.c.body.type))
+    return {
+        "back_online": update(devices).where(and_(devices.c.device_id == b("d"), devices.c.status != "online"))
+        .values(status="online", status_changed_at=b("now")),
+        "online_event": device_events.insert().values(device_id=b("d"), kind="online", at=b("now"), detail={}),
+        "touch": update(devices).where(devices.c.device_id == b("d")).values(
+            last_checkin_at=b("now"), last_ip=b("ip"), heartbeat_interval=b("interval"), agent_version=b("ver"),
+            config_revision=b("rev"), checkins=devices.c.checkins + 1).returning(devices.c.checkins),
+        "health": up.on_conflict_do_update(index_elements=[health.c.device_id],
+                                           set_={"received_at": up.excluded.received_at, "body": up.excluded.body}),
+        "history": checkins.insert().values(
+            device_id=b("d"), received_at=b("now"), sent_at=b("sent"), cpu_percent=b("cpu"),
+            memory_percent=b("mem"), disk_percent=b("disk"), uptime_s=b("up"), spool_pending=b("pending"),
+            portcheck_ok=b("pc")),
+        "prune": delete(checkins).where(and_(checkins.c.device_id == b("d"), checkins.c.id < (
+            select(checkins.c.id).where(checkins.c.device_id == b("d")).order_by(checkins.c.id.desc())
+            .offset(b("keep")).limit(1).scalar_subquery()))),
+        "tasks": select(tasks.c.task_id, tasks.c.kind, tasks.c.params, tasks.c.status)
+        .where(and_(tasks.c.device_id == b("d"), tasks.c.status.in_(TASK_OPEN))).order_by(tasks.c.task_id),
+        "desired": select(desired.c.scope, desired.c.body).where(desired.c.scope.in_(("*", b("d")))),
+    }
+
+
 def checkin(db: Database, auth: DeviceAuth, body: dict[str, Any], *, client_ip: str | None, interval: float,
             history: int) -> dict[str, Any]:
     """Record a check-in; return the reply body (server_time, next_checkin, desired, tasks, license)."""
+    st = db.stmt("checkin", _stmts_checkin)
     now = utcnow()
+    d = auth.device_id
     h = body.get("health") if isinstance(body.get("health"), dict) else {}
     spool = body.get("spool") if isinstance(body.get("spool"), dict) else {}
     pc = body.get("portcheck") if isinstance(body.get("portcheck"), dict) else None
     rev = body.get("config_revision")
     with db.write() as conn:
-        back = conn.execute(update(devices).where(and_(devices.c.device_id == auth.device_id,
-                                                       devices.c.status != "online"))
-                            .values(status="online", status_changed_at=now))
-        if back.rowcount:
-            conn.execute(device_events.insert().values(device_id=auth.device_id, kind="online", at=now, detail={}))
-        conn.execute(update(devices).where(devices.c.device_id == auth.device_id).values(
-            last_checkin_at=now, last_ip=client_ip, heartbeat_interval=interval,
-            agent_version=str(body.get("agent_version") or "")[:64] or None,
-            config_revision=rev if isinstance(rev, int) and not isinstance(rev, bool) else None,
-            checkins=devices.c.checkins + 1))
-        up = db.insert(health).values(device_id=auth.device_id, received_at=now, body=body)
-        conn.execute(up.on_conflict_do_update(index_elements=[health.c.device_id],
-                                              set_={"received_at": now, "body": body}))
-        conn.execute(checkins.insert().values(
-            device_id=auth.device_id, received_at=now, sent_at=str(body.get("sent_at") or "")[:40] or None,
-            cpu_percent=_num(h.get("cpu_percent")), memory_percent=_num(h.get("memory_percent")),
-            disk_percent=_num(h.get("disk_percent")), uptime_s=_num(h.get("uptime_s")),
-            spool_pending=int(spool["pending"]) if isinstance(spool.get("pending"), int) else None,
-            portcheck_ok=None if pc is None or not isinstance(pc.get("ok"), bool) else int(pc["ok"])))
-        oldest_kept = (select(checkins.c.id).where(checkins.c.device_id == auth.device_id)
-                       .order_by(checkins.c.id.desc()).offset(history - 1).limit(1).scalar_subquery())
-        conn.execute(delete(checkins).where(and_(checkins.c.device_id == auth.device_id,
-                                                 checkins.c.id < oldest_kept)))
-        open_tasks = conn.execute(select(tasks.c.task_id, tasks.c.kind, tasks.c.params, tasks.c.status)
-                                  .where(and_(tasks.c.device_id == auth.device_id, tasks.c.status.in_(TASK_OPEN)))
-                                  .order_by(tasks.c.task_id)).all()
+        # The status the token lookup saw decides whether a transition is due; the conditional UPDATE
+        # makes it exact (only one writer records the "online" event).
+        if auth.status != "online" and conn.execute(st["back_online"], {"d": d, "now": now}).rowcount:
+            conn.execute(st["online_event"], {"d": d, "now": now})
+        count = conn.execute(st["touch"], {
+            "d": d, "now": now, "ip": client_ip, "interval": interval,
+            "ver": str(body.get("agent_version") or "")[:64] or None,
+            "rev": rev if isinstance(rev, int) and not isinstance(rev, bool) else None}).scalar()
+        conn.execute(st["health"], {"d": d, "now": now, "body": body})
+        conn.execute(st["history"], {
+            "d": d, "now": now, "sent": str(body.get("sent_at") or "")[:40] or None,
+            "cpu": _num(h.get("cpu_percent")), "mem": _num(h.get("memory_percent")),
+            "disk": _num(h.get("disk_percent")), "up": _num(h.get("uptime_s")),
+            "pending": spool["pending"] if isinstance(spool.get("pending"), int) else None,
+            "pc": None if pc is None or not isinstance(pc.get("ok"), bool) else int(pc["ok"])})
+        if history <= PRUNE_EVERY or (count or 0) % PRUNE_EVERY == 0:
+            conn.execute(st["prune"], {"d": d, "keep": history - 1})
+        open_tasks = conn.execute(st["tasks"], {"d": d}).all()
         fresh = [t[0] for t in open_tasks if t[3] == "queued"]
         if fresh:
             conn.execute(update(tasks).where(tasks.c.task_id.in_(fresh)).values(status="delivered", updated_at=now))
-        want = _desired(conn, auth.device_id)
-        lic = conn.execute(select(contracts.c.term_start, contracts.c.term_end)
-                           .where(contracts.c.contract_id == auth.contract_id)).first()
+        want = _desired(dict(conn.execute(st["desired"], {"d": d}).all()), d)
     return {
         "server_time": iso(now),
         "next_checkin": interval,
         "desired": want,
         "tasks": [{"task_id": t[0], "kind": t[1], "params": t[2]} for t in open_tasks],
-        "license": {"term_start": iso(lic[0]) if lic else None, "term_end": iso(lic[1]) if lic else None},
+        "license": {"term_start": iso(auth.term_start), "term_end": iso(auth.term_end)},
     }
 
 
-def _desired(conn: Any, device_id: str) -> dict[str, Any]:
-    rows = dict(conn.execute(select(desired.c.scope, desired.c.body)
-                             .where(desired.c.scope.in_(("*", device_id)))).all())
+def _desired(rows: dict[str, Any], device_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"agent_version": None, "config_revision": None, "signatures": {}}
     for scope in ("*", device_id):
         body = rows.get(scope) or {}
