@@ -86,11 +86,20 @@ def _feed_specs(raw: Any) -> list[FeedSpec]:
     return out
 
 
+_NOT_FEEDS = ("README", "LICENSE", "LICENCE", "COPYING", "NOTICE", "MANIFEST", "CHANGELOG")
+_NOT_FEED_SUFFIXES = (".md", ".json", ".sig", ".asc", ".sha256", ".html", ".pdf")
+
+
+def _is_feed_name(name: str) -> bool:
+    """Files of a bundle folder that are feeds: not hidden, not its documentation or metadata."""
+    upper = name.upper()
+    return not (name.startswith(".") or upper.startswith(_NOT_FEEDS) or name.lower().endswith(_NOT_FEED_SUFFIXES))
+
+
 def _feed_files(spec: FeedSpec) -> list[Path]:
     """A feed path's files: the file itself, or every regular, visible file of a folder (sorted)."""
     if spec.path.is_dir():
-        files = sorted(p for p in spec.path.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and p.name not in ("manifest.json", "README", "README.md"))
+        files = sorted(p for p in spec.path.iterdir() if p.is_file() and _is_feed_name(p.name))
         return files[:MAX_FEED_FILES]
     return [spec.path]
 

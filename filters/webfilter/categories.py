@@ -35,7 +35,8 @@ _LIST_FILE = re.compile(r"(domains|urls)(?:\.[0-9]{1,4})?")
 _CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 # The loader's fast path: a plain lower-case name that ends in a letter (so it is no IPv4 address)
-# and does not start like a hosts-file line glued to its name ("0.0.0.0evil.example").
+# and does not start like a hosts-file line glued to its name ("0.0.0.0evil.example": the slow path
+# recovers the name).
 _FAST_NAME = re.compile(r"(?!(?:0\.0\.0\.0|127\.0\.0\.1)[^.])(?=.{1,253}\Z)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*(?<=[a-z])")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")  # already canonical IPv4 text
@@ -187,8 +188,10 @@ def canonical_host(host: str) -> tuple[str, bool]:
         ip = ipv4_literal(name)
         if ip is not None:
             return ip, True
-    if _HOSTS_GLUE.match(name):
-        raise EntryError("hosts-file address glued to a name")
+    glued = _HOSTS_GLUE.match(name)
+    if glued:
+        # A hosts-file line that lost its space ("0.0.0.0evil.example"): the list meant the name.
+        name = name[glued.end() - 1:]
     if len(name) > MAX_NAME:
         raise EntryError("name too long")
     if not _NAME.fullmatch(name):
@@ -553,14 +556,14 @@ class CategoryDB:
         www = None if is_ip else _WWW.match(name)
         if www is not None and ipv4_literal(name[www.end():]) is None:
             hosts.append(name[www.end():])
+        listed = [(host, self._urls[host]) for host in hosts if host in self._urls]
+        if not listed:  # most hosts have no URL entries: no need to normalize the path
+            return []
         if len(path) > MAX_PATH:
             self._overflow["path"] += 1
         norm = normalize_path(path)
         hits: list[tuple[str, frozenset[str]]] = []
-        for host in hosts:
-            prefixes = self._urls.get(host)
-            if prefixes is None:
-                continue
+        for host, prefixes in listed:
             table, longest = prefixes.table, prefixes.longest
             candidates = [norm] if len(norm) <= longest else []
             for m in _BOUNDARY.finditer(norm, 0, min(len(norm), longest + 1)):
@@ -607,7 +610,13 @@ class CategoryDB:
 
     def matches(self, host: str | bytes, path: str | bytes = "") -> tuple[Match, ...]:
         """The entries behind ``lookup(host, path)``: the most specific domain first, then URL prefixes."""
-        name, is_ip = self._name(host)
+        if host.__class__ is bytes and len(host) <= MAX_NAME and host.isascii():
+            host = host.decode("ascii")
+        name = host.lower() if host.__class__ is str and len(host) <= MAX_NAME and host.isascii() else ""
+        if name[-1:] in _LETTERS and ":" not in name:  # the fast path of lookup()
+            is_ip = False
+        else:
+            name, is_ip = self._name(host)
         if not name:
             return ()
         hits = self._domain_matches(name, is_ip)

@@ -56,6 +56,10 @@ def feeds(tmp_path: Path) -> Path:
     (d / "feodo.csv").write_text(FEED)
     (d / "domains.txt").write_text(DOMAINS)
     (d / "urlhaus-filter.txt").write_text("[Adblock Plus]\n! URLhaus style\n" + URLS)
+    # a bundle's documentation is not a feed (a URL in a licence must not become an indicator)
+    (d / "LICENSE-CC0.md").write_text("https://creativecommons.org/publicdomain/zero/1.0/\n")
+    (d / "README").write_text("bad.example is an example\n")
+    (d / "manifest.json").write_text('{"files": []}')
     return d
 
 
@@ -183,7 +187,8 @@ def test_bad_feed_is_reported_and_the_rest_loads(tmp_path: Path, feeds: Path):
                       "allow_documentation_addresses": True}, EngineContext(management_ipv4="192.0.2.2"))
     engine.prepare()
     summary = engine.summary()
-    assert summary["feeds"] == 4
+    assert summary["feeds"] == 4  # three feed files of the folder (not its licence, README, manifest) + one file
+    assert engine.intel.match_url("creativecommons.org", "/publicdomain/zero/1.0/") is None
     assert any("absent.txt" in e for e in summary["feed_errors"])
     assert summary["by_kind"]["domain"] == 2 and summary["by_kind"]["ip_port"] == 2
     assert engine.intel.match_domain("evil-c2.example") is not None
