@@ -67,7 +67,9 @@ class Daemon:
         spec = WorkerSpec(index, self.spec.queue_base + index, self.config_path)
         p = self.ctx.Process(
             target=worker_main,
-            args=(self.cfg, spec, self.out, logging.getLogger().level, self.engines),
+            # After a reload the engines prepared at start-up are stale: a restarted worker builds
+            # its own from the current configuration.
+            args=(self.cfg, spec, self.out, logging.getLogger().level, None if self.reloads["requested"] else self.engines),
             name=f"vcr-worker-{index}",
             daemon=True,
         )
@@ -329,6 +331,7 @@ class Daemon:
             self.reloads["last_error"] = str(exc)
             return
         self.policy = firewall_policy(cfg)
+        self.cfg = cfg  # what a restarted worker starts from
         self._reload_threat_intel(cfg)
         self._reload_center(cfg)
         for p in self.procs.values():
