@@ -51,7 +51,8 @@ class Settings(BaseModel):
     alarm_burst: int = Field(10, ge=1)
     alarm_global_rate: float = Field(0.0, ge=0, description="alarm batches per second over all devices (per worker)")
     alarm_global_burst: int = Field(200, ge=1)
-    checkin_rate: float = Field(0.2, ge=0, description="check-ins per second per device")
+    checkin_rate: float | None = Field(None, ge=0, description="check-ins per second per device "
+                                                                "(default: 4 per heartbeat interval)")
     checkin_burst: int = Field(5, ge=1)
     activate_rate: float = Field(1.0, ge=0, description="activation attempts per second per client address")
     activate_burst: int = Field(30, ge=1)
@@ -81,6 +82,10 @@ class Settings(BaseModel):
     @property
     def effective_sweep_interval(self) -> float:
         return self.sweep_interval or min(self.heartbeat_interval, 30.0)
+
+    @property
+    def effective_checkin_rate(self) -> float:
+        return self.checkin_rate if self.checkin_rate is not None else 4.0 / self.heartbeat_interval
 
     @property
     def offline_after(self) -> float:
