@@ -264,6 +264,13 @@ class CenterClient:
     def send_alarms(self, token: str, events: list[dict[str, Any]]) -> Reply:
         return self.request("POST", "/alarms", token=token, body={"events": events})
 
+    def task_status(self, token: str, task_id: int, status: str, detail: str = "") -> Reply:
+        return self.request("POST", f"/tasks/{int(task_id)}/status", token=token,
+                            body={"status": status, "detail": detail[:4000]})
+
+    def backup(self, token: str, revision: int, blob_b64: str) -> Reply:
+        return self.request("POST", "/backups", token=token, body={"revision": int(revision), "blob": blob_b64})
+
 
 def _root_cause(exc: BaseException) -> str:
     seen = exc
@@ -401,7 +408,7 @@ class CenterLink:
     def __init__(self, cfg: AgentConfig, *, config_path: str = "", spool: Spool | None = None,
                  alarm_sink: Callable[[dict[str, Any]], None] | None = None,
                  bundles: Callable[[], dict[str, str]] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, tasks: Any = None) -> None:
         from agent.health import Versions, agent_version, prime_cpu
 
         self.cfg = cfg
@@ -436,6 +443,8 @@ class CenterLink:
         self.next_checkin_at: float | None = None
         self.desired: dict[str, Any] = {}
         self.tasks: list[dict[str, Any]] = []
+        self.task_runner = tasks  # agent.tasks.TaskRunner (issue 6), fed with every reply's tasks
+        self.on_checkin: list[Callable[[], None]] = []  # called after every successful check-in
         self.license: dict[str, Any] = {}
         self.sent_events = 0
         self.sent_batches = 0
@@ -623,6 +632,13 @@ class CenterLink:
         self.tasks = data.get("tasks") or []
         if data.get("license"):
             self.license = data["license"]
+        for fn in list(self.on_checkin):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a listener must not break the check-in
+                log.exception("check-in listener failed")
+        if self.task_runner is not None:
+            self.task_runner.submit(self.tasks if isinstance(self.tasks, list) else [])
         try:
             interval = float(data.get("next_checkin") or self.c.heartbeat_interval)
         except (TypeError, ValueError):
@@ -776,6 +792,26 @@ class CenterLink:
     def _release_all(self, batch: list[SpoolEvent]) -> None:
         self.spool.release(batch)
 
+    # -- tasks (issue 6) -----------------------------------------------------------------------
+    def report_task(self, task_id: int, status: str, detail: str) -> None:
+        """TaskRunner's ``report``: raises while the center cannot take it (the runner retries)."""
+        if self.client is None or self.cred is None:
+            raise Unreachable("the link is not ready (no client or not activated)")
+        try:
+            self.client.task_status(self.cred["token"], task_id, status, detail)
+        except (Unauthorized, RetryLater):
+            raise
+        except CenterError as exc:
+            if exc.status in (400, 404, 413, 422):  # it will never take this one: drop it
+                log.error("center refused status %s for task %s (%s); dropped", status, task_id, exc)
+                return
+            raise
+
+    def send_backup(self, revision: int, blob_b64: str) -> None:
+        if self.client is None or self.cred is None:
+            raise Unreachable("the link is not ready (no client or not activated)")
+        self.client.backup(self.cred["token"], revision, blob_b64)
+
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self.spool.start()
@@ -828,6 +864,7 @@ class CenterLink:
                      "rejected": self.rejected, "retry_later": self.retry_later, "rate_eps": round(self.drain_rate, 1)},
             "desired": self.desired,
             "tasks": len(self.tasks),
+            "task_runner": self.task_runner.status() if self.task_runner is not None else None,
             "portcheck": {"checked_at": pc.get("checked_at"), "ok": pc.get("ok"),
                           "failed_features": [f["feature"] for f in pc.get("features", []) if not f.get("ok")]} if pc else None,
         }
