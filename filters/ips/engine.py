@@ -49,6 +49,9 @@ class _FlowState:
     fired_tx: set[tuple[Any, int]] = field(default_factory=set)
     tail: dict[bool, bytes] = field(default_factory=lambda: {True: b"", False: b""})
     relevant: tuple[bool, bool, bool] | None = None  # could (iponly, packet, stream) rules apply at all
+    # Rule headers (protocol, addresses, ports) judged once per flow and direction: 2 * rule + to_server.
+    headers: dict[int, bool] = field(default_factory=dict)
+    headers_for: tuple[bytes, int] = (b"", -1)  # the flow's client when ``headers`` was filled
 
 
 @dataclass(slots=True)
@@ -236,6 +239,10 @@ class Ips(Engine):
         st = flow.engine_data.get("ips")
         if st is None:
             st = flow.engine_data["ips"] = _FlowState()
+            st.headers_for = (flow.client_addr, flow.client_port)
+        elif st.headers and st.headers_for[0] is not flow.client_addr and st.headers_for != (flow.client_addr, flow.client_port):
+            st.headers.clear()  # the flow was turned around (midstream pickup): directions changed
+            st.headers_for = (flow.client_addr, flow.client_port)
         return st
 
     def needs_more(self, flow: Any) -> bool:
@@ -405,7 +412,11 @@ class Ips(Engine):
     def _matches(self, info: RuleInfo, site: _Site, st: _FlowState, *, check_bits: bool = True) -> bool:
         r = info.rule
         flow = site.flow
-        if not header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports):
+        key = 2 * info.idx + site.to_server
+        ok = st.headers.get(key)
+        if ok is None:
+            ok = st.headers[key] = header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports)
+        if not ok:
             return False
         if r.flow is not None and not self._flow_ok(r, site):
             return False
