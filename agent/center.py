@@ -369,6 +369,7 @@ def activate(cfg: AgentConfig, *, code: str, serial: str = "", replace: bool = F
         "center_url": c.url,
         "activated_at": iso(time.time()),
         "replaced": bool(replace),
+        "backup_secret": body.get("backup_secret") or "",  # key material of the encrypted config backups
     }
     if not state["token"] or not state["device_id"]:
         raise ActivationError(f"運用センターの応答が不正です / the center's answer has no credential: {body}")
@@ -444,7 +445,8 @@ class CenterLink:
         self.desired: dict[str, Any] = {}
         self.tasks: list[dict[str, Any]] = []
         self.task_runner = tasks  # agent.tasks.TaskRunner (issue 6), fed with every reply's tasks
-        self.on_checkin: list[Callable[[], None]] = []  # called after every successful check-in
+        self.on_checkin: list[Callable[[float], None]] = []  # after every successful check-in (its start time)
+        self.config_revision: Callable[[], int] | None = None  # the applied config revision (agent/remoteconfig.py)
         self.license: dict[str, Any] = {}
         self.sent_events = 0
         self.sent_batches = 0
@@ -621,6 +623,11 @@ class CenterLink:
                 log.warning("bundle versions unavailable: %s", exc)
         body = heartbeat_body(self.cfg, self.versions, now_iso=iso(self.now()), spool=self.spool.stats(),
                               portcheck=self.portcheck, link=self.link_summary(), bundles=bundles)
+        if self.config_revision is not None:
+            try:
+                body["config_revision"] = int(self.config_revision())
+            except Exception:  # noqa: BLE001
+                log.exception("config revision unavailable")
         self.last_checkin = time.time()
         reply = self.client.checkin(self.cred["token"], body)
         self.last_checkin_ok = time.time()
@@ -634,7 +641,7 @@ class CenterLink:
             self.license = data["license"]
         for fn in list(self.on_checkin):
             try:
-                fn()
+                fn(self.last_checkin)  # when this check-in started
             except Exception:  # noqa: BLE001 - a listener must not break the check-in
                 log.exception("check-in listener failed")
         if self.task_runner is not None:
@@ -806,6 +813,11 @@ class CenterLink:
                 log.error("center refused status %s for task %s (%s); dropped", status, task_id, exc)
                 return
             raise
+
+    def reset_connections(self) -> None:
+        """Drop pooled connections: the next request resolves, connects and handshakes anew."""
+        if self.client is not None:
+            self.client.session.close()
 
     def send_backup(self, revision: int, blob_b64: str) -> None:
         if self.client is None or self.cred is None:

@@ -228,6 +228,10 @@ def cmd_activate(args: argparse.Namespace) -> int:
     print(f"  認証情報 / credential: {cfg.center.state_file} (0600)")
     if state.get("restore_saved"):
         print("  交換前の設定バックアップを受信しました / the contract's config backup was received for restore")
+        if args.replace:
+            rc = _restore_after_replace(args, state)
+            if rc:
+                return rc
     off = state.get("clock_offset_s")
     if off is not None and abs(off) > cfg.center.clock_tolerance:
         print(f"  警告: 時計が運用センターと {off:+.0f} 秒ずれています / warning: the clock is {off:+.0f} s off the center's",
@@ -310,6 +314,80 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _restore_after_replace(args: argparse.Namespace, state: dict[str, Any]) -> int:
+    """A replacement box: decrypt the contract's latest backup and make it this box's config."""
+    from agent.backup import BackupError
+    from agent.center import load_state
+    from agent.remoteconfig import ConfigTaskError, restore_backup
+
+    cfg = _config(args.config)
+    try:
+        saved = json.loads(Path(cfg.center.state_file).with_name("center-restore.json").read_text(encoding="utf-8"))
+        cred = load_state(cfg.center.state_file) or {}
+        report = restore_backup(args.config or DEFAULT_CONFIG, cred, saved["restore"])
+    except (OSError, ValueError, KeyError, BackupError, ConfigTaskError, ConfigError) as exc:
+        print(f"  設定の復元に失敗しました (現在の設定のままです) / restoring the settings failed, the current "
+              f"configuration stays: {exc}", file=sys.stderr)
+        return 3
+    print(f"  お客様の設定を復元しました / the customer's settings were restored: revision {report['revision']}"
+          f" -> {report['config']}")
+    for note in report["remapped"]:
+        print(f"  ポート名を読み替えました / port name remapped: {note}")
+    _signal_reload(cfg)
+    return 0
+
+
+def _signal_reload(cfg: AgentConfig) -> None:
+    """Ask a running agent to reload (quietly nothing when none runs)."""
+    import os
+    import signal
+
+    try:
+        pid = int(json.loads((Path(cfg.logging.dir) / "status.json").read_text())["pid"])
+        os.kill(pid, signal.SIGHUP)
+        print(f"  実行中のエージェントに再読み込みを指示しました / reload requested (pid {pid})")
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """``vcr-agent config history`` / ``config rollback REVISION``: the local revision history."""
+    import datetime as dt
+
+    from agent.remoteconfig import ConfigTaskError, RemoteConfig
+
+    path = args.config or DEFAULT_CONFIG
+    data = load_yaml(path) or {}
+    state_file = ((data.get("center") or {}).get("state_file")) or "/var/lib/vcr-agent/center.json"
+    rc = RemoteConfig(path, Path(state_file).parent)
+    if args.action == "history":
+        entries = rc.history.entries()
+        if args.json:
+            print(json.dumps(entries, ensure_ascii=False, indent=1))
+            return 0
+        if not entries:
+            print("履歴はまだありません / no revisions in the history yet")
+            return 0
+        print(f"{'':2}{'revision':>8}  {'applied_at (UTC)':20}  {'status':12} source   detail")
+        for m in entries:
+            at = dt.datetime.fromtimestamp(m.get("applied_at") or 0, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            detail = m.get("reason") or ", ".join(m.get("notes") or []) or (f"task {m['task_id']}" if m.get("task_id") else "")
+            print(f"{'*' if m.get('current') else ' ':2}{m.get('revision', 0):>8}  {at:20}  {m.get('status', ''):12} "
+                  f"{m.get('source', ''):8} {detail}")
+        return 0
+    if args.revision is None:
+        print("リビジョンを指定してください / give the REVISION to roll back to", file=sys.stderr)
+        return 2
+    try:
+        target = rc.rollback(args.revision)
+    except ConfigTaskError as exc:
+        print(f"ロールバックできません / cannot roll back: {exc}", file=sys.stderr)
+        return 1
+    print(f"リビジョン {target['revision']} に戻しました / rolled back to revision {target['revision']} ({path})")
+    _signal_reload(_config(str(path)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcr-agent", description="VCR116w UTM agent (bridge-mode inline inspection)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -374,6 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--json", action="store_true")
     act.add_argument("-c", "--config")
     act.set_defaults(fn=cmd_activate)
+
+    cf = sub.add_parser("config", help="remote configuration: local revision history and rollback")
+    cf.add_argument("action", choices=["history", "rollback"])
+    cf.add_argument("revision", nargs="?", type=int, metavar="REVISION", help="rollback: the revision to make live")
+    cf.add_argument("--json", action="store_true")
+    cf.add_argument("-c", "--config")
+    cf.set_defaults(fn=cmd_config)
 
     port = sub.add_parser("portcheck", help="test the outbound ports the service needs (table 4), per feature")
     port.add_argument("--json", action="store_true")

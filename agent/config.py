@@ -246,6 +246,15 @@ class Updates(_Strict):
     max_clock_skew: float | None = Field(None, gt=0)  # seconds; default: center.clock_tolerance
 
 
+class RemoteConfigSettings(_Strict):
+    """Remote configuration by the center (agent/remoteconfig.py). Protected: not changeable remotely."""
+
+    confirm_window: float = Field(300.0, ge=5, le=3600,
+                                  description="seconds a new revision has to prove the link works (a check-in), else rollback")
+    history: int = Field(30, ge=20, le=1000, description="revisions kept in the local history")
+    reload_timeout: float = Field(60.0, gt=0, le=600, description="seconds the workers have to confirm a reload")
+
+
 class AgentConfig(_Strict):
     settings_sheet: SettingsSheet | None = None
     bridge: Bridge = Bridge()
@@ -256,6 +265,7 @@ class AgentConfig(_Strict):
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     center: Center = Center()
     updates: Updates = Updates()
+    remote_config: RemoteConfigSettings = RemoteConfigSettings()
 
     @field_validator("home_net")
     @classmethod

@@ -61,6 +61,8 @@ class Daemon:
         self.threat_sets: dict[str, Any] = {}
         self.center: Any = None  # the operations-center link (agent/center.py), when enabled
         self.center_error = ""
+        self.tasks: Any = None  # agent.tasks.TaskRunner: the center's tasks (issue 6); outlives link restarts
+        self.remote_config: Any = None  # agent.remoteconfig.RemoteConfig (task kind "config")
 
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -239,14 +241,55 @@ class Daemon:
         from agent.center import CenterLink
         from agent.spool import SpoolError
 
+        self._start_tasks(cfg)
         try:
-            self.center = CenterLink(cfg, config_path=self.config_path, alarm_sink=self.eve.write)
+            self.center = CenterLink(cfg, config_path=self.config_path, alarm_sink=self.eve.write, tasks=self.tasks)
+            if self.remote_config is not None:
+                self.center.on_checkin.append(self.remote_config.checked_in)
+                self.center.config_revision = self.remote_config.current_revision
         except SpoolError as exc:
             self.center_error = str(exc)
             log.error("operations center link not started (alarms stay in eve.json only): %s", exc)
             return
         self.eve.listeners.append(self.center.spool.submit)
         self.center.start()
+
+    def _start_tasks(self, cfg: AgentConfig) -> None:
+        """The task runner and its handlers, once; statuses go through whichever link is current."""
+        if self.tasks is not None:
+            return
+        from agent.remoteconfig import RemoteConfig
+        from agent.tasks import TaskRunner
+
+        def report(task_id: int, status: str, detail: str) -> None:
+            if self.center is None:
+                raise RuntimeError("operations center link not running")
+            self.center.report_task(task_id, status, detail)
+
+        state_dir = Path(cfg.center.state_file).parent
+        self.tasks = TaskRunner(state_dir, report)
+        self.remote_config = RemoteConfig(
+            self.config_path, state_dir, runner=self.tasks, reload=self.reload_and_wait, alarm=self.eve.write,
+            backup=lambda rev, blob: self.center.send_backup(rev, blob),
+            reset_connections=lambda: self.center.reset_connections() if self.center is not None else None,
+            credential=lambda: self.center.cred if self.center is not None else None)
+        self.tasks.register("config", self.remote_config.handle_task)
+        self.remote_config.start()
+
+    def reload_and_wait(self, timeout: float = 60.0) -> tuple[bool, str]:
+        """Ask the main loop for a reload (the SIGHUP path) and wait until every worker has rebuilt."""
+        before = dict(self.reloads)
+        n = sum(1 for p in self.procs.values() if p.is_alive())
+        self.reload_requested.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            if self.reloads["failed"] > before["failed"]:
+                return False, str(self.reloads["last_error"])
+            if (self.reloads["requested"] > before["requested"]
+                    and self.reloads["workers_reloaded"] - before["workers_reloaded"] >= n):
+                return True, f"{n} workers reloaded"
+            time.sleep(0.1)
+        return False, f"workers did not confirm the reload within {timeout:.0f} s"
 
     def _reload_center(self, cfg: AgentConfig) -> None:
         """A changed ``center:`` section takes effect on reload: the link restarts on the same spool."""

@@ -12,6 +12,7 @@ docs/opscenter-api.md); ``CenterLink.checkin_once`` passes them to :meth:`TaskRu
 * A task that was running when the agent stopped (crash, power cut, an upgrade that restarts the
   agent) is started again after the restart with ``params["_resumed"] = True``; handlers must be
   idempotent (config: re-applying the same revision is a no-op; upgrade: continue where it was).
+* The handler's params also carry ``"_task_id"`` (so it can :meth:`post` a later status).
 * Every status goes into a durable outbox (``tasks.json`` under ``state_dir``, written atomically
   and fsynced) *before* it is sent, and leaves it only when ``report`` returns normally. A sender
   thread retries with backoff; :meth:`kick` (called after every successful check-in) retries now.
@@ -244,7 +245,7 @@ class TaskRunner:
 
         log.info("task %s (%s) starts", tid, kind)
         try:
-            handler(dict(task.get("params") or {}), progress)
+            handler({**(task.get("params") or {}), "_task_id": tid}, progress)
         except Exception as exc:  # noqa: BLE001 - a failing handler fails its task, not the runner
             log.exception("task %s (%s) failed", tid, kind)
             msg = str(exc) or type(exc).__name__

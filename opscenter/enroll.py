@@ -15,10 +15,30 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, select, update
+from sqlalchemy import Column, DateTime, ForeignKey, String, Table, and_, bindparam, delete, func, select, update
 
-from opscenter.db import Database, activation_codes, backups, contracts, device_events, devices, iso, utcnow
+from opscenter.db import Database, activation_codes, backups, contracts, device_events, devices, iso, metadata, utcnow
 from opscenter.errors import CenterError
+
+# Per-contract secret for the boxes' encrypted config backups (issue 6): every box activated for the
+# contract (a replacement box too) receives it, so it can decrypt the contract's backups. Created by
+# ``create_all`` beside the other tables (additive: existing databases just gain the table).
+contract_secrets = Table(
+    "contract_secrets",
+    metadata,
+    Column("contract_id", String(64), ForeignKey("contracts.contract_id"), primary_key=True),
+    Column("backup_secret", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+
+def _backup_secret(conn: Any, db: Database, contract_id: str, now: dt.datetime) -> str:
+    """The contract's backup secret, created on first use (race-free: insert-or-ignore, then read)."""
+    conn.execute(db.insert(contract_secrets).values(contract_id=contract_id, backup_secret=secrets.token_urlsafe(32),
+                                                    created_at=now).on_conflict_do_nothing(
+        index_elements=[contract_secrets.c.contract_id]))
+    return str(conn.execute(select(contract_secrets.c.backup_secret)
+                            .where(contract_secrets.c.contract_id == contract_id)).scalar_one())
 
 # Crockford's base32 without I, L, O, U: easy to read out over the phone.
 CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -163,6 +183,7 @@ def activate(db: Database, *, code: str, serial: str, hostname: str, agent_versi
                 detail["replaces"] = current["device_id"]
             _event(conn, device_id, "replaced" if current is not None else "activated", detail, now)
         restore = _latest_backup(conn, c["contract_id"])
+        backup_secret = _backup_secret(conn, db, c["contract_id"], now)
     return {
         "device_id": device_id,
         "token": token,
@@ -171,6 +192,7 @@ def activate(db: Database, *, code: str, serial: str, hostname: str, agent_versi
         "heartbeat_interval": heartbeat_interval,
         "server_time": iso(now),
         "restore": restore,
+        "backup_secret": backup_secret,
     }
 
 

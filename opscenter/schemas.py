@@ -47,6 +47,8 @@ class ActivateReply(BaseModel):
     heartbeat_interval: float
     server_time: str
     restore: Restore | None = Field(description="the contract's latest config backup, if any")
+    backup_secret: str | None = Field(None, description="the contract's key material for the box's encrypted config "
+                                                        "backups (same for every box of the contract)")
 
 
 class CheckinRequest(BaseModel):
@@ -99,7 +101,9 @@ class AlarmReply(BaseModel):
 
 
 class TaskStatusRequest(_In):
-    status: Literal["received", "running", "done", "failed", "rejected"]
+    status: Literal["received", "running", "done", "failed", "rejected",
+                    # config revisions (issue 6): applying -> confirming -> applied, or failed / rolled_back
+                    "applying", "confirming", "applied", "rolled_back"]
     detail: str = Field("", max_length=4000)
 
 

@@ -56,7 +56,7 @@ def test_runs_once_reports_done_and_dedupes(tmp_path, center):
     assert r.wait_idle(5)
     assert r.submit([{"task_id": 1, "kind": "noop", "params": {"a": 1}}]) == []
     assert wait_for(lambda: center.statuses(1) == ["done"])
-    assert runs == [{"a": 1}]
+    assert runs == [{"a": 1, "_task_id": 1}]
     r.stop()
 
 
@@ -146,7 +146,7 @@ def test_interrupted_task_resumes_after_restart(tmp_path, center):
     r2.register("upgrade", lambda p, progress: seen.append(p))
     r2.start()
     assert r2.wait_idle(5)
-    assert seen[0] == {"v": "2", "_resumed": True} and seen[1] == {}
+    assert seen[0] == {"v": "2", "_resumed": True, "_task_id": 20} and seen[1] == {"_task_id": 21}
     release.set()
     r.stop()
     r2.stop()
