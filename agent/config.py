@@ -255,6 +255,22 @@ class RemoteConfigSettings(_Strict):
     reload_timeout: float = Field(60.0, gt=0, le=600, description="seconds the workers have to confirm a reload")
 
 
+class Upgrade(_Strict):
+    """Software upgrades: signed releases (TUF kind "release") installed A/B in the maintenance window
+    (agent/upgrade.py; the version-independent start-up and rollback is agent/launcher.py)."""
+
+    enabled: bool = False
+    releases_dir: str = "/var/lib/vcr-agent/releases"  # <version>/, current, previous, upgrade.json
+    min_free_mb: int = Field(200, ge=0, description="free space the releases folder must keep after unpacking")
+    health_timeout: float = Field(300.0, ge=5, le=86400, description="seconds the new version has to check in")
+    max_starts: int = Field(3, ge=1, le=20, description="starts of the new version before it is rolled back")
+    keep_releases: int = Field(2, ge=2, le=10, description="releases kept on disk (the live and the previous one at least)")
+    restart_command: list[str] = Field(default_factory=lambda: ["systemctl", "--no-block", "restart", "vcr-agent.service"],
+                                       description="[] = exit with code 75 and let the launcher start the new version")
+    restart_grace: float = Field(120.0, ge=5, le=3600, description="seconds the old process waits to be restarted")
+    precheck: bool = True  # import the new release's code in a subprocess before switching to it
+
+
 class AgentConfig(_Strict):
     settings_sheet: SettingsSheet | None = None
     bridge: Bridge = Bridge()
@@ -265,6 +281,7 @@ class AgentConfig(_Strict):
     engines: dict[str, dict[str, Any]] = Field(default_factory=dict)
     center: Center = Center()
     updates: Updates = Updates()
+    upgrade: Upgrade = Upgrade()
     remote_config: RemoteConfigSettings = RemoteConfigSettings()
 
     @field_validator("home_net")

@@ -63,6 +63,10 @@ class Daemon:
         self.center_error = ""
         self.tasks: Any = None  # agent.tasks.TaskRunner: the center's tasks (issue 6); outlives link restarts
         self.remote_config: Any = None  # agent.remoteconfig.RemoteConfig (task kind "config")
+        self.updates: Any = None  # agent.updates.UpdateService (signed bundles), when updates.enabled
+        self._bundle_wait = 0  # workers still to confirm the reload a bundle activation asked for
+        self.upgrader: Any = None  # agent.upgrade.Upgrader (task kind "upgrade"), when upgrade.enabled
+        self.exit_code = 0  # 75 (agent.launcher.RESTART_CODE): the launcher starts the new release
 
     # -- workers ---------------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -189,9 +193,16 @@ class Daemon:
         elif kind == "reloaded":
             self.reloads["workers_reloaded"] += 1
             self.reload_summary = msg[2]
+            if self._bundle_wait > 0:
+                self._bundle_wait -= 1
+                if self._bundle_wait == 0 and self.updates is not None:
+                    self.updates.on_reload_result(True)
         elif kind == "reload_failed":
             self.reloads["failed"] += 1
             self.reloads["last_error"] = msg[2]
+            if self._bundle_wait > 0 and self.updates is not None:
+                self._bundle_wait = 0
+                self.updates.on_reload_result(False, str(msg[2]))
         elif kind == "ready":
             self.ready.add(msg[1])
             if len(self.ready) == len(self.procs):
@@ -220,6 +231,8 @@ class Daemon:
             "engines": self.reload_summary,
             "counters": totals,
             "center": self.center.status() if self.center is not None else {"enabled": self.cfg.center.enabled, "error": self.center_error},
+            "updates": self.updates.status() if self.updates is not None else {"enabled": False},
+            "upgrade": self.upgrader.status() if self.upgrader is not None else {"enabled": False},
         }
 
     def _write_status(self) -> None:
@@ -243,7 +256,10 @@ class Daemon:
 
         self._start_tasks(cfg)
         try:
-            self.center = CenterLink(cfg, config_path=self.config_path, alarm_sink=self.eve.write, tasks=self.tasks)
+            self.center = CenterLink(cfg, config_path=self.config_path, alarm_sink=self.eve.write, tasks=self.tasks,
+                                     bundles=self._live_bundles)
+            if self.upgrader is not None:
+                self.center.on_checkin.append(self.upgrader.checked_in)
             if self.remote_config is not None:
                 self.center.on_checkin.append(self.remote_config.checked_in)
                 self.center.config_revision = self.remote_config.current_revision
@@ -275,6 +291,54 @@ class Daemon:
             credential=lambda: self.center.cred if self.center is not None else None)
         self.tasks.register("config", self.remote_config.handle_task)
         self.remote_config.start()
+        self._start_upgrades(cfg)
+
+    # -- signed bundles and software upgrades (issue 6) -------------------------------------------
+    def _start_upgrades(self, cfg: AgentConfig) -> None:
+        """Task kinds "upgrade" (agent/upgrade.py) and "update_check" (bundles now)."""
+        self.tasks.register("update_check", self._update_check_task)
+        if not cfg.upgrade.enabled:
+            def refuse(params: dict[str, Any], progress: Any) -> None:
+                raise RuntimeError("この機器ではソフトウェア更新が無効です / upgrades are disabled on this box (upgrade.enabled)")
+
+            self.tasks.register("upgrade", refuse)
+            return
+        from agent.upgrade import Upgrader
+
+        self.upgrader = Upgrader(cfg, emit=self.eve.write, post=self.tasks.post,
+                                 task_id_of=lambda: (self.tasks.current or {}).get("task_id"),
+                                 request_exit=self._request_exit)
+        self.tasks.register("upgrade", self.upgrader.handle_task)
+        self.upgrader.start()
+
+    def _update_check_task(self, params: dict[str, Any], progress: Any) -> None:
+        if self.updates is None:
+            raise RuntimeError("署名更新が無効です / signed updates are disabled on this box (updates.enabled)")
+        kinds = params.get("kinds")
+        self.updates.check_now()
+        progress("done", f"update check started{' for ' + ', '.join(map(str, kinds)) if kinds else ''}")
+
+    def _start_updates(self) -> None:
+        if not self.cfg.updates.enabled:
+            return
+        from agent.updates import UpdateService
+
+        self.updates = UpdateService(self.cfg, emit=self.eve.write, request_reload=self._bundle_reload)
+        self.updates.start()
+
+    def _bundle_reload(self) -> None:
+        """A bundle went live: reload; the outcome reaches ``on_reload_result`` from ``_handle``."""
+        self._bundle_wait = len(self.procs)
+        self.reload_requested.set()
+        return None
+
+    def _live_bundles(self) -> dict[str, str]:
+        return self.updates.live_versions() if self.updates is not None else {}
+
+    def _request_exit(self, code: int) -> None:
+        """Stop with ``code`` (75: the launcher starts the release ``current`` now names)."""
+        self.exit_code = code
+        self.stopping.set()
 
     def reload_and_wait(self, timeout: float = 60.0) -> tuple[bool, str]:
         """Ask the main loop for a reload (the SIGHUP path) and wait until every worker has rebuilt."""
@@ -333,6 +397,7 @@ class Daemon:
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         self._start_center()
+        self._start_updates()
         nflog = threading.Thread(target=self._nflog_loop, name="nflog", daemon=True)
         nflog.start()
         for i in range(self.spec.workers):
@@ -358,7 +423,7 @@ class Daemon:
                 self._write_status()
                 last_status = now
         self._shutdown()
-        return 0
+        return self.exit_code
 
     def _reload(self) -> None:
         """SIGHUP: validate the config file, reinstall the kernel ruleset, have workers rebuild engines."""
@@ -372,6 +437,9 @@ class Daemon:
             log.error("reload refused, the running configuration stays: %s", exc)
             self.reloads["failed"] += 1
             self.reloads["last_error"] = str(exc)
+            if self._bundle_wait > 0 and self.updates is not None:
+                self._bundle_wait = 0
+                self.updates.on_reload_result(False, str(exc))
             return
         self.policy = firewall_policy(cfg)
         self.cfg = cfg  # what a restarted worker starts from
@@ -403,6 +471,10 @@ class Daemon:
 
     def _shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")
+        if self.updates is not None:
+            self.updates.stop()
+        if self.upgrader is not None:
+            self.upgrader.stop()
         if self.blockpage is not None:
             self.blockpage.stop()
         for p in self.procs.values():

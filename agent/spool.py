@@ -63,7 +63,8 @@ class SpoolError(RuntimeError):
 
 
 def rank_of(rec: dict[str, Any]) -> int:
-    """1-4 for an alert (its EVE severity, clamped), RANK_GAP for a gap event, RANK_OTHER otherwise."""
+    """1-4 for an alert (its EVE severity, clamped) and for an update/upgrade record (its own ``severity``),
+    RANK_GAP for a gap event, RANK_OTHER otherwise."""
     kind = rec.get("event_type")
     if kind == "gap":
         return RANK_GAP
@@ -72,6 +73,11 @@ def rank_of(rec: dict[str, Any]) -> int:
             return min(4, max(1, int((rec.get("alert") or {}).get("severity", 3))))
         except (TypeError, ValueError):
             return 3
+    if kind in ("update", "upgrade"):  # signed updates and upgrades carry their own severity (1: tampered, rollback...)
+        try:
+            return min(4, max(1, int((rec.get(kind) or {}).get("severity", 4))))
+        except (TypeError, ValueError):
+            return 4
     return RANK_OTHER
 
 

@@ -518,8 +518,9 @@ class BundleUpdater:
             return UpdateError("unreachable", text)
         return UpdateError("invalid_metadata", text)  # RepositoryError and anything unexpected
 
-    def _newest(self, kind: str) -> tuple[str, Any] | None:
-        """After a refresh: the newest (version, TargetFile) of ``kind`` in the trusted targets."""
+    def _newest(self, kind: str, want: str | None = None) -> tuple[str, Any] | None:
+        """After a refresh: the newest (version, TargetFile) of ``kind`` in the trusted targets
+        (``want``: exactly that version, e.g. the release an upgrade task names)."""
         from tuf.api.metadata import Metadata
 
         # ngclient persists targets.json only once it verified it; the chosen entry is then
@@ -531,6 +532,8 @@ class BundleUpdater:
             version = str(custom.get("version", ""))
             if custom.get("kind") != kind or not VERSION_RE.match(version) or name != target_name(kind, version):
                 continue
+            if want is not None and version != want:
+                continue
             key = version_key(version)
             if best is None or key > best[0]:
                 best = (key, version, name)
@@ -539,16 +542,17 @@ class BundleUpdater:
         return best[1], best[2]
 
     # -- check and stage ---------------------------------------------------------------------
-    def check_and_stage(self, kind: str) -> Staged | Result:
+    def check_and_stage(self, kind: str, version: str | None = None) -> Staged | Result:
         """Refresh the trusted metadata, then download, verify and unpack ``kind``'s newest bundle
-        if it is newer than the live one. Returns a Staged bundle, or a Result (up to date, or a
-        rejection whose alarm was raised)."""
+        (or exactly ``version``) if it is newer than the live one. Returns a Staged bundle, or a
+        Result (up to date, or a rejection whose alarm was raised)."""
+        want = version
         if kind not in KINDS:
             raise ValueError(f"unknown bundle kind {kind!r}")
         with self._exclusive():
             live = self.current(kind)
             clock = self.clock_check()
-            version: str | None = None
+            version = None
             try:
                 if clock is not None and clock.get("ok") is False:
                     raise UpdateError("clock", f"{_describe_offset(clock['offset_s'])} (more than "
@@ -556,11 +560,12 @@ class BundleUpdater:
                 updater = self._tuf()
                 try:
                     updater.refresh()
-                    newest = self._newest(kind)
+                    newest = self._newest(kind, want)
                 except Exception as exc:  # noqa: BLE001 - every failure is classified and reported
                     raise self._classify(exc, clock) from None
                 if newest is None:
-                    return self._result(Result(kind, "no_bundle", live=live, detail="no bundle of this kind published"))
+                    return self._result(Result(kind, "no_bundle", want, live=live, detail=(
+                        f"version {want} is not published" if want else "no bundle of this kind published")))
                 version, name = newest
                 st = self.state(kind)
                 if live is not None and version == live:
