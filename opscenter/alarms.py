@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 
 from opscenter.db import Database, alarms, iso, utcnow
 
@@ -26,7 +27,7 @@ def _ingest_stmt(db: Database) -> Any:
             .returning(alarms.c.id))
 
 
-def ingest(db: Database, device_id: str, events: list[dict[str, Any]]) -> dict[str, int]:
+def ingest(db: Database, device_id: str, events: list[dict[str, Any]], conn: Connection | None = None) -> dict[str, int]:
     """Store a batch; ``events`` are ``{"event_id", "severity", "event"}``. Returns accepted/duplicates."""
     now = utcnow()
     rows: dict[str, dict[str, Any]] = {}
@@ -43,7 +44,7 @@ def ingest(db: Database, device_id: str, events: list[dict[str, Any]]) -> dict[s
         })
     if not rows:
         return {"accepted": 0, "duplicates": 0}
-    with db.write() as conn:
+    with db.write(conn) as conn:
         # executemany of one cached statement; SQLAlchemy batches it into multi-row INSERTs
         # ("insertmanyvalues") and RETURNING lists exactly the rows inserted.
         accepted = len(conn.execute(db.stmt("alarms", _ingest_stmt), list(rows.values())).all())

@@ -132,8 +132,8 @@ def create_app(settings: Settings, db: Database | None = None, *, create_tables:
             raise CenterError(401, "unauthorized", "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
         return cred.credentials
 
-    def device(tok: str) -> enroll.DeviceAuth:
-        auth = enroll.authenticate(db, tok)
+    def device(tok: str, conn: Any = None) -> enroll.DeviceAuth:
+        auth = enroll.authenticate(db, tok, conn)
         if auth is None:
             raise CenterError(401, "unauthorized",
                               "unknown or revoked device token; compare your clock with server_time, do not "
@@ -166,22 +166,26 @@ def create_app(settings: Settings, db: Database | None = None, *, create_tables:
 
     @app.post("/api/v1/checkin", response_model=CheckinReply, tags=["device"])
     def checkin(req: CheckinRequest, request: Request, tok: str = Depends(token)) -> Any:
-        auth = device(tok)
-        limited(checkin_limit, auth.device_id, "check-ins from this device")
-        return JSONResponse(fleet.checkin(db, auth, req.model_dump(mode="json"), client_ip=_client_ip(request),
-                                          interval=settings.heartbeat_interval, history=settings.checkin_history))
+        with db.write() as conn:  # token lookup and check-in in one transaction
+            auth = device(tok, conn)
+            limited(checkin_limit, auth.device_id, "check-ins from this device")
+            reply = fleet.checkin(db, auth, req.model_dump(mode="json"), client_ip=_client_ip(request),
+                                  interval=settings.heartbeat_interval, history=settings.checkin_history, conn=conn)
+        return JSONResponse(reply)
 
     @app.post("/api/v1/alarms", response_model=AlarmReply, tags=["device"])
     def post_alarms(batch: AlarmBatch, tok: str = Depends(token)) -> Any:
-        auth = device(tok)
-        if len(batch.events) > settings.max_alarm_events:
-            raise CenterError(413, "too_large",
-                              f"{len(batch.events)} events in one batch; send at most {settings.max_alarm_events} "
-                              f"events and {settings.max_alarm_bytes} bytes per request",
-                              extra={"max_events": settings.max_alarm_events, "max_bytes": settings.max_alarm_bytes})
-        limited(alarm_limit, auth.device_id, "alarm batches from this device")
-        limited(alarm_global, "*", "alarm batches (the center is busy)")
-        counts = alarm_store.ingest(db, auth.device_id, [e.model_dump() for e in batch.events])
+        with db.write() as conn:  # token lookup and insert in one transaction
+            auth = device(tok, conn)
+            if len(batch.events) > settings.max_alarm_events:
+                raise CenterError(413, "too_large",
+                                  f"{len(batch.events)} events in one batch; send at most {settings.max_alarm_events} "
+                                  f"events and {settings.max_alarm_bytes} bytes per request",
+                                  extra={"max_events": settings.max_alarm_events,
+                                         "max_bytes": settings.max_alarm_bytes})
+            limited(alarm_limit, auth.device_id, "alarm batches from this device")
+            limited(alarm_global, "*", "alarm batches (the center is busy)")
+            counts = alarm_store.ingest(db, auth.device_id, [e.model_dump() for e in batch.events], conn)
         return JSONResponse({**counts, "server_time": iso(utcnow())})
 
     @app.post("/api/v1/tasks/{task_id}/status", tags=["device"], responses=_ERRORS)

@@ -230,8 +230,12 @@ class Database:
         raise NotImplementedError(f"unsupported database dialect {self.dialect}")
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+    def write(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success; with ``conn``, that
+        caller's transaction instead (a request doing several things in one transaction)."""
+        if conn is not None:
+            yield conn
+            return
         if self._write_lock is None:
             with self.engine.connect() as conn:
                 conn.execution_options(vcr_write=True)
@@ -245,7 +249,10 @@ class Database:
                     yield conn
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
+    def read(self, conn: Connection | None = None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
         with self.engine.connect() as conn:
             with conn.begin():
                 yield conn
@@ -277,8 +284,9 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, busy_t
     if url.startswith("postgresql"):
         if pool_size <= 0:
             return create_engine(url, echo=echo, poolclass=NullPool)
-        return create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True,
-                             pool_recycle=3600)
+        # No pool_pre_ping: it costs a round trip per checkout; a dead connection fails one request
+        # with 503 + Retry-After (the box retries) and the pool replaces it.
+        return create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=3600)
     raise ValueError(f"unsupported database URL {url!r} (sqlite:///PATH or postgresql+psycopg://...)")
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import Column, DateTime, ForeignKey, String, Table, and_, bindparam, delete, func, select, update
 
+from sqlalchemy.engine import Connection
+
 from opscenter.db import Database, activation_codes, backups, contracts, device_events, devices, iso, metadata, utcnow
 from opscenter.errors import CenterError
 
@@ -203,10 +205,10 @@ def _auth_stmt(_db: Database) -> Any:
             .where(and_(devices.c.token_hash == bindparam("h"), devices.c.revoked_at.is_(None))))
 
 
-def authenticate(db: Database, token: str) -> DeviceAuth | None:
+def authenticate(db: Database, token: str, conn: Connection | None = None) -> DeviceAuth | None:
     if not token:
         return None
-    with db.read() as conn:
+    with db.read(conn) as conn:
         row = conn.execute(db.stmt("auth", _auth_stmt), {"h": sha256(token)}).first()
     return DeviceAuth(*row) if row else None
 

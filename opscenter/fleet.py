@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy.engine import Connection
 
 from opscenter.db import (
     Database,
@@ -64,7 +65,7 @@ def _stmts_checkin(db: Database) -> dict[str, Any]:
 
 
 def checkin(db: Database, auth: DeviceAuth, body: dict[str, Any], *, client_ip: str | None, interval: float,
-            history: int) -> dict[str, Any]:
+            history: int, conn: Connection | None = None) -> dict[str, Any]:
     """Record a check-in; return the reply body (server_time, next_checkin, desired, tasks, license)."""
     st = db.stmt("checkin", _stmts_checkin)
     now = utcnow()
@@ -73,7 +74,7 @@ def checkin(db: Database, auth: DeviceAuth, body: dict[str, Any], *, client_ip: 
     spool = body.get("spool") if isinstance(body.get("spool"), dict) else {}
     pc = body.get("portcheck") if isinstance(body.get("portcheck"), dict) else None
     rev = body.get("config_revision")
-    with db.write() as conn:
+    with db.write(conn) as conn:
         # The status the token lookup saw decides whether a transition is due; the conditional UPDATE
         # makes it exact (only one writer records the "online" event).
         if auth.status != "online" and conn.execute(st["back_online"], {"d": d, "now": now}).rowcount:
