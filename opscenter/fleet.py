@@ -28,8 +28,7 @@ from opscenter.db import (
 from opscenter.enroll import DeviceAuth
 from opscenter.errors import CenterError
 
-TASK_OPEN = ("queued", "delivered")
-TASK_REPORTED = ("received", "running", "done", "failed", "rejected")
+TASK_OPEN = ("queued", "delivered")  # delivered in each check-in reply until the box reports a status
 
 
 def _num(v: Any) -> float | None:
