@@ -198,6 +198,11 @@ def create_app(settings: Settings, db: Database | None = None, *, create_tables:
         blob = enroll.decode_blob(req.blob, settings.max_backup_bytes)
         return enroll.store_backup(db, auth, req.revision, blob, settings.backups_kept)
 
+    if settings.tuf_repo:  # signed bundles for the boxes (vcr-opscenter tuf-init / publish)
+        from opscenter.tufrepo import mount
+
+        mount(app, settings.tuf_repo)
+
     if settings.html_page:
         @app.get("/", response_class=HTMLResponse, include_in_schema=False)
         def index() -> str:

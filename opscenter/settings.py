@@ -32,6 +32,7 @@ class Settings(BaseModel):
     log_level: str = "info"
     access_log: bool = False
     html_page: bool = Field(False, description="read-only device/alarm page at / (operator network only)")
+    tuf_repo: str | None = Field(None, description="TUF repository folder (opscenter/tufrepo.py) served at /tuf/")
 
     # Device link
     heartbeat_interval: float = Field(60.0, gt=0, description="seconds between check-ins told to the boxes")

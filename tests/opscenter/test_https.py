@@ -154,3 +154,14 @@ def test_two_workers_share_one_socket(tmp_path: Path):
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(c.proc.pid)], capture_output=True, text=True)
         pids = {p for p in out.stdout.split()}
         assert len(pids) >= 2, out.stdout  # the supervisor runs two workers
+
+
+def test_tuf_repository_is_served_at_tuf(tmp_path: Path):
+    repo = tmp_path / "repo"
+    (repo / "metadata").mkdir(parents=True)
+    (repo / "metadata" / "1.root.json").write_text('{"signed": {"_type": "root"}}')
+    with start_center(tmp_path / "tufc", "127.0.0.1:0", settings={"tuf_repo": str(repo)}) as c:
+        s = c.session()
+        assert s.get(f"{c.url}/tuf/metadata/1.root.json").json() == {"signed": {"_type": "root"}}
+        missing = s.get(f"{c.url}/tuf/metadata/2.root.json")
+        assert missing.status_code == 404  # ngclient's "no newer root"
