@@ -309,7 +309,6 @@ class Daemon:
                                  task_id_of=lambda: (self.tasks.current or {}).get("task_id"),
                                  request_exit=self._request_exit)
         self.tasks.register("upgrade", self.upgrader.handle_task)
-        self.upgrader.start()
 
     def _update_check_task(self, params: dict[str, Any], progress: Any) -> None:
         if self.updates is None:
@@ -397,6 +396,8 @@ class Daemon:
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
         self._start_center()
+        if self.upgrader is not None:  # after the spool listener: its start-up report reaches the center
+            self.upgrader.start()
         self._start_updates()
         nflog = threading.Thread(target=self._nflog_loop, name="nflog", daemon=True)
         nflog.start()

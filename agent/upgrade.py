@@ -327,6 +327,8 @@ class Upgrader:
     # -- the worker ----------------------------------------------------------------------------------
     def start(self) -> None:
         """At agent start: report what the launcher did (verifying / rolled back), then run scheduled upgrades."""
+        if self.thread is not None:
+            return
         try:
             self.on_start()
         except Exception:  # noqa: BLE001 - a bad marker must not stop the agent
