@@ -27,7 +27,8 @@ def _ingest_stmt(db: Database) -> Any:
             .returning(alarms.c.id))
 
 
-def ingest(db: Database, device_id: str, events: list[dict[str, Any]], conn: Connection | None = None) -> dict[str, int]:
+def ingest(db: Database, device_id: str, events: list[dict[str, Any]],
+           conn: Connection | None = None) -> dict[str, int]:
     """Store a batch; ``events`` are ``{"event_id", "severity", "event"}``. Returns accepted/duplicates."""
     now = utcnow()
     rows: dict[str, dict[str, Any]] = {}

@@ -352,7 +352,8 @@ def render(res: dict[str, Any]) -> str:
         f"(p99 {_ms(f['late_p99'])}).",
         f"- CPU (user+system) during the two phases: center {a['cpu_center']:.0f} s"
         + (f", database server {a['cpu_db']:.0f} s" if a["db"] == "postgres" else " (SQLite runs inside it)")
-        + f", bench client {a['cpu_client']:.0f} s, over {a['phase_wall']:.0f} s of wall time on {os.cpu_count()} CPUs.",
+        + f", bench client {a['cpu_client']:.0f} s, over {a['phase_wall']:.0f} s of wall time "
+        f"on {os.cpu_count()} CPUs.",
         f"- Checks: {a['checked_in']:,} of {a['devices']:,} boxes checked in at least once; alarm rows "
         f"{a['alarm_rows']:,} = unique events sent {a['unique_events']:,} ({a['events_sent']:,} sent, "
         f"{a['duplicates']:,} duplicates reported); errors: {a['errors'] or 'none'}. "

@@ -161,11 +161,13 @@ def activate(db: Database, *, code: str, serial: str, hostname: str, agent_versi
             raise invalid
         term_start = contract["term_start"] or now
         term_end = term_start + dt.timedelta(days=contract["term_days"])
-        bound_to = contracts.c.device_id == contract["device_id"] if contract["device_id"] else contracts.c.device_id.is_(None)
+        bound_to = (contracts.c.device_id == contract["device_id"] if contract["device_id"]
+                    else contracts.c.device_id.is_(None))
         moved = conn.execute(update(contracts).where(and_(contracts.c.contract_id == c["contract_id"], bound_to))
                              .values(device_id=device_id, term_start=term_start, term_end=term_end))
         if moved.rowcount != 1:  # another activation of this contract won the race
-            raise CenterError(409, "already_activated", f"contract {c['contract_id']} was just activated by another box")
+            raise CenterError(409, "already_activated",
+                              f"contract {c['contract_id']} was just activated by another box")
         if same_box:
             conn.execute(update(devices).where(devices.c.device_id == device_id).values(
                 token_hash=sha256(token), hostname=hostname, agent_version=agent_version, last_ip=client_ip,

@@ -86,7 +86,8 @@ def devices_text(devices: list[dict[str, Any]]) -> str:
 def _flow(ev: dict[str, Any]) -> str:
     if "src_ip" not in ev:
         return ""
-    return f"{ev.get('src_ip')}:{ev.get('src_port', '')} -> {ev.get('dest_ip')}:{ev.get('dest_port', '')} {ev.get('proto', '')}"
+    return (f"{ev.get('src_ip')}:{ev.get('src_port', '')} -> {ev.get('dest_ip')}:{ev.get('dest_port', '')} "
+            f"{ev.get('proto', '')}")
 
 
 def alarms_text(alarms: list[dict[str, Any]]) -> str:

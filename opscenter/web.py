@@ -29,7 +29,8 @@ def page(devices: list[dict[str, Any]], alarms: list[dict[str, Any]], server_tim
 <html lang="ja"><head><meta charset="utf-8"><title>運用センター / Operations center</title>
 <meta http-equiv="refresh" content="30">
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.25em .5em;font-size:90%}}tr.bad td{{background:#fdd}}tr.ok td{{background:#efe}}</style>
+td,th{{border:1px solid #ccc;padding:.25em .5em;font-size:90%}}
+tr.bad td{{background:#fdd}}tr.ok td{{background:#efe}}</style>
 </head><body>
 <h1>運用センター / Operations center</h1>
 <p>サーバー時刻 / server time: {escape(server_time)}</p>
