@@ -311,6 +311,26 @@ def default_serial(cfg: AgentConfig) -> str:
     return ""
 
 
+def install_tuf_root(cfg: AgentConfig, root_text: Any) -> bool:
+    """The signed-update trust anchor from the activation reply (an authenticated TLS channel to the
+    center's pinned CA). An existing root is kept: TUF moves it forward itself, through signed
+    root rotations, and a later activation must not be able to swap it."""
+    path = Path(cfg.updates.trusted_root)
+    if not isinstance(root_text, str) or not root_text or path.exists():
+        return False
+    try:
+        json.loads(root_text)
+    except ValueError:
+        log.error("activation: the center's TUF root is not JSON; signed updates stay off until one is installed")
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(root_text, encoding="utf-8")
+    os.replace(tmp, path)
+    log.info("activation: installed the signed-update root at %s", path)
+    return True
+
+
 def activate(cfg: AgentConfig, *, code: str, serial: str = "", replace: bool = False,
              clock: Callable[[], float] | None = None) -> dict[str, Any]:
     """``vcr-agent activate``: exchange the code for a credential and store it. Returns the state."""
@@ -376,6 +396,7 @@ def activate(cfg: AgentConfig, *, code: str, serial: str = "", replace: bool = F
     if old and replace:
         backup = Path(c.state_file).with_name(Path(c.state_file).name + ".replaced")
         save_state(backup, old)
+    state["tuf_root_installed"] = install_tuf_root(cfg, body.get("tuf_root"))
     save_state(c.state_file, state)
     if body.get("restore"):
         save_state(Path(c.state_file).with_name("center-restore.json"), {"restore": body["restore"], "received_at": iso(time.time())})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -162,6 +163,9 @@ def create_app(settings: Settings, db: Database | None = None, *, create_tables:
                                 heartbeat_interval=settings.heartbeat_interval)
         log.info("activated %s (contract %s, serial %s) from %s", reply["device_id"], reply["contract_id"],
                  req.serial, ip)
+        if settings.tuf_repo:  # the box's trust anchor for signed updates, over this authenticated channel
+            root = Path(settings.tuf_repo) / "metadata" / "root.json"
+            reply["tuf_root"] = root.read_text(encoding="utf-8") if root.is_file() else None
         return reply
 
     @app.post("/api/v1/checkin", response_model=CheckinReply, tags=["device"])
@@ -197,6 +201,10 @@ def create_app(settings: Settings, db: Database | None = None, *, create_tables:
         auth = device(tok)
         blob = enroll.decode_blob(req.blob, settings.max_backup_bytes)
         return enroll.store_backup(db, auth, req.revision, blob, settings.backups_kept)
+
+    from opscenter import categories
+
+    categories.install(app, settings.categories, settings.category_ttl, device, token)
 
     if settings.tuf_repo:  # signed bundles for the boxes (vcr-opscenter tuf-init / publish)
         from opscenter.tufrepo import mount

@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from opscenter.server import serve
 
     overrides = {k: getattr(args, k) for k in ("cert", "key", "listen", "workers", "heartbeat_interval",
-                                               "ready_file", "log_level", "tuf_repo")}
+                                               "ready_file", "log_level", "tuf_repo", "categories")}
     if args.html_page:
         overrides["html_page"] = True
     if args.access_log:
@@ -65,6 +65,7 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--ready-file", help="write JSON {listen, url, pid} here once accepting connections")
     p.add_argument("--html-page", action="store_true", help="serve the read-only operator page at /")
     p.add_argument("--tuf-repo", help="serve this TUF repository (vcr-opscenter tuf-init) at /tuf/")
+    p.add_argument("--categories", help="UT1-layout category folder for the boxes' unknown-name look-ups")
     p.add_argument("--access-log", action="store_true")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(fn=cmd_serve)

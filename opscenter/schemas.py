@@ -49,6 +49,8 @@ class ActivateReply(BaseModel):
     restore: Restore | None = Field(description="the contract's latest config backup, if any")
     backup_secret: str | None = Field(None, description="the contract's key material for the box's encrypted config "
                                                         "backups (same for every box of the contract)")
+    tuf_root: str | None = Field(None, description="the signed-update repository's current root.json: the box's "
+                                                   "trust anchor for signature bundles and releases")
 
 
 class CheckinRequest(BaseModel):

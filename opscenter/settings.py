@@ -33,6 +33,8 @@ class Settings(BaseModel):
     access_log: bool = False
     html_page: bool = Field(False, description="read-only device/alarm page at / (operator network only)")
     tuf_repo: str | None = Field(None, description="TUF repository folder (opscenter/tufrepo.py) served at /tuf/")
+    categories: str | None = Field(None, description="UT1-layout category folder answering GET /api/v1/category")
+    category_ttl: int = Field(3600, ge=1, description="seconds a box may cache a category answer")
 
     # Device link
     heartbeat_interval: float = Field(60.0, gt=0, description="seconds between check-ins told to the boxes")
