@@ -268,7 +268,8 @@ def apply_live_bundles(data: dict[str, Any], bundles_dir: str) -> bool:
 
     IPS: the bundle's rule files are added to ``engines.ips.rule_files`` (the config's own local
     rules stay) and its classification.config replaces the configured one. Web filter: the
-    bundle becomes ``engines.webfilter.database``. Only engines the config has a section for are
+    bundle becomes ``engines.webfilter.database``. ATP: the threat-intel bundle's folder joins
+    ``engines.atp.feeds`` (replacing an entry naming the bundles' threatintel folder). Only engines the config has a section for are
     touched; the paths are the version folder's real path, so a reload loads one whole version.
     Returns whether anything changed."""
     engines = data.get("engines")
@@ -292,6 +293,16 @@ def apply_live_bundles(data: dict[str, Any], bundles_dir: str) -> bool:
     live = live_path(bundles_dir, "webcat")
     if isinstance(wf, dict) and live is not None:
         wf["database"] = str(live)
+        changed = True
+    atp = engines.get("atp")
+    live = live_path(bundles_dir, "threatintel")
+    if isinstance(atp, dict) and live is not None:
+        # the bundle's feed files join the config's own feeds (a folder: every feed file in it)
+        feeds = atp.get("feeds") or []
+        feeds = list(feeds) if isinstance(feeds, list) else [feeds]
+        kind_dir = os.path.realpath(os.path.join(bundles_dir, "threatintel"))
+        own = [f for f in feeds if not (isinstance(f, str) and os.path.realpath(f) in (kind_dir, str(live)))]
+        atp["feeds"] = own + [str(live)]
         changed = True
     return changed
 

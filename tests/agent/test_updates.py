@@ -586,3 +586,20 @@ def test_config_naming_the_bundle_itself_loads_it_once(tmp_path: Path, center: T
     data["engines"]["ips"]["rule_files"] = [str(box.dir / "bundles" / "ips" / "current" / "rules" / "*.rules")]
     apply_live_bundles(data, str(box.dir / "bundles"))
     assert len(data["engines"]["ips"]["rule_files"]) == 1
+
+
+def test_live_threat_intel_bundle_joins_the_atp_feeds(tmp_path: Path) -> None:
+    bundles = tmp_path / "bundles"
+    v1 = bundles / "threatintel" / "2026.11.25.1"
+    v1.mkdir(parents=True)
+    (v1 / "feodo.csv").write_text("dst_ip,dst_port,c2_status,malware\n203.0.113.99,4443,online,QakBot\n")
+    (bundles / "threatintel" / "current").symlink_to(v1.name)
+    data = {"engines": {"atp": {"enabled": True, "feeds": [str(bundles / "threatintel"), "/etc/vcr-agent/own.txt"]}}}
+    assert apply_live_bundles(data, str(bundles))
+    assert data["engines"]["atp"]["feeds"] == ["/etc/vcr-agent/own.txt", str(v1.resolve())]
+    from filters.atp import Atp
+
+    engine = Atp()
+    engine.configure({**data["engines"]["atp"], "feeds": [str(v1.resolve())], "allow_documentation_addresses": True})
+    engine.prepare()
+    assert engine.intel.match_ip("203.0.113.99", 4443).threat == "QakBot"
