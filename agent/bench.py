@@ -684,8 +684,8 @@ METHOD = [
     f"INPUT chain), {len(FLOW_HOSTS) * (FLOW_TARGET // len(FLOW_HOSTS)):,} distinct flows paced at "
     f"{FLOW_RATE:,} pkt/s ({IPS_FLOW_RATE:,} pkt/s with ET Open, where every one goes through the IPS), "
     f"repeated (up to {FLOW_PASSES} passes) until the agent's "
-    "`counters.flows.active` reaches the target. Different source addresses spread the flows over the "
-    "workers (`--queue-balance` hashes the address pair). RSS is summed over the agent process and its "
+    "`counters.flows.active` reaches the target. The flows spread over the "
+    "workers by a symmetric 5-tuple hash (HMARK). RSS is summed over the agent process and its "
     "workers with psutil (forked workers share pages, so the RSS sum overstates; PSS is given in the notes). "
     "Every agent block also records the RSS right after start (idle, rules loaded): see the notes.",
     "Offline IPS throughput: no lab. A synthetic capture is written once to a temporary directory (agent/bench.py "

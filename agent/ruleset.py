@@ -31,6 +31,8 @@ TI_PORT_SETS = {4: "vcr-tip4", 6: "vcr-tip6"}
 TI_MAXELEM = 2_000_000
 NFLOG_RATE = ("-m", "limit", "--limit", "50/sec", "--limit-burst", "200")
 MAX_LINES_PER_RULE = 512
+FLOW_HASH_BASE = 0x100  # HMARK values (one per worker) pick the queue; below MARK_MASK
+FLOW_HASH_SEED = 0x5643522D  # fixed: a flow keeps its worker across ruleset reloads
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +52,23 @@ def jump_rule(spec: DataplaneSpec) -> list[str]:
     return ["-i", spec.bridge, "-o", spec.bridge, "-m", "physdev", "--physdev-is-bridged", "-j", "VCR-FWD"]
 
 
-def _queue_target(spec: DataplaneSpec) -> str:
-    if spec.workers > 1:
-        q = f"--queue-balance {spec.queue_base}:{spec.queue_base + spec.workers - 1}"
-    else:
-        q = f"--queue-num {spec.queue_base}"
-    return f"-j NFQUEUE {q}" + (" --queue-bypass" if spec.fail_open else "")
+def _queue_lines(spec: DataplaneSpec) -> list[str]:
+    """The NFQUEUE rules: one queue per worker, every packet of a flow (both directions) to the same one.
+
+    ``--queue-balance`` hashes the address pair only, so all flows between one office PC and one
+    server would land on one worker. HMARK hashes the 5-tuple symmetrically (addresses and ports
+    are ordered before hashing), so those flows spread over the workers too. Its mark sits below
+    the verdict bits and is replaced by the worker's verdict mark."""
+    bypass = " --queue-bypass" if spec.fail_open else ""
+    if spec.workers <= 1:
+        return [f"-A VCR-FWD -j NFQUEUE --queue-num {spec.queue_base}{bypass}"]
+    lines = [f"-A VCR-FWD -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod {spec.workers}"
+             f" --hmark-offset 0x{FLOW_HASH_BASE:x} --hmark-rnd 0x{FLOW_HASH_SEED:x}"]
+    for i in range(spec.workers):
+        lines.append(f"-A VCR-FWD -m mark --mark 0x{FLOW_HASH_BASE + i:x} -j NFQUEUE --queue-num {spec.queue_base + i}{bypass}")
+    # A mark outside the range cannot happen; should it, the balance target still queues the packet.
+    lines.append(f"-A VCR-FWD -j NFQUEUE --queue-balance {spec.queue_base}:{spec.queue_base + spec.workers - 1}{bypass}")
+    return lines
 
 
 def _nflog(spec: DataplaneSpec, prefix: str) -> str:
@@ -89,8 +102,7 @@ def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
             f" -j CONNMARK --set-xmark 0x{MARK_ACCEPT:x}/{m}",
             f"-A VCR-FWD -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
         ]
-    lines.append(f"-A VCR-FWD {_queue_target(spec)}")
-    return lines
+    return lines + _queue_lines(spec)
 
 
 def _block_lines(spec: DataplaneSpec, family: int) -> list[str]:

@@ -40,6 +40,9 @@ VERDICT_ACTION = {
 SECTION_KEYS = {"enabled", "rule_files", "vars", "classification", "stream_tail"}
 
 
+MAX_HEADER_CACHE = 256  # rule headers remembered per TCP flow (bounds the memory of 100k flows)
+
+
 @dataclass(slots=True, eq=False)
 class _FlowState:
     flowbits: set[str] = field(default_factory=set)
@@ -412,10 +415,15 @@ class Ips(Engine):
     def _matches(self, info: RuleInfo, site: _Site, st: _FlowState, *, check_bits: bool = True) -> bool:
         r = info.rule
         flow = site.flow
-        key = 2 * info.idx + site.to_server
-        ok = st.headers.get(key)
-        if ok is None:
-            ok = st.headers[key] = header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports)
+        if flow.proto == PROTO_TCP:  # long flows: judge each rule's header once per direction
+            key = 2 * info.idx + site.to_server
+            ok = st.headers.get(key)
+            if ok is None:
+                ok = header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports)
+                if len(st.headers) < MAX_HEADER_CACHE:
+                    st.headers[key] = ok
+        else:  # mostly one or two packets: a cache would cost memory for nothing
+            ok = header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports)
         if not ok:
             return False
         if r.flow is not None and not self._flow_ok(r, site):

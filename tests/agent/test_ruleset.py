@@ -18,6 +18,10 @@ def test_fast_path_and_queue():
     fwd = [l for l in lines if l.startswith("-A VCR-FWD")]
     # the mark save comes first, the queue last; decided flows never reach the queue
     assert "CONNMARK --save-mark" in fwd[0]
+    # two workers: a symmetric 5-tuple hash picks the queue (flows of one address pair spread too)
+    assert "-j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 2 --hmark-offset 0x100" in fwd[-4]
+    assert fwd[-3] == "-A VCR-FWD -m mark --mark 0x100 -j NFQUEUE --queue-num 0 --queue-bypass"
+    assert fwd[-2] == "-A VCR-FWD -m mark --mark 0x101 -j NFQUEUE --queue-num 1 --queue-bypass"
     assert fwd[-1].endswith("-j NFQUEUE --queue-balance 0:1 --queue-bypass")
     assert any("connmark --mark 0x10000000/0x70000000 -j ACCEPT" in l for l in fwd)
     assert any("connbytes" in l for l in fwd)

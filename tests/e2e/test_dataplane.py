@@ -240,3 +240,23 @@ def test_systemd_notify_ready_and_watchdog(office: Lab, tmp_path: Path):
         sock.close()
         a.kill()
         a.bridge_down()
+
+
+@pytest.mark.parametrize("agent", [FIREWALL_ONLY], indirect=True)
+def test_flows_of_one_address_pair_spread_over_the_workers(office: Lab, agent: LabAgent):
+    """One PC talking to one server (the lab's worst case) still uses every worker: the queue is
+    picked by a symmetric 5-tuple hash, and both directions of each flow reach the same worker."""
+    from agent.bench import NFQUEUE_PROC, parse_nfqueue
+
+    workers = len(agent.status()["workers"])
+    if workers < 2:
+        pytest.skip(f"WORKER SPREAD TEST SKIPPED: the agent runs {workers} worker on this machine (one per core)")
+    before = parse_nfqueue(office.exec("utm", ["cat", NFQUEUE_PROC]).stdout)
+    web = office.hosts["web"].ipv4
+    for _ in range(24):  # 24 connections from random source ports: all on one queue has odds 2 * 2^-24
+        assert curl(office, "pc1", f"http://{web}/")[0]
+    after = parse_nfqueue(office.exec("utm", ["cat", NFQUEUE_PROC]).stdout)
+    used = {q for q, st in after.items() if st.id_sequence > (before[q].id_sequence if q in before else 0)}
+    assert len(used) == workers, (before, after)
+    flows = agent.status()["counters"]["flows"]
+    assert flows["midstream"] == 0, flows  # no worker saw a flow without its start: none was split
