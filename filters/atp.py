@@ -15,7 +15,6 @@ on the infected PC.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from filters.engine import ConfigError, Decision, Engine, EngineContext, Hook, V
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet, ntop
 from filters.threatintel import FORMATS, FeedLimits, Indicator, ParseResult, ThreatIntel, load_feed
 from filters.webfilter.blocking import (RR_A, RR_AAAA, Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow,
-                                        block_http, block_tls)
+                                        block_http, block_tls, config_bool, parse_sinkhole)
 from filters.webfilter import page
 
 log = logging.getLogger(__name__)
@@ -104,13 +103,6 @@ def _feed_files(spec: FeedSpec) -> list[Path]:
     return [spec.path]
 
 
-def _bool(section: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = section.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError("expected true or false", key=key)
-    return value
-
-
 class Atp(Engine):
     name: ClassVar[str] = "atp"
     hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START, Hook.DNS, Hook.HTTP_REQUEST, Hook.TLS_HELLO})
@@ -132,21 +124,9 @@ class Atp(Engine):
         if unknown:
             raise ConfigError("unknown key", key=sorted(unknown)[0])
         self.feeds = _feed_specs(section.get("feeds"))
-        action = section.get("dns_action", "sinkhole")
-        if action not in ("sinkhole", "nxdomain"):
-            raise ConfigError("expected sinkhole or nxdomain", key="dns_action")
-        v4 = section.get("sinkhole_ipv4", ctx.management_ipv4)
-        v6 = section.get("sinkhole_ipv6", ctx.management_ipv6)
-        for key, value, version in (("sinkhole_ipv4", v4, 4), ("sinkhole_ipv6", v6, 6)):
-            if value:
-                try:
-                    if not isinstance(value, str) or ipaddress.ip_address(value).version != version:
-                        raise ValueError
-                except ValueError:
-                    raise ConfigError(f"expected an IPv{version} address", key=key) from None
-        self.sinkhole = Sinkhole(v4 or "", v6 or "", nxdomain=action == "nxdomain" or not (v4 or v6))
-        self.monitor = _bool(section, "monitor_only", False)
-        self.limits = FeedLimits(allow_documentation=_bool(section, "allow_documentation_addresses", False))
+        self.sinkhole = parse_sinkhole(section, ctx)
+        self.monitor = config_bool(section, "monitor_only", False)
+        self.limits = FeedLimits(allow_documentation=config_bool(section, "allow_documentation_addresses", False))
         self.box = str(section.get("box_name", "") or os.uname().nodename)
 
     def prepare(self) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-from filters.engine import Action, Inject, InjectKind, Scope, Verdict
+from filters.engine import Action, ConfigError, EngineContext, Inject, InjectKind, Scope, Verdict
 
 RR_A, RR_AAAA = 1, 28
 RCODE_NXDOMAIN = 3
@@ -31,6 +31,31 @@ class Sinkhole:
         elif rrtype not in (RR_A, RR_AAAA):
             return Inject(InjectKind.DNS_ANSWER, {"rcode": RCODE_NXDOMAIN})
         return Inject(InjectKind.DNS_ANSWER, {"rcode": 0, "answers": answers, "ttl": self.ttl})
+
+
+def config_bool(section: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError("expected true or false", key=key)
+    return value
+
+
+def parse_sinkhole(section: Mapping[str, Any], ctx: EngineContext) -> Sinkhole:
+    """``dns_action``, ``sinkhole_ipv4`` and ``sinkhole_ipv6`` of an engine section (the box's
+    management addresses by default; NXDOMAIN when there is none)."""
+    action = section.get("dns_action", "sinkhole")
+    if action not in ("sinkhole", "nxdomain"):
+        raise ConfigError("expected sinkhole or nxdomain", key="dns_action")
+    v4 = section.get("sinkhole_ipv4", ctx.management_ipv4)
+    v6 = section.get("sinkhole_ipv6", ctx.management_ipv6)
+    for key, value, version in (("sinkhole_ipv4", v4, 4), ("sinkhole_ipv6", v6, 6)):
+        if value:
+            try:
+                if not isinstance(value, str) or ipaddress.ip_address(value).version != version:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"expected an IPv{version} address", key=key) from None
+    return Sinkhole(v4 or "", v6 or "", nxdomain=action == "nxdomain" or not (v4 or v6))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ from filters.engine import (Action, ConfigError, Decision as EngineDecision, Eng
                             Verdict)
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
 from filters.webfilter import page
-from filters.webfilter.blocking import Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow, block_http, block_tls
+from filters.webfilter.blocking import (Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow, block_http,
+                                        block_tls, config_bool, parse_sinkhole)
 from filters.webfilter.categories import CategoryDB
 from filters.webfilter.lookup import LookupCache, LookupSettings, parse_lookup
 from filters.webfilter.policy import Decision, WebPolicy, WebVerdict, decide, parse_policy
@@ -30,13 +31,6 @@ CATEGORY = "Web filter"
 DOH_CANARY = "use-application-dns.net"
 KEYS = {"enabled", "database", "blocked", "allow", "deny", "dns_action", "sinkhole_ipv4", "sinkhole_ipv6",
         "block_quic", "doh_canary", "block_dot", "block_doh", "monitor_only", "box_name", "lookup"}
-
-
-def _bool(section: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = section.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError("expected true or false", key=key)
-    return value
 
 
 class WebFilter(Engine):
@@ -72,20 +66,12 @@ class WebFilter(Engine):
             known = {p.name for p in path.iterdir() if p.is_dir()} if path.is_dir() else None
             self.database = path
         self.policy = parse_policy({k: section[k] for k in ("blocked", "allow", "deny") if k in section}, known_categories=known)
-        action = section.get("dns_action", "sinkhole")
-        if action not in ("sinkhole", "nxdomain"):
-            raise ConfigError("expected sinkhole or nxdomain", key="dns_action")
-        v4 = section.get("sinkhole_ipv4", ctx.management_ipv4)
-        v6 = section.get("sinkhole_ipv6", ctx.management_ipv6)
-        for key, value in (("sinkhole_ipv4", v4), ("sinkhole_ipv6", v6)):
-            if value and not isinstance(value, str):
-                raise ConfigError("expected an IP address", key=key)
-        self.sinkhole = Sinkhole(v4 or "", v6 or "", nxdomain=action == "nxdomain" or not (v4 or v6))
-        self.block_quic = _bool(section, "block_quic", True)
-        self.doh_canary = _bool(section, "doh_canary", True)
-        self.block_dot = _bool(section, "block_dot", True)
-        self.block_doh = _bool(section, "block_doh", True)
-        self.monitor = _bool(section, "monitor_only", False)
+        self.sinkhole = parse_sinkhole(section, ctx)
+        self.block_quic = config_bool(section, "block_quic", True)
+        self.doh_canary = config_bool(section, "doh_canary", True)
+        self.block_dot = config_bool(section, "block_dot", True)
+        self.block_doh = config_bool(section, "block_doh", True)
+        self.monitor = config_bool(section, "monitor_only", False)
         self.box = str(section.get("box_name", "") or os.uname().nodename)
         try:
             self.lookup = parse_lookup(section.get("lookup"))
