@@ -12,6 +12,7 @@ import pytest
 
 from agent.center import ActivationError, CenterClient, CenterLink, Unreachable, activate, load_state
 from agent.config import parse_config
+from tests.waiting import wait
 
 testing = pytest.importorskip("opscenter.testing", reason="the reference center (opscenter/) is not there")
 
@@ -47,17 +48,6 @@ def activated(ops, tmp: Path, contract: str, **center: object):
     serial = f"VCR-{contract}"
     state = activate(cfg, code=ops.issue_code(contract, serial=serial), serial=serial)
     return cfg, state
-
-
-def wait(pred, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def stored_ids(ops, device_id: str) -> collections.Counter:

@@ -20,13 +20,14 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from agent.center import load_state
 from agent.lab import Lab
 from agent.labrun import CENTER_NAME, REPO, LabAgent, center_overrides, start_lab_center, utm_resolv_conf
+from tests.waiting import wait
 
 pytestmark = pytest.mark.lab
 testing = pytest.importorskip("opscenter.testing", reason="CENTER E2E SKIPPED: the reference center (opscenter/) is missing")
@@ -101,17 +102,6 @@ def box(office: Lab, center: Any, tmp_path: Path, request: pytest.FixtureRequest
         yield b
     finally:
         b.stop()
-
-
-def wait(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def blocked_telnet(lab: Lab, n: int) -> None:

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from agent.lab import Lab
 from agent.labrun import CENTER_NAME, REPO, LabAgent, center_overrides, start_lab_center, utm_resolv_conf
+from tests.waiting import wait as _wait
+
+
+def wait(pred, timeout: float = 60.0, what: str = "condition"):
+    return _wait(pred, timeout, what, 0.3)
 
 pytestmark = pytest.mark.lab
 testing = pytest.importorskip("opscenter.testing", reason="BUNDLE E2E SKIPPED: the reference center (opscenter/) is missing")
@@ -23,17 +27,6 @@ testing = pytest.importorskip("opscenter.testing", reason="BUNDLE E2E SKIPPED: t
 def canary(sid: int, path: str) -> str:
     return (f'drop http $HOME_NET any -> any any (msg:"VCR BUNDLE canary {sid}"; flow:established,to_server; '
             f'http.uri; content:"{path}"; classtype:policy-violation; sid:{sid}; rev:1;)\n')
-
-
-def wait(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.3)
 
 
 def http_code(lab: Lab, path: str) -> tuple[int, str]:

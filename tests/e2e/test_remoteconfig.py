@@ -17,7 +17,6 @@ activated with a replacement code gets the customer's settings.
 """
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ import yaml
 from agent.center import load_state
 from agent.lab import Lab
 from agent.labrun import CENTER_NAME, REPO, LabAgent, center_overrides, start_lab_center, utm_resolv_conf
+from tests.waiting import wait
 
 pytestmark = pytest.mark.lab
 testing = pytest.importorskip("opscenter.testing", reason="CENTER E2E SKIPPED: the reference center (opscenter/) is missing")
@@ -58,17 +58,6 @@ while True:
     d, a = s.recvfrom(4096)
     threading.Thread(target=fwd, args=(d, a), daemon=True).start()
 """
-
-
-def wait(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
