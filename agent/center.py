@@ -33,6 +33,7 @@ from typing import Any, Callable
 import requests
 
 from agent.config import AgentConfig
+from agent.fsutil import atomic_write
 from agent.spool import Spool, SpoolError, SpoolEvent, TokenBucket
 
 log = logging.getLogger(__name__)
@@ -165,20 +166,7 @@ def save_state(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write the credential atomically, mode 0600 from the first byte, fsynced (file and folder)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, p)
-    dfd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    atomic_write(p, json.dumps(data, indent=1, ensure_ascii=False) + "\n", 0o600)
 
 
 # ----------------------------------------------------------------------------------- client
@@ -324,9 +312,7 @@ def install_tuf_root(cfg: AgentConfig, root_text: Any) -> bool:
         log.error("activation: the center's TUF root is not JSON; signed updates stay off until one is installed")
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(root_text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, root_text, 0o644)
     log.info("activation: installed the signed-update root at %s", path)
     return True
 

@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 import yaml
 
+from agent.fsutil import atomic_write
 from agent.config import AgentConfig, load_config, load_yaml
 from filters.engine import ConfigError
 
@@ -104,32 +105,6 @@ def _model_value(cfg: AgentConfig, path: tuple[str, ...]) -> Any:
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def atomic_write(path: Path, text: str, mode: int | None = None) -> None:
-    path = Path(path)
-    if mode is None:
-        try:
-            mode = os.stat(path).st_mode & 0o777
-        except OSError:
-            mode = 0o640
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, text.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def validate_text(text: str, config_path: Path, label: str) -> tuple[AgentConfig, dict[str, Any]]:

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from agent.fsutil import atomic_write
+
 log = logging.getLogger(__name__)
 
 Report = Callable[[int, str, str], None]
@@ -100,22 +102,7 @@ class TaskRunner:
     def _save(self) -> None:
         data = {"finished": self.finished[-FINISHED_KEPT:], "outbox": self.outbox, "queue": self.queue,
                 "current": self.current, "seq": self.seq}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(data, ensure_ascii=False).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        try:
-            dfd = os.open(self.state_dir, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        atomic_write(self.path, json.dumps(data, ensure_ascii=False), 0o600)
 
     # -- public interface ----------------------------------------------------------------------
     def register(self, kind: str, handler: Handler) -> None:

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
+from agent.fsutil import atomic_write
+
 if TYPE_CHECKING:  # pragma: no cover
     from agent.config import AgentConfig, Updates
 
@@ -421,9 +423,7 @@ class BundleUpdater:
     def _save_state(self, kind: str, st: dict[str, Any]) -> None:
         path = self._state_path(kind)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(st, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(st, indent=1, sort_keys=True), 0o644)
 
     def current(self, kind: str) -> str | None:
         cur = self._kind_dir(kind) / "current"

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from agent import launcher as L
+from agent.fsutil import atomic_write
 from agent import maintenance
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -266,9 +267,7 @@ class Upgrader:
 
     def _save(self, st: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{STATE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(st, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.root / STATE)
+        atomic_write(self.root / STATE, json.dumps(st, indent=1, sort_keys=True), 0o644)
 
     def marker(self) -> dict[str, Any] | None:
         return L.read_marker(str(self.root))
