@@ -741,6 +741,22 @@ def ensure_nginx() -> tuple[str | None, str]:
     return None, f"`apt-get install {NGINX_PACKAGE}` failed"
 
 
+def helper_results(procs: Sequence[subprocess.Popen], timeout: float, what: str) -> list[dict[str, Any]]:
+    """The JSON result (last stdout line) of each helper process; BenchError naming ``what`` otherwise."""
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise BenchError(f"{what} did not finish") from None
+        try:
+            results.append(json.loads(out.decode().strip().splitlines()[-1]))
+        except (ValueError, IndexError):
+            raise BenchError(f"{what} failed: {err.decode()[-300:]}") from None
+    return results
+
+
 def agent_processes(pid: int) -> list[Any]:
     """psutil.Process of the agent and all its descendants."""
     import psutil
@@ -908,16 +924,7 @@ class Bench:
         procs = [self.lab.popen(pc, argv, name=f"http-load-{pc}", env=_helper_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pc in ("pc1", "pc2")]
         rate, errors = 0.0, 0
-        for proc in procs:
-            try:
-                out, err = proc.communicate(timeout=self.seconds + 60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise BenchError("http load generator did not finish") from None
-            try:
-                result = json.loads(out.decode().strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                raise BenchError(f"http load generator failed: {err.decode()[-300:]}") from None
+        for result in helper_results(procs, self.seconds + 60, "http load generator"):
             rate += result["done"] / max(result["elapsed"], 1e-6)
             errors += result["errors"]
         self.conn_errors[mode] += errors

@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from agent.bench import (
     NFQUEUE_PROC,
+    BenchError,
     Goal,
     Metric,
     Row,
@@ -54,6 +55,7 @@ from agent.bench import (
     eve_alerts,
     foreign_cpu,
     foreign_use,
+    helper_results,
     machine_info,
     machine_noise,
     median,
@@ -965,16 +967,11 @@ class FilterLab:
         procs = [self.lab.popen("pc1", argv, name=f"https-load-{i}", env=_child_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE) for i in range(HTTPS_PROCS)]
         rate, errors, p50s, done = 0.0, 0, [], 0
-        for proc in procs:
-            try:
-                out, err = proc.communicate(timeout=self.seconds + 60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise FilterBenchError("https-load did not finish") from None
-            try:
-                result = json.loads(out.decode().strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                raise FilterBenchError(f"https-load failed: {err.decode()[-300:]}") from None
+        try:
+            results = helper_results(procs, self.seconds + 60, "https-load")
+        except BenchError as exc:
+            raise FilterBenchError(str(exc)) from None
+        for result in results:
             rate += result["done"] / max(result["elapsed"], 1e-6)
             errors += result["errors"]
             done += result["done"]
