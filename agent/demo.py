@@ -153,7 +153,7 @@ def _center(lab: Lab, agent: LabAgent, workdir: Path, results: dict[str, bool]) 
 
     from agent.labrun import center_overrides, start_lab_center
 
-    print("\n[9b] 運用センター: アクティベーションと警告の送信 / operations center: activation and alarm delivery", flush=True)
+    step(10, "運用センター: アクティベーションと警告の送信", "operations center: activation and alarm delivery")
     center = start_lab_center(lab, workdir / "center", heartbeat_interval=2)
     try:
         say(f"運用センター起動 ({center.url}, 独自 CA)", f"reference center up at {center.url} (vcr-opscenter serve, its own CA)")
@@ -273,7 +273,7 @@ def _protected(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
 
 def _fail_open(lab: Lab, agent: LabAgent, results: dict[str, bool]) -> None:
     web, pc1 = lab.hosts["web"], lab.hosts["pc1"]
-    step(10, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
+    step(11, "エージェントを強制終了 (kill -9) しても通信は継続", "kill -9 the agent: the office stays online (fail-open)")
     agent.kill()
     ok, detail = curl(lab, "pc1", f"http://{web.ipv4}/")
     say(f"Web 閲覧: {'成功' if ok else '失敗'} ({detail})", f"browsing with the agent dead: {'OK' if ok else 'FAILED'}")
@@ -320,7 +320,7 @@ def run_demo(args: argparse.Namespace) -> int:
             _fail_open(lab, agent, results)
         finally:
             agent.kill()
-            step(11, "後片付け", "tearing down (bridge down, namespaces removed)")
+            step(12, "後片付け", "tearing down (bridge down, namespaces removed)")
             agent.bridge_down()
     print("\n=== 結果 / results ===")
     for what, ok in results.items():
