@@ -102,6 +102,15 @@ def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
             f" -j CONNMARK --set-xmark 0x{MARK_ACCEPT:x}/{m}",
             f"-A VCR-FWD -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
         ]
+        # One direction past the depth (its payload plus up to a quarter for headers): its packets
+        # stay in the kernel while the other direction is still inspected (an upload's data goes
+        # no further than the depth; its ACKs and the replies still reach the engines).
+        one = spec.stream_depth + spec.stream_depth // 4 + 65536
+        lines += [
+            f"-A VCR-FWD -m conntrack --ctdir {ctdir} -m connbytes --connbytes {one}: --connbytes-dir {cdir}"
+            " --connbytes-mode bytes -j ACCEPT"
+            for ctdir, cdir in (("ORIGINAL", "original"), ("REPLY", "reply"))
+        ]
     return lines + _queue_lines(spec)
 
 

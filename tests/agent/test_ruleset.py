@@ -25,6 +25,10 @@ def test_fast_path_and_queue():
     assert fwd[-1].endswith("-j NFQUEUE --queue-balance 0:1 --queue-bypass")
     assert any("connmark --mark 0x10000000/0x70000000 -j ACCEPT" in l for l in fwd)
     assert any("connbytes" in l for l in fwd)
+    # each direction past the depth (plus headers) stays in the kernel on its own
+    one = (1 << 20) + (1 << 18) + 65536
+    assert f"-A VCR-FWD -m conntrack --ctdir ORIGINAL -m connbytes --connbytes {one}: --connbytes-dir original --connbytes-mode bytes -j ACCEPT" in fwd
+    assert f"-A VCR-FWD -m conntrack --ctdir REPLY -m connbytes --connbytes {one}: --connbytes-dir reply --connbytes-mode bytes -j ACCEPT" in fwd
     closed = render(DataplaneSpec("br0", "lan0", "wan0", 0, 1, False, 17, 0), policy(), 4)
     assert "-j NFQUEUE --queue-num 0\n" in closed and "bypass" not in closed
     assert "connbytes" not in closed
