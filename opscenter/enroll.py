@@ -136,8 +136,11 @@ def activate(db: Database, *, code: str, serial: str, hostname: str, agent_versi
     now = utcnow()
     token = new_token()
     with db.write() as conn:
+        # Lock the code row: concurrent activations with one code queue here, so a loser sees the code
+        # used (403) rather than the contract the winner just bound (PostgreSQL reads each statement's
+        # snapshot; SQLite serialises writers anyway).
         c = conn.execute(select(activation_codes).where(
-            activation_codes.c.code_hash == sha256(normalize_code(code)))).mappings().first()
+            activation_codes.c.code_hash == sha256(normalize_code(code))).with_for_update()).mappings().first()
         if c is None or c["used_at"] is not None or (c["expires_at"] is not None and c["expires_at"] < now):
             raise invalid
         if c["serial"] and c["serial"] != serial:
