@@ -108,7 +108,7 @@ _TCP = struct.Struct("!HHIIBBHHH")
 _UDP = struct.Struct("!HHHH")
 _PCAP_FILE = struct.Struct("<IHHiIII")
 _PCAP_RECORD = struct.Struct("<IIII")
-NGINX_CONF = """daemon off;
+NGINX_HEAD = """daemon off;
 worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
@@ -118,7 +118,9 @@ http {{
   keepalive_timeout 0;
   client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
   uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
-  server {{ listen {port} reuseport backlog=4096; location / {{ return 200 "ok\\n"; }} }}
+"""
+# The benches' nginx: one head, each bench its own server block (format keys: workers, dir, port).
+NGINX_CONF = NGINX_HEAD + """  server {{ listen {port} reuseport backlog=4096; location / {{ return 200 "ok\\n"; }} }}
 }}
 """
 

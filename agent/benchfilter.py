@@ -45,6 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from agent.bench import (
     NFQUEUE_PROC,
+    NGINX_HEAD,
     BenchError,
     Goal,
     Metric,
@@ -110,17 +111,7 @@ TLS_NAME = "www.example.org"  # the SNI: a name no list holds
 CONN_GOAL_RATIO = 0.3  # the data-path bench's goal for new connections (no goal of its own in issue 4)
 AGENT_START_TIMEOUT = 120.0  # the agent loads UT1 and the feed before its workers bind their queues
 CLIENT_PORTS = "1024 65535"
-NGINX_TLS_CONF = """daemon off;
-worker_processes {workers};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{
-  access_log off;
-  keepalive_timeout 0;
-  client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp;
-  uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
-  ssl_session_cache off;
+NGINX_TLS_CONF = NGINX_HEAD + """  ssl_session_cache off;
   ssl_session_tickets off;
   server {{
     listen {port} ssl reuseport backlog=4096;
