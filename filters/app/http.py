@@ -1004,9 +1004,21 @@ class _Stream:
         cap = self.p.max_header_line
         if self.state not in _LINE_STATES or self.avail() <= cap or self.closed:
             return False
+        # find the first buffered line longer than the cap; a stalled handler whose lines all fit
+        # (it waits for a line after them) has nothing to cut
+        line = self.pos
+        while True:
+            lf = self.buf.find(b"\n", line)
+            end = len(self.buf) if lf < 0 else lf
+            if self.buf[end - 1:end] == b"\r":  # the CR of a CRLF (or of one still coming) is not content
+                end -= 1
+            if end - line > cap:
+                break
+            if lf < 0:
+                return False
+            line = lf + 1
         self.p._anomaly(self.tx, "http.line_too_long")
-        start = self.pos + cap
-        lf = self.buf.find(b"\n", start)
+        start = line + cap
         if lf < 0:
             del self.buf[start:]
             self.skip_to_lf = True
