@@ -987,8 +987,11 @@ class _Stream:
 
     def run(self) -> None:
         budget = 4 * self.avail() + 64  # every step consumes bytes or changes state; this only guards bugs
+        cap = self.p.max_header_line
         while budget > 0:
             budget -= 1
+            if self.state in _LINE_STATES and len(self.buf) - self.pos > cap:
+                self._cut_complete_lines(cap)
             if not self.handlers[self.state]():
                 if not self._cut_long_line():
                     break
@@ -998,6 +1001,36 @@ class _Stream:
         if self.pos and (self.pos >= len(self.buf) or self.pos > 65536):
             del self.buf[:self.pos]
             self.pos = 0
+
+    def _cut_complete_lines(self, cap: int) -> None:
+        """Cut complete overlong lines the way a stalled one is cut, so segmentation never changes the result.
+
+        The line at the read position, and in a header or trailer block every line up to the blank one,
+        keeps its first ``cap`` bytes and its LF. An overlong response line that is no status line stays
+        whole: it is body (``_line_overflow``)."""
+        buf, line = self.buf, self.pos
+        if self.response and self.state == LINE:  # a status line ends at CRLF, CR or LF
+            m = _EOL_RESPONSE.search(buf, line)
+            if m is None or m.start() - line <= cap or not looks_like_status_line(bytes(buf[line:line + 64])):
+                return
+            self.p._anomaly(self.tx, "http.line_too_long")
+            del buf[line + cap:m.start()]
+            return
+        block = self.state in (HEADERS, TRAILERS)
+        while True:
+            lf = buf.find(b"\n", line)
+            if lf < 0:
+                return  # the unterminated tail is _cut_long_line's, once the handler waits for it
+            end = lf - 1 if lf > line and buf[lf - 1] == 13 else lf
+            if end - line > cap:
+                self.p._anomaly(self.tx, "http.line_too_long")
+                del buf[line + cap:lf]
+                lf = line + cap
+            elif end == line or not block:
+                return
+            if not block:
+                return
+            line = lf + 1
 
     def _cut_long_line(self) -> bool:
         """Enforce max_header_line on a line still waiting for its end: keep its head, drop the middle."""
@@ -1038,6 +1071,9 @@ class _Stream:
         try:
             nxt, items, eoh = scanner.headers(0, not self.block_headers)
         except _NeedMore:
+            # A blank line that ends the buffered bytes ends the block now: waiting for the CR of a
+            # deformed LF-CR / CRLF-CR end (libhtp) would hold every header block that ends a segment.
+            # This is the one place where a segment boundary changes the parse.
             if data in (b"\r\n", b"\n") or (self.closed and data):
                 self._consume_raw(len(data))
                 return True, True
