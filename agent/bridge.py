@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from agent.config import AgentConfig
-from agent.ruleset import BLOCK_SETS, CHAINS, TI_MAXELEM, TI_NET_SETS, TI_PORT_SETS, DataplaneSpec, jump_rule, render
+from agent.ruleset import BLOCK_SETS, CHAINS, MARK_ACCEPT, MARK_MASK, TI_MAXELEM, TI_NET_SETS, TI_PORT_SETS, DataplaneSpec, jump_rule, render
 from filters.firewall import Policy, parse_policy
 from filters.packet import Side
 
@@ -276,12 +277,77 @@ def swap_set(name: str, kind: str, family: int, entries: Iterable[str], *, maxel
 
 
 def update_threat_sets(net_entries: tuple[list[str], list[str]], port_entries: tuple[list[str], list[str]]) -> dict[str, int]:
-    """Load the threat-intel sets (IPv4, IPv6 lists of each kind); returns entries per set."""
+    """Load the threat-intel sets (IPv4, IPv6 lists of each kind); returns entries per set.
+
+    Connections the kernel already let through (connmark fast path) to or from a now listed address
+    or ip:port are cut (``cut_listed_connections``)."""
     loaded = {}
     for i, fam in enumerate((4, 6)):
         loaded[TI_NET_SETS[fam]] = swap_set(TI_NET_SETS[fam], "hash:net", fam, net_entries[i], maxelem=TI_MAXELEM, counters=True)
         loaded[TI_PORT_SETS[fam]] = swap_set(TI_PORT_SETS[fam], "hash:ip,port", fam, port_entries[i], maxelem=TI_MAXELEM, counters=True)
+    cut = cut_listed_connections(ListedMatcher([*net_entries[0], *net_entries[1]], [*port_entries[0], *port_entries[1]]))
+    if cut:
+        log.warning("threat-intel update: cut %d running connection(s) to newly listed addresses", cut)
     return loaded
+
+
+class ListedMatcher:
+    """The content of ``hash:net`` and ``hash:ip,port`` sets, to test conntrack tuples against."""
+
+    def __init__(self, nets: Iterable[str], ip_ports: Iterable[str] = ()) -> None:
+        import ipaddress
+
+        self._nets: dict[tuple[int, int], set[int]] = {}  # (family, prefix length) -> network numbers
+        for entry in nets:
+            net = ipaddress.ip_network(entry, strict=False)
+            self._nets.setdefault((net.version, net.prefixlen), set()).add(int(net.network_address))
+        self._ports: set[tuple[int, str, int]] = set()  # (address number, proto, port)
+        for entry in ip_ports:
+            addr, _, rest = entry.rpartition(",")
+            proto, _, port = rest.partition(":")
+            self._ports.add((int(ipaddress.ip_address(addr)), proto, int(port)))
+
+    def __bool__(self) -> bool:
+        return bool(self._nets or self._ports)
+
+    def match(self, addr: str, proto: str = "", port: int | None = None) -> bool:
+        import ipaddress
+
+        ip = ipaddress.ip_address(addr)
+        number, bits = int(ip), (32 if ip.version == 4 else 128)
+        for (fam, plen), numbers in self._nets.items():
+            if fam == ip.version and (number >> (bits - plen)) << (bits - plen) in numbers:
+                return True
+        return port is not None and (number, proto, port) in self._ports
+
+
+# conntrack -L: "tcp      6 431999 ESTABLISHED src=A dst=B sport=P dport=Q src=B dst=A ... mark=..."
+_CT_TUPLE = re.compile(r"^(\S+)\s+(\d+)\s.*?src=(\S+) dst=(\S+)(?: sport=(\d+) dport=(\d+))?")
+
+
+def cut_listed_connections(listed: ListedMatcher) -> int:
+    """Delete the conntrack entries of fast-path connections (connmark: accept) whose either end is
+    listed; returns how many. Their packets skip ``VCR-BLOCK``; with the entry gone, the next
+    packet is a new conntrack entry that the blocklist chain drops (and logs)."""
+    if not listed:
+        return 0
+    cut = 0
+    for fam in ("ipv4", "ipv6"):
+        res = run(["conntrack", "-L", "-f", fam, "-m", f"0x{MARK_ACCEPT:x}/0x{MARK_MASK:x}"], check=False)
+        for line in res.stdout.splitlines():
+            m = _CT_TUPLE.match(line)
+            if m is None:
+                continue
+            proto, _num, src, dst, sport, dport = m.groups()
+            ends = ((src, int(sport) if sport else None), (dst, int(dport) if dport else None))
+            if not any(listed.match(addr, proto, port) for addr, port in ends):
+                continue
+            argv = ["conntrack", "-D", "-f", fam, "-p", proto, "-s", src, "-d", dst]
+            if sport:
+                argv += ["--sport", sport, "--dport", dport]
+            if run(argv, check=False).returncode == 0:
+                cut += 1
+    return cut
 
 
 def update_blocklist(entries: Iterable[str]) -> None:
@@ -294,3 +360,6 @@ def update_blocklist(entries: Iterable[str]) -> None:
         by_fam[net.version].append(str(net))
     for fam, name in BLOCK_SETS.items():
         swap_set(name, "hash:net", fam, by_fam[fam])
+    cut = cut_listed_connections(ListedMatcher([*by_fam[4], *by_fam[6]]))
+    if cut:
+        log.warning("blocklist update: cut %d running connection(s) to newly listed addresses", cut)

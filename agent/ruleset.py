@@ -2,7 +2,7 @@
 
 Layout (filter table, both families), entered from FORWARD for bridged packets only::
 
-    VCR-FWD     save a verdict mark from the queue, blocklists, connmark fast path,
+    VCR-FWD     connmark fast path, save a verdict mark from the queue, blocklists,
                 firewall policy on NEW connections, stream-depth cap, then NFQUEUE
     VCR-BLOCK   ipset blocklists (logged via NFLOG, dropped)
     VCR-POLICY  the compiled firewall rules and default policy (deny/reject logged via NFLOG)
@@ -78,6 +78,12 @@ def _nflog(spec: DataplaneSpec, prefix: str) -> str:
 def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
     m = f"0x{MARK_MASK:x}"
     lines = [
+        # The fast path first: a decided connection costs one conntrack-mark compare per packet.
+        # Its packets skip the blocklists; a list update cuts the connections it now lists
+        # (agent.bridge.cut_listed_connections), so a newly listed C&C still loses them.
+        f"-A VCR-FWD -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
+        f"-A VCR-FWD -m connmark --mark 0x{MARK_DROP:x}/{m} -j DROP",
+        f"-A VCR-FWD -m connmark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",
         # A packet coming back from the queue with a verdict mark (NF_REPEAT): remember the verdict
         # for the connection and act on the packet's own mark (untracked packets have no connmark).
         f"-A VCR-FWD -m mark ! --mark 0x0/{m} -j CONNMARK --save-mark --nfmask {m} --ctmask {m}",
@@ -85,9 +91,6 @@ def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
         f"-A VCR-FWD -m mark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
         f"-A VCR-FWD -m mark --mark 0x{MARK_DROP:x}/{m} -j DROP",
         f"-A VCR-FWD -m mark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",
-        f"-A VCR-FWD -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
-        f"-A VCR-FWD -m connmark --mark 0x{MARK_DROP:x}/{m} -j DROP",
-        f"-A VCR-FWD -m connmark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",
         "-A VCR-FWD -m conntrack --ctstate NEW -j VCR-POLICY",
         # ICMP errors about a connection share its conntrack entry: decide them in the kernel,
         # so a verdict on one can never land on the connection itself.

@@ -16,8 +16,9 @@ def test_fast_path_and_queue():
     lines = text.splitlines()
     assert lines[0] == "*filter" and lines[-1] == "COMMIT"
     fwd = [l for l in lines if l.startswith("-A VCR-FWD")]
-    # the mark save comes first, the queue last; decided flows never reach the queue
-    assert "CONNMARK --save-mark" in fwd[0]
+    # the fast path comes first (a decided flow costs one compare), then the mark save; the queue last
+    assert fwd[0] == "-A VCR-FWD -m connmark --mark 0x10000000/0x70000000 -j ACCEPT"
+    assert "CONNMARK --save-mark" in fwd[3] and "-j VCR-BLOCK" in fwd[4]
     # two workers: a symmetric 5-tuple hash picks the queue (flows of one address pair spread too)
     assert "-j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 2 --hmark-offset 0x100" in fwd[-4]
     assert fwd[-3] == "-A VCR-FWD -m mark --mark 0x100 -j NFQUEUE --queue-num 0 --queue-bypass"

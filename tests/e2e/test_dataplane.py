@@ -22,6 +22,26 @@ def fast_port_closed(lab: Lab, src: str, ip: str, port: int) -> bool:
     return not lab.wait_tcp(src, ip, port, 1.0)
 
 
+# One TCP connection, a round trip every 0.1 s for up to SECONDS: prints "ok" per echo, then "cut"
+# when an echo does not come back within 1 s.
+PINGER = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.settimeout(1.0)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    try:
+        s.sendall(b"ping")
+        if s.recv(16) != b"ping":
+            break
+    except OSError:
+        print("cut")
+        sys.exit(0)
+    print("ok")
+    time.sleep(0.1)
+print("timeout")
+"""
+
 FIREWALL_ONLY = {"engines.ips.enabled": False, "engines.webfilter.enabled": False}
 
 
@@ -187,7 +207,8 @@ def test_bridge_up_twice_and_down_leaves_nothing(office: Lab, tmp_path: Path):
     office.exec("utm", ["iptables", "-X", "CUSTOMER"], check=True)
 
 
-@pytest.mark.parametrize("agent", [{"engines.firewall.blocklist": ["203.0.113.64/28", "2001:db8:203::/64"]}], indirect=True)
+@pytest.mark.parametrize("agent", [{**FIREWALL_ONLY, "engines.firewall.blocklist": ["203.0.113.64/28", "2001:db8:203::/64"]}],
+                         indirect=True)
 def test_blocklist_is_enforced_in_the_kernel_and_swapped_atomically(office: Lab, agent: LabAgent):
     web, atk = office.hosts["web"], office.hosts["atk"]
     office.start_tcp_listener("atk", 8443)
@@ -200,6 +221,16 @@ def test_blocklist_is_enforced_in_the_kernel_and_swapped_atomically(office: Lab,
     assert curl(office, "pc1", f"http://{web.ipv4}/")[0]  # everything else still flows
     # A new list is swapped in whole (config change + reload): the attacker is reachable again,
     # the web server is not.
+    # A connection to web already running on the kernel fast path (it skips VCR-BLOCK) is cut
+    # when web is listed: round trips every 0.1 s, each waiting at most 1 s.
+    office.start_tcp_listener("web", 7007)
+    pinger = office.popen("pc1", [sys.executable, "-u", "-c", PINGER, web.ipv4, "7007", "25"], name="pinger")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "ok" not in office.log_tail("pc1", "pinger"):
+        time.sleep(0.1)
+    assert "ok" in office.log_tail("pc1", "pinger")
+    mark = office.exec("utm", ["conntrack", "-L", "-p", "tcp", "--dport", "7007"]).stdout
+    assert "mark=268435456" in mark  # the verdict is in the connmark: the kernel passes the rest
     import yaml
 
     cfg = yaml.safe_load(agent.config_path.read_text())
@@ -210,6 +241,13 @@ def test_blocklist_is_enforced_in_the_kernel_and_swapped_atomically(office: Lab,
     while time.monotonic() < deadline and (agent.status() or {}).get("reloads", {}).get("workers_reloaded", 0) < 2:
         time.sleep(0.2)
     assert "198.51.100.10" in office.exec("utm", ["ipset", "list", "vcr-block4"]).stdout
+    pinger.wait(timeout=40)
+    log = office.log_tail("pc1", "pinger", lines=1000).split()
+    assert log[-1] == "cut", log[-5:]  # the running connection lost its path
+    # its entry was deleted; its next packets, new to conntrack, met VCR-BLOCK (the counters
+    # restarted with the reloaded chain, and nothing else went to web since)
+    drops = office.exec("utm", ["iptables", "-w", "-L", "VCR-BLOCK", "-v", "-x", "-n"]).stdout
+    assert any("vcr-block4 dst" in line and "DROP" in line and int(line.split()[0]) > 0 for line in drops.splitlines()), drops
     assert connect_result(office, "pc1", atk.ipv4, 8443) == "open"
     assert not curl(office, "pc1", f"http://{web.ipv4}/", timeout=2)[0]
     assert not [s for s in office.exec("utm", ["ipset", "list", "-n"]).stdout.split() if s.endswith("-new")]  # no temp set left
