@@ -7,6 +7,15 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import settings
+
+# Property and fuzz tests: CI runs a fixed sequence of examples (derandomized), so a landing never
+# depends on luck; `HYPOTHESIS_PROFILE=explore` draws fresh random examples (and more of them) to
+# hunt for new failures, e.g. `HYPOTHESIS_PROFILE=explore make test`. A failure found that way
+# becomes an @example in its test.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=5000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def netns_unavailable_reason() -> str | None:

@@ -250,7 +250,10 @@ class _HeaderScanner:
             else:
                 e = buf.find(b"\n", i, colon if colon >= 0 else end)
             if e < 0:
-                return colon if colon >= 0 else p
+                if colon < 0:
+                    self._more()  # a colon may still come on this line (or on a folded one)
+                    return p
+                return colon
             term = buf[e]
             j = e + 1
             while j < end:
