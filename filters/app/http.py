@@ -961,7 +961,11 @@ class _Stream:
         if self.state in (TUNNEL, IGNORE):
             return
         if self.skip_to_lf:
-            lf = data.find(b"\n")
+            if self.response and self.state == LINE:  # a status line also ends at a bare CR
+                m = _EOL_RESPONSE.search(data)
+                lf = m.start() if m else -1
+            else:
+                lf = data.find(b"\n")
             if lf < 0:
                 return
             data, self.skip_to_lf = data[lf:], False

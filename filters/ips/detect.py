@@ -71,6 +71,7 @@ class Prefilter:
 
     def __init__(self, patterns: list[tuple[int, bytes, bool]]) -> None:
         self.count = len(patterns)
+        self.max_len = max((len(p) for _, p, _ in patterns), default=0)  # overlap of an incremental scan
         self._db: Any = None
         self._plain: list[tuple[int, bytes, bool]] = []
         if not patterns:
@@ -118,16 +119,46 @@ class Group:
         self.index = AddressIndex((i, infos[i].rule.src, infos[i].rule.dst) for i in self.always)
 
     def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo],
-                   addrs: tuple[bytes, bytes] | None = None) -> list[RuleInfo]:
+                   addrs: tuple[bytes, bytes] | None = None,
+                   memo: dict[Any, tuple[bytes, set[int]]] | None = None,
+                   base: Iterable[int] | None = None) -> list[RuleInfo]:
         """Rules worth a full evaluation: prefilter hits, and the unprefiltered rules whose
-        addresses could match ``addrs`` (all of them when no addresses are given)."""
-        if addrs is not None and self.index is not None:
+        addresses could match ``addrs`` (all of them when no addresses are given).
+
+        ``memo`` (one per app-layer transaction) keeps each prefilter's last buffer and hits: a
+        buffer unchanged since is not scanned again, and a grown one (a body in progress) only
+        from where the last scan ended, less the longest pattern. The hits are the same as a scan
+        of every whole buffer. ``base``: the unprefiltered candidates, already worked out (per flow)."""
+        if base is not None:
+            found = set(base)
+        elif addrs is not None and self.index is not None:
             found = self.index.lookup(*addrs)
         else:
             found = set(self.always)
-        for (name, transforms), pf in self.prefilters.items():
-            for data in buffers(name):
-                pf.scan(apply_transforms(transforms, data) if transforms else data, found)
+        for key, pf in self.prefilters.items():
+            name, transforms = key
+            datas = buffers(name)
+            if memo is None or transforms or len(datas) != 1:
+                for data in datas:
+                    pf.scan(apply_transforms(transforms, data) if transforms else data, found)
+                continue
+            data = datas[0]
+            prev = memo.get(key)
+            if prev is not None:
+                ref, hits = prev
+                if data is ref or data == ref:
+                    found |= hits
+                    continue
+                if len(data) > len(ref) and data.startswith(ref):
+                    hits = set(hits)
+                    pf.scan(data[max(0, len(ref) - pf.max_len + 1):], hits)
+                    memo[key] = (data, hits)
+                    found |= hits
+                    continue
+            hits = set()
+            pf.scan(data, hits)
+            memo[key] = (data, hits)
+            found |= hits
         out = [infos[i] for i in found]
         out.sort(key=lambda r: r.order)
         return out

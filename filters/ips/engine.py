@@ -41,6 +41,37 @@ SECTION_KEYS = {"enabled", "rule_files", "vars", "classification", "stream_tail"
 
 
 MAX_HEADER_CACHE = 256  # rule headers remembered per TCP flow (bounds the memory of 100k flows)
+MAX_TX_MEMOS = 4  # app-layer transactions per flow whose inspection state is kept (pipelining)
+
+
+@dataclass
+class _TxMemo:
+    """What one app-layer transaction's earlier events already inspected.
+
+    A body in progress raises an event per chunk; without this, each event would scan every buffer
+    of the transaction again and re-run every candidate rule. ``prefilter``: per prefilter, the
+    buffer last scanned and its hits (Group.candidates). ``versions``: per buffer, a number that
+    changes when its content does; ``evaluated``: per rule that ran without firing, the versions
+    of its buffers then. Such a rule runs again only once one of them changed."""
+
+    prefilter: dict[Any, tuple[bytes, set[int]]] = field(default_factory=dict)
+    last: dict[str, list[bytes]] = field(default_factory=dict)
+    versions: dict[str, int] = field(default_factory=dict)
+    evaluated: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    checked: set[str] = field(default_factory=set)  # buffers compared during the current event
+
+    def begin(self) -> None:
+        self.checked.clear()
+
+    def version(self, name: str, buffers: Callable[[str], list[bytes]]) -> int:
+        if name not in self.checked:
+            self.checked.add(name)
+            cur = buffers(name)
+            prev = self.last.get(name)
+            if prev is None or not (cur is prev or cur == prev):
+                self.versions[name] = self.versions.get(name, 0) + 1
+                self.last[name] = cur
+        return self.versions.get(name, 0)
 
 
 @dataclass(slots=True, eq=False)
@@ -55,6 +86,19 @@ class _FlowState:
     # Rule headers (protocol, addresses, ports) judged once per flow and direction: 2 * rule + to_server.
     headers: dict[int, bool] = field(default_factory=dict)
     headers_for: tuple[bytes, int] = (b"", -1)  # the flow's client when ``headers`` was filled
+    tx_memos: OrderedDict[Any, _TxMemo] = field(default_factory=OrderedDict)
+    # Per direction: the packet group's rules without a fast pattern whose header fits this flow
+    # (they are candidates for every packet; the header never changes within a direction).
+    unfiltered: dict[bool, frozenset[int]] = field(default_factory=dict)
+
+    def tx_memo(self, key: Any) -> _TxMemo:
+        memo = self.tx_memos.get(key)
+        if memo is None:
+            memo = self.tx_memos[key] = _TxMemo()
+            while len(self.tx_memos) > MAX_TX_MEMOS:
+                self.tx_memos.popitem(last=False)
+        memo.begin()
+        return memo
 
 
 @dataclass(slots=True)
@@ -245,6 +289,7 @@ class Ips(Engine):
             st.headers_for = (flow.client_addr, flow.client_port)
         elif st.headers and st.headers_for[0] is not flow.client_addr and st.headers_for != (flow.client_addr, flow.client_port):
             st.headers.clear()  # the flow was turned around (midstream pickup): directions changed
+            st.unfiltered.clear()
             st.headers_for = (flow.client_addr, flow.client_port)
         return st
 
@@ -303,7 +348,15 @@ class Ips(Engine):
                              site, st, tx_key=None)
         if not any(d.action is Action.PASS for d in out):
             group = self.detector.groups["packet"]
-            out += self._run(group.candidates(site.buffers, self.detector.infos, addrs), site, st, tx_key=None)
+            base = st.unfiltered.get(to_server)
+            if base is None:
+                infos = self.detector.infos
+                wide = group.index.lookup(*addrs) if group.index is not None else group.always
+                base = frozenset(i for i in wide if header_matches(infos[i].rule, flow.proto, pkt.src_addr, pkt.sport,
+                                                                   pkt.dst_addr, pkt.dport, pkt.has_ports))
+                if flow.proto in (PROTO_TCP, PROTO_UDP):
+                    st.unfiltered[to_server] = base
+            out += self._run(group.candidates(site.buffers, self.detector.infos, base=base), site, st, tx_key=None)
         if any(d.action is Action.PASS for d in out):
             return [d for d in out if d.action is Action.PASS]  # a pass rule silences the packet
         return out
@@ -370,14 +423,17 @@ class Ips(Engine):
 
         site = self._flow_site(flow, to_server, self._with_pkt(buffers))
         extra = {"http": _http_eve(tx)}
-        return self._app(site, st, ("http", tx.tx_id), {"http", "http1"}, extra)
+        tx_key = ("http", tx.tx_id)
+        return self._app(site, st, tx_key, {"http", "http1"}, extra, memo=st.tx_memo(tx_key))
 
-    def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any]) -> list[Decision]:
+    def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any],
+             memo: _TxMemo | None = None) -> list[Decision]:
         infos = [
-            i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos, (site.src, site.dst))
+            i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos, (site.src, site.dst),
+                                                              memo=memo.prefilter if memo is not None else None)
             if site.to_server in i.dirs and (i.app_proto is None or i.app_proto in protos)
         ]
-        return self._run(infos, site, st, tx_key=tx_key, extra={"app_proto": sorted(protos)[0], **extra})
+        return self._run(infos, site, st, tx_key=tx_key, extra={"app_proto": sorted(protos)[0], **extra}, memo=memo)
 
     def _flow_site(self, flow: Any, to_server: bool, buffers: Callable[[str], list[bytes]]) -> _Site:
         if to_server:
@@ -391,12 +447,21 @@ class Ips(Engine):
 
     # -- evaluation ----------------------------------------------------------------------------
     def _run(self, infos: list[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
-             extra: dict[str, Any] | None = None) -> list[Decision]:
+             extra: dict[str, Any] | None = None, memo: _TxMemo | None = None) -> list[Decision]:
         out: list[Decision] = []
         for info in infos:
             if tx_key is not None and (tx_key, info.idx) in st.fired_tx:
                 continue
+            seen = None
+            r = info.rule
+            if memo is not None and not (info.has_pkt or r.packet_checks or r.flowbits or r.flowints):
+                # the same buffers as when this rule last ran for the transaction: the same answer
+                seen = tuple(memo.version(n, site.buffers) for n in info.app_buffers)
+                if memo.evaluated.get(info.idx) == seen:
+                    continue
             if not self._matches(info, site, st):
+                if seen is not None:
+                    memo.evaluated[info.idx] = seen
                 continue
             if tx_key is not None:
                 st.fired_tx.add((tx_key, info.idx))
