@@ -120,48 +120,70 @@ class Group:
 
     def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo],
                    addrs: tuple[bytes, bytes] | None = None,
-                   memo: dict[Any, tuple[bytes, set[int]]] | None = None,
-                   base: Iterable[int] | None = None) -> list[RuleInfo]:
+                   memo: dict[Any, Any] | None = None,
+                   base: Iterable[int] | None = None, changing: frozenset[str] | None = None) -> list[RuleInfo]:
         """Rules worth a full evaluation: prefilter hits, and the unprefiltered rules whose
         addresses could match ``addrs`` (all of them when no addresses are given).
 
         ``memo`` (one per app-layer transaction) keeps each prefilter's last buffer and hits: a
         buffer unchanged since is not scanned again, and a grown one (a body in progress) only
         from where the last scan ended, less the longest pattern. The hits are the same as a scan
-        of every whole buffer. ``base``: the unprefiltered candidates, already worked out (per flow)."""
+        of every whole buffer. ``changing``: with ``memo``, only these buffers can have changed
+        since the last call; the hits of the others are united once and kept in ``memo`` (the
+        caller drops that entry, ``("static", changing)``, when the others may change).
+        ``base``: the unprefiltered candidates, already worked out (per flow)."""
         if base is not None:
             found = set(base)
         elif addrs is not None and self.index is not None:
             found = self.index.lookup(*addrs)
         else:
             found = set(self.always)
-        for key, pf in self.prefilters.items():
-            name, transforms = key
-            datas = buffers(name)
-            if memo is None or transforms or len(datas) != 1:
-                for data in datas:
-                    pf.scan(apply_transforms(transforms, data) if transforms else data, found)
-                continue
-            data = datas[0]
-            prev = memo.get(key)
-            if prev is not None:
-                ref, hits = prev
-                if data is ref or data == ref:
-                    found |= hits
-                    continue
-                if len(data) > len(ref) and data.startswith(ref):
-                    hits = set(hits)
-                    pf.scan(data[max(0, len(ref) - pf.max_len + 1):], hits)
-                    memo[key] = (data, hits)
-                    found |= hits
-                    continue
-            hits = set()
-            pf.scan(data, hits)
-            memo[key] = (data, hits)
-            found |= hits
+        if changing is not None and memo is not None:
+            static_key = ("static", changing)
+            static = memo.get(static_key)
+            if static is None:
+                static = set()
+                for key, pf in self.prefilters.items():
+                    if key[0] not in changing:
+                        self._prefilter(key, pf, buffers, memo, static)
+                memo[static_key] = static
+            found |= static
+            for key, pf in self.prefilters.items():
+                if key[0] in changing:
+                    self._prefilter(key, pf, buffers, memo, found)
+        else:
+            for key, pf in self.prefilters.items():
+                self._prefilter(key, pf, buffers, memo, found)
         out = [infos[i] for i in found]
         out.sort(key=lambda r: r.order)
         return out
+
+    @staticmethod
+    def _prefilter(key: tuple[str, tuple[Transform, ...]], pf: Prefilter, buffers: Callable[[str], Iterable[bytes]],
+                   memo: dict[Any, Any] | None, found: set[int]) -> None:
+        name, transforms = key
+        datas = list(buffers(name))
+        if memo is None or transforms or len(datas) != 1:
+            for data in datas:
+                pf.scan(apply_transforms(transforms, data) if transforms else data, found)
+            return
+        data = datas[0]
+        prev = memo.get(key)
+        if prev is not None:
+            ref, hits = prev
+            if data is ref or data == ref:
+                found |= hits
+                return
+            if len(data) > len(ref) and data.startswith(ref):
+                hits = set(hits)
+                pf.scan(data[max(0, len(ref) - pf.max_len + 1):], hits)
+                memo[key] = (data, hits)
+                found |= hits
+                return
+        hits = set()
+        pf.scan(data, hits)
+        memo[key] = (data, hits)
+        found |= hits
 
 
 def _distinct_headers(infos: list[RuleInfo]) -> list[Rule]:

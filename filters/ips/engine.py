@@ -42,6 +42,8 @@ SECTION_KEYS = {"enabled", "rule_files", "vars", "classification", "stream_tail"
 
 MAX_HEADER_CACHE = 256  # rule headers remembered per TCP flow (bounds the memory of 100k flows)
 MAX_TX_MEMOS = 4  # app-layer transactions per flow whose inspection state is kept (pipelining)
+_BODY_STAGES = frozenset({"request_body", "response_body"})
+_GROWING = frozenset({PKT, "file.data", "http.request_body", "http.response_body"})  # change within a body stage
 
 
 @dataclass
@@ -54,11 +56,13 @@ class _TxMemo:
     changes when its content does; ``evaluated``: per rule that ran without firing, the versions
     of its buffers then. Such a rule runs again only once one of them changed."""
 
-    prefilter: dict[Any, tuple[bytes, set[int]]] = field(default_factory=dict)
+    prefilter: dict[Any, Any] = field(default_factory=dict)
     last: dict[str, list[bytes]] = field(default_factory=dict)
     versions: dict[str, int] = field(default_factory=dict)
     evaluated: dict[int, tuple[int, ...]] = field(default_factory=dict)
     checked: set[str] = field(default_factory=set)  # buffers compared during the current event
+    stage: str | None = None  # the transaction's stage at the last event
+    bufs: dict[str, list[bytes]] = field(default_factory=dict)  # buffers that cannot change in this stage
 
     def begin(self) -> None:
         self.checked.clear()
@@ -409,10 +413,20 @@ class Ips(Engine):
 
     def _http(self, flow: Any, st: _FlowState, ev: Any) -> list[Decision]:
         tx, to_server = ev.tx, ev.to_server
-
-        cache: dict[str, list[bytes]] = {}
+        tx_key = ("http", tx.tx_id)
+        memo = st.tx_memo(tx_key)
+        # Between two events of a body in progress only the body changes: the other buffers are
+        # kept from the first of them (each event of a large download would rebuild them all).
+        steady = ev.stage in _BODY_STAGES and memo.stage == ev.stage
+        if not steady:
+            memo.bufs = {}
+            memo.prefilter.pop(("static", _GROWING), None)
+        memo.stage = ev.stage
+        fresh: dict[str, list[bytes]] = {}
+        kept = memo.bufs
 
         def buffers(name: str) -> list[bytes]:
+            cache = fresh if name in _GROWING else kept
             got = cache.get(name)
             if got is None:
                 info = BUFFERS.get(name)
@@ -423,14 +437,14 @@ class Ips(Engine):
 
         site = self._flow_site(flow, to_server, self._with_pkt(buffers))
         extra = {"http": _http_eve(tx)}
-        tx_key = ("http", tx.tx_id)
-        return self._app(site, st, tx_key, {"http", "http1"}, extra, memo=st.tx_memo(tx_key))
+        return self._app(site, st, tx_key, {"http", "http1"}, extra, memo=memo, changing=_GROWING if steady else None)
 
     def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any],
-             memo: _TxMemo | None = None) -> list[Decision]:
+             memo: _TxMemo | None = None, changing: frozenset[str] | None = None) -> list[Decision]:
         infos = [
             i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos, (site.src, site.dst),
-                                                              memo=memo.prefilter if memo is not None else None)
+                                                              memo=memo.prefilter if memo is not None else None,
+                                                              changing=changing)
             if site.to_server in i.dirs and (i.app_proto is None or i.app_proto in protos)
         ]
         return self._run(infos, site, st, tx_key=tx_key, extra={"app_proto": sorted(protos)[0], **extra}, memo=memo)
