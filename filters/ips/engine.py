@@ -358,8 +358,7 @@ class Ips(Engine):
                 wide = group.index.lookup(*addrs) if group.index is not None else group.always
                 base = frozenset(i for i in wide if header_matches(infos[i].rule, flow.proto, pkt.src_addr, pkt.sport,
                                                                    pkt.dst_addr, pkt.dport, pkt.has_ports))
-                if flow.proto in (PROTO_TCP, PROTO_UDP):
-                    st.unfiltered[to_server] = base
+                st.unfiltered[to_server] = base  # a flow's addresses (and ports) are fixed per direction
             out += self._run(group.candidates(site.buffers, self.detector.infos, base=base), site, st, tx_key=None)
         if any(d.action is Action.PASS for d in out):
             return [d for d in out if d.action is Action.PASS]  # a pass rule silences the packet
