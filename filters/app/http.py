@@ -1013,15 +1013,18 @@ class _Stream:
         """Cut complete overlong lines the way a stalled one is cut, so segmentation never changes the result.
 
         The line at the read position, and in a header or trailer block every line up to the blank one,
-        keeps its first ``cap`` bytes and its LF. An overlong response line that is no status line stays
-        whole: it is body (``_line_overflow``)."""
+        keeps its first ``cap`` bytes and its LF. An overlong response line that is no status line
+        makes the rest of the stream body (``_line_overflow``)."""
         buf, line = self.buf, self.pos
         if self.response and self.state == LINE:  # a status line ends at CRLF, CR or LF
             m = _EOL_RESPONSE.search(buf, line)
-            if m is None or m.start() - line <= cap or not looks_like_status_line(bytes(buf[line:line + 64])):
+            if m is None or m.start() - line <= cap:
                 return
-            self.p._anomaly(self.tx, "http.line_too_long")
-            del buf[line + cap:m.start()]
+            if looks_like_status_line(bytes(buf[line:line + 64])):
+                self.p._anomaly(self.tx, "http.line_too_long")
+                del buf[line + cap:m.start()]
+            else:
+                self._line_overflow()  # no status line: body to the end, as when it comes in pieces
             return
         block = self.state in (HEADERS, TRAILERS)
         while True:

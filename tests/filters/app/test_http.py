@@ -559,6 +559,8 @@ def feed_cut(request: bytes, resp: bytes, cuts_req: list[int], cuts_resp: list[i
 @example(b"", b"\r" + b"HTTP/1.1 200 OK" * 12 + b"HTTP/1.0 100 Continue\r\n", [], [2])
 @example(b"\x00\r\n\r\n \x00:", b"", [7], [])  # the colon after a folded line end decides the header
 @example(b"", b"HTTP/1.1 200 OK" * 7 + b"HTTP/1.0 100 Continue" + b"Transfer-Encoding: chunked" * 3 + b"\r\r\n", [], [201])
+@example(b"", b"Content-Length: 5Transfer-Encoding: chunked" + b"HTTP/1.1 200 OK" * 10 + b"Content-Length: 5" * 3 + b"\r\n",
+         [], [201])
 def test_fuzz_split_invariance_and_no_errors(request: bytes, resp: bytes, cuts_req: list[int],
                                              cuts_resp: list[int]) -> None:
     whole = feed_cut(request, resp, [], [])
