@@ -223,7 +223,9 @@ class Daemon:
             "uptime": time.time() - self.started,
             "fail_mode": self.cfg.dataplane.fail_mode,
             "ready": len(self.ready),
-            "workers": {str(i): {"pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts.get(i, 0)} for i, p in self.procs.items()},
+            "workers": {str(i): {"pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts.get(i, 0),
+                                 "queue_settings": self.worker_stats.get(i, {}).get("worker", {}).get("queue_settings")}
+                        for i, p in self.procs.items()},
             "alarms_written": self.eve.written,
             "kernel_firewall_alarms": self.nflog_count,
             "threat_sets": self.threat_sets,

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from agent.bridge import port_sides
 from agent.config import AgentConfig
 from agent.inject import Injector
+from agent.nfq import QueueSocket
 from agent.performers import perform
 from agent.ruleset import MARK_ACCEPT, MARK_DROP, MARK_MASK, MARK_REJECT
 from filters.app.layer import AppLayer, AppSettings
@@ -96,6 +97,8 @@ class Worker:
         self.reloaded: list[Engine] | None = None  # engines built by the reloader, not yet swapped in
         self.callback_errors = 0
         self.verdicts: dict[str, int] = {}
+        self.large_packets = 0  # packets over 1500 bytes: GSO packets queued whole (agent/nfq.py)
+        self.qsock: QueueSocket | None = None
 
     def _emit(self, rec: dict[str, Any]) -> None:
         self.out.put(("eve", rec))
@@ -128,6 +131,8 @@ class Worker:
         """NFQUEUE callback: never raises (an exception here would stop the queue loop)."""
         try:
             data = nfpkt.get_payload()
+            if len(data) > 1500:
+                self.large_packets += 1
             side = self.sides.get(nfpkt.physindev, Side.UNKNOWN)
             pkt = parse_ip(data, time.time(), side)
             releases = self.pipeline.process(pkt, nfpkt)
@@ -176,6 +181,8 @@ class Worker:
         nfq = NetfilterQueue()
         nfq.bind(self.spec.queue_num, self.on_packet, max_len=self.cfg.dataplane.queue_maxlen)
         fd = nfq.get_fd()
+        self.qsock = QueueSocket(fd, self.spec.queue_num)
+        self.qsock.configure(gso=True, fail_open=self.cfg.dataplane.fail_mode == "open")
         self.out.put(("ready", self.spec.index))
         log.info("worker %d bound to queue %d", self.spec.index, self.spec.queue_num)
         last_stats = last_tick = time.monotonic()
@@ -203,6 +210,8 @@ class Worker:
                     last_stats = now
         finally:
             self._send_stats()
+            if self.qsock is not None:
+                self.qsock.close()
             nfq.unbind()
             self.io_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -242,13 +251,18 @@ class Worker:
 
     def _run_queue(self, nfq: Any) -> None:
         try:
-            nfq.run(block=False)
+            nfq.run_socket(self.qsock)  # every waiting message, whole (see agent/nfq.py)
         except OSError as exc:
             log.warning("queue recv failed: %s", exc)
 
     def _send_stats(self) -> None:
         stats = self.pipeline.stats()
-        stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid()}
+        stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid(),
+                           "large_packets": self.large_packets}
+        if self.qsock is not None:  # the kernel's answer to the queue settings (agent/nfq.py)
+            answer = self.qsock.answer
+            stats["worker"]["queue_settings"] = ("no answer" if answer is None else "taken" if answer == 0
+                                                 else f"refused: {os.strerror(answer)}")
         self.out.put(("stats", self.spec.index, stats))
 
 

@@ -93,3 +93,37 @@ def test_rule_reload_during_bulk_transfer_loses_no_connection(office: Lab, tmp_p
         iperf_server.kill()
         a.kill()
         a.bridge_down()
+
+
+def test_content_deep_in_a_download_is_found_in_whole_gso_packets(office: Lab, tmp_path: Path):
+    """Big TCP packets reach the IPS whole (agent/nfq.py: GSO on, 64 KiB copy range): markers in a
+    download, inside packets far larger than the MTU, raise their alerts once."""
+    rules = tmp_path / "deep.rules"
+    rules.write_text('alert http any any -> $HOME_NET any (msg:"VCR TEST deep marker"; flow:established,to_client; '
+                     'file.data; content:"VCR-DEEP-MARKER-7f3a"; sid:9209998; rev:1;)\n'
+                     'alert tcp any any -> $HOME_NET any (msg:"VCR TEST deep stream marker"; flow:established,to_client; '
+                     'content:"VCR-STREAM-MARKER-51c2"; sid:9209997; rev:1;)\n')
+    body = bytearray(b"0123456789abcdef" * (600_000 // 16))
+    body[70_000:70_020] = b"VCR-DEEP-MARKER-7f3a"  # inside the response-body limit (100 KiB, as Suricata)
+    body[650:672] = b"VCR-STREAM-MARKER-51c2"[:22]
+    office.start_http_server("web", 8088, body=bytes(body))
+    a = LabAgent(office, tmp_path / "agent", overrides={"engines.ips.rule_files": [str(rules)]})
+    a.bridge_up()
+    try:
+        a.start()
+        deadline = time.monotonic() + 15  # each worker reports the kernel's answer with its stats
+        while time.monotonic() < deadline and not all(
+                w.get("queue_settings") == "taken" for w in (a.status() or {}).get("workers", {"": {}}).values()):
+            time.sleep(0.3)
+        assert all(w["queue_settings"] == "taken" for w in a.status()["workers"].values()), a.status()["workers"]
+        got = office.exec("pc1", ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", f"http://{office.hosts['web'].ipv4}:8088/"])
+        assert got.stdout == str(len(body))
+        rec = alert(a, 9209998)
+        assert rec is not None, "the marker 70 KB into the download was not found"
+        assert alert(a, 9209997) is not None
+        assert a.wait_counter("worker", "large_packets", 1) > 0  # packets above the MTU came to the IPS whole
+        time.sleep(1)
+        assert sum(1 for r in a.alarms() if r.get("alert", {}).get("signature_id") == 9209998) == 1
+    finally:
+        a.kill()
+        a.bridge_down()
