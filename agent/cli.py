@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.set_defaults(fn=cmd_lab)
 
     bench = sub.add_parser("bench", help="benchmarks in the lab, written to docs/benchmarks.md")
-    bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument("--runs", type=int, default=5)  # the bulk rate over veth swings by a quarter between runs: five give a steadier median
     bench.add_argument("--seconds", type=float, default=5.0)
     bench.add_argument("--out", default="docs/benchmarks.md")
     bench.add_argument("--prefix", default=None, help="lab prefix (default vb, vbf for --suite filter)")

@@ -193,7 +193,8 @@ def test_machine_info_and_command() -> None:
     info = machine_info("processor\t: 0\nmodel name\t: AMD EPYC\n", "MemTotal:       24684000 kB\n", 2, "6.18.0")
     assert info == {"nproc": "2", "kernel": "6.18.0", "cpu": "AMD EPYC", "memory": "23.5 GiB"}
     assert machine_info("", "", 1, "x")["cpu"] == "unknown"
-    assert command_line(3, 5.0) == "`make bench` (= `vcr-agent bench --runs 3 --seconds 5`)"
+    assert command_line(5, 5.0) == "`make bench` (= `vcr-agent bench --runs 5 --seconds 5`)"
+    assert command_line(3, 5.0) == "`vcr-agent bench --runs 3 --seconds 5`"
     assert command_line(1, 2.5) == "`vcr-agent bench --runs 1 --seconds 2.5`"
 
 
@@ -220,7 +221,7 @@ def _report(offline: OfflineResult | None = None) -> Report:
     return Report(
         date="2026-01-01 00:00 UTC",
         machine={"nproc": "2", "kernel": "6.18.0", "cpu": "AMD EPYC", "memory": "23.5 GiB"},
-        command=command_line(3, 5.0),
+        command=command_line(5, 5.0),
         sections=[Section("Agent, firewall only", "shipped config, IPS off.", fw_rows),
                   Section(ips.title, ips.description, skipped_rows(ips), ips.skipped)],
         samples={"bare": {"bulk_gbps": [9.0, 9.2, 9.1]}, "fw": {"bulk_gbps": [8.5, 8.6, 8.4], "rss_mib": [150.0]},
@@ -241,7 +242,7 @@ def test_render_markdown() -> None:
     assert md.startswith("# Benchmarks")
     assert "- Date: 2026-01-01 00:00 UTC (the bench took 9.5 min)" in md
     assert "2 CPUs (AMD EPYC), 23.5 GiB RAM, kernel 6.18.0" in md
-    assert "`make bench` (= `vcr-agent bench --runs 3 --seconds 5`)" in md
+    assert "`make bench` (= `vcr-agent bench --runs 5 --seconds 5`)" in md
     assert "- Noise, before the bench: 3% of the CPUs busy" in md
     assert "## Agent, firewall only" in md and "## Agent, IPS with ET Open" in md
     assert "| Scenario | Bare bridge (median) | Agent (median) | Agent vs bare | Goal | Result |" in md
