@@ -436,7 +436,10 @@ class Ips(Engine):
 
         site = self._flow_site(flow, to_server, self._with_pkt(buffers))
         extra = {"http": _http_eve(tx)}
-        return self._app(site, st, tx_key, {"http", "http1"}, extra, memo=memo, changing=_GROWING if steady else None)
+        out = self._app(site, st, tx_key, {"http", "http1"}, extra, memo=memo, changing=_GROWING if steady else None)
+        if ev.stage == "response_done":
+            st.tx_memos.pop(tx_key, None)  # the transaction's last event: its buffers need not be kept
+        return out
 
     def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any],
              memo: _TxMemo | None = None, changing: frozenset[str] | None = None) -> list[Decision]:
