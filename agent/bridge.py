@@ -5,6 +5,7 @@ Running ``up`` again re-installs the ruleset atomically and adds only what is mi
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -285,9 +286,8 @@ def update_threat_sets(net_entries: tuple[list[str], list[str]], port_entries: t
     for i, fam in enumerate((4, 6)):
         loaded[TI_NET_SETS[fam]] = swap_set(TI_NET_SETS[fam], "hash:net", fam, net_entries[i], maxelem=TI_MAXELEM, counters=True)
         loaded[TI_PORT_SETS[fam]] = swap_set(TI_PORT_SETS[fam], "hash:ip,port", fam, port_entries[i], maxelem=TI_MAXELEM, counters=True)
-    cut = cut_listed_connections(ListedMatcher([*net_entries[0], *net_entries[1]], [*port_entries[0], *port_entries[1]]))
-    if cut:
-        log.warning("threat-intel update: cut %d running connection(s) to newly listed addresses", cut)
+    cut_listed_connections(ListedMatcher([*net_entries[0], *net_entries[1]], [*port_entries[0], *port_entries[1]]),
+                           "threat-intel update")
     return loaded
 
 
@@ -295,8 +295,6 @@ class ListedMatcher:
     """The content of ``hash:net`` and ``hash:ip,port`` sets, to test conntrack tuples against."""
 
     def __init__(self, nets: Iterable[str], ip_ports: Iterable[str] = ()) -> None:
-        import ipaddress
-
         self._nets: dict[tuple[int, int], set[int]] = {}  # (family, prefix length) -> network numbers
         for entry in nets:
             net = ipaddress.ip_network(entry, strict=False)
@@ -311,8 +309,6 @@ class ListedMatcher:
         return bool(self._nets or self._ports)
 
     def match(self, addr: str, proto: str = "", port: int | None = None) -> bool:
-        import ipaddress
-
         ip = ipaddress.ip_address(addr)
         number, bits = int(ip), (32 if ip.version == 4 else 128)
         for (fam, plen), numbers in self._nets.items():
@@ -325,9 +321,9 @@ class ListedMatcher:
 _CT_TUPLE = re.compile(r"^(\S+)\s+(\d+)\s.*?src=(\S+) dst=(\S+)(?: sport=(\d+) dport=(\d+))?")
 
 
-def cut_listed_connections(listed: ListedMatcher) -> int:
+def cut_listed_connections(listed: ListedMatcher, why: str) -> int:
     """Delete the conntrack entries of fast-path connections (connmark: accept) whose either end is
-    listed; returns how many. Their packets skip ``VCR-BLOCK``; with the entry gone, the next
+    listed; returns how many (logged with ``why``). Their packets skip ``VCR-BLOCK``; with the entry gone, the next
     packet is a new conntrack entry that the blocklist chain drops (and logs)."""
     if not listed:
         return 0
@@ -347,19 +343,17 @@ def cut_listed_connections(listed: ListedMatcher) -> int:
                 argv += ["--sport", sport, "--dport", dport]
             if run(argv, check=False).returncode == 0:
                 cut += 1
+    if cut:
+        log.warning("%s: cut %d running connection(s) to newly listed addresses", why, cut)
     return cut
 
 
 def update_blocklist(entries: Iterable[str]) -> None:
     """Replace the blocklist ipsets atomically (build a temporary set, then swap)."""
-    import ipaddress
-
     by_fam: dict[int, list[str]] = {4: [], 6: []}
     for e in entries:
         net = ipaddress.ip_network(e, strict=False)
         by_fam[net.version].append(str(net))
     for fam, name in BLOCK_SETS.items():
         swap_set(name, "hash:net", fam, by_fam[fam])
-    cut = cut_listed_connections(ListedMatcher([*by_fam[4], *by_fam[6]]))
-    if cut:
-        log.warning("blocklist update: cut %d running connection(s) to newly listed addresses", cut)
+    cut_listed_connections(ListedMatcher([*by_fam[4], *by_fam[6]]), "blocklist update")

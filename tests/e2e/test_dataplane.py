@@ -11,6 +11,7 @@ import pytest
 from agent.demo import connect_result, curl
 from agent.lab import Lab
 from agent.labrun import LabAgent
+from tests.waiting import wait
 
 pytestmark = pytest.mark.lab
 
@@ -225,10 +226,7 @@ def test_blocklist_is_enforced_in_the_kernel_and_swapped_atomically(office: Lab,
     # when web is listed: round trips every 0.1 s, each waiting at most 1 s.
     office.start_tcp_listener("web", 7007)
     pinger = office.popen("pc1", [sys.executable, "-u", "-c", PINGER, web.ipv4, "7007", "25"], name="pinger")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "ok" not in office.log_tail("pc1", "pinger"):
-        time.sleep(0.1)
-    assert "ok" in office.log_tail("pc1", "pinger")
+    wait(lambda: "ok" in office.log_tail("pc1", "pinger"), 10, "the first echo on the running connection", 0.1)
     mark = office.exec("utm", ["conntrack", "-L", "-p", "tcp", "--dport", "7007"]).stdout
     assert "mark=268435456" in mark  # the verdict is in the connmark: the kernel passes the rest
     import yaml

@@ -10,6 +10,7 @@ import pytest
 from agent.demo import curl
 from agent.lab import Lab
 from agent.labrun import LabAgent
+from tests.waiting import wait
 
 pytestmark = pytest.mark.lab
 
@@ -111,11 +112,9 @@ def test_content_deep_in_a_download_is_found_in_whole_gso_packets(office: Lab, t
     a.bridge_up()
     try:
         a.start()
-        deadline = time.monotonic() + 15  # each worker reports the kernel's answer with its stats
-        while time.monotonic() < deadline and not all(
-                w.get("queue_settings") == "taken" for w in (a.status() or {}).get("workers", {"": {}}).values()):
-            time.sleep(0.3)
-        assert all(w["queue_settings"] == "taken" for w in a.status()["workers"].values()), a.status()["workers"]
+        # each worker reports the kernel's answer with its stats
+        wait(lambda: all(w.get("queue_settings") == "taken" for w in (a.status() or {}).get("workers", {"": {}}).values()),
+             15, "both workers' queue settings taken", 0.3)
         got = office.exec("pc1", ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", f"http://{office.hosts['web'].ipv4}:8088/"])
         assert got.stdout == str(len(body))
         rec = alert(a, 9209998)
