@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -248,14 +249,25 @@ class BridgeControl:
         log.info("bridge down: removed what bridge up added")
 
     def remove_ruleset(self) -> None:
-        jump = jump_rule(self.spec)
         for tool in ("iptables", "ip6tables"):
-            while run([tool, "-w", "-D", "FORWARD", *jump], check=False).returncode == 0:
-                pass
+            # every FORWARD rule that jumps to the agent's chain, also those of older versions
+            # whose jump had other matches (an upgrade followed by bridge down leaves nothing)
+            for args in forward_jumps(run([tool, "-w", "-S", "FORWARD"], check=False).stdout):
+                run([tool, "-w", "-D", "FORWARD", *args], check=False)
             for chain in CHAINS:
                 run([tool, "-w", "-F", chain], check=False)
             for chain in CHAINS:
                 run([tool, "-w", "-X", chain], check=False)
+
+
+def forward_jumps(listing: str) -> list[list[str]]:
+    """The rules of an ``iptables -S FORWARD`` listing that jump to VCR-FWD, as argv for ``-D``."""
+    out = []
+    for line in listing.splitlines():
+        args = shlex.split(line)
+        if args[:2] == ["-A", "FORWARD"] and args[-2:] == ["-j", "VCR-FWD"]:
+            out.append(args[2:])
+    return out
 
 
 def swap_set(name: str, kind: str, family: int, entries: Iterable[str], *, maxelem: int = 65536,

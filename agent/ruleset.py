@@ -48,8 +48,14 @@ class DataplaneSpec:
 
 
 def jump_rule(spec: DataplaneSpec) -> list[str]:
-    """The one rule the agent adds to the built-in FORWARD chain."""
-    return ["-i", spec.bridge, "-o", spec.bridge, "-m", "physdev", "--physdev-is-bridged", "-j", "VCR-FWD"]
+    """The one rule the agent adds to the built-in FORWARD chain.
+
+    With br_netfilter, a bridged packet enters FORWARD with the bridge as both its in and out
+    device, so ``-i br0 -o br0`` selects bridged traffic. These two are native nft expressions;
+    ``-m physdev --physdev-is-bridged`` would add an xt compat match that every forwarded packet,
+    offloaded ones included, pays for (about 0.7% of the CPU in a bulk-transfer profile). Routed
+    traffic would need the box to route br0 back out of br0, which it does not do."""
+    return ["-i", spec.bridge, "-o", spec.bridge, "-j", "VCR-FWD"]
 
 
 def _queue_lines(spec: DataplaneSpec) -> list[str]:

@@ -67,3 +67,22 @@ def test_nflog_prefix_roundtrip():
     assert parse_nflog_prefix("vcr:fw:3:deny") == ("fw", 3, "deny", "")
     assert parse_nflog_prefix("vcr:fw:0:deny:wan_to_lan") == ("fw", 0, "deny", "wan_to_lan")
     assert parse_nflog_prefix("other") is None
+
+
+def test_forward_jump_is_native_and_bridge_down_finds_every_jump():
+    from agent.bridge import forward_jumps
+    from agent.ruleset import jump_rule
+
+    # no xt match in the rule every forwarded packet passes (iptables-nft runs xt matches through nft_compat)
+    assert jump_rule(SPEC) == ["-i", "br0", "-o", "br0", "-j", "VCR-FWD"]
+    listing = "\n".join([
+        "-P FORWARD ACCEPT",
+        "-A FORWARD -i br0 -o br0 -j VCR-FWD",
+        '-A FORWARD -i br0 -o br0 -m physdev --physdev-is-bridged -j VCR-FWD',
+        '-A FORWARD -p tcp -m comment --comment "to VCR-FWD" -j CUSTOMER',
+        "-A CUSTOMER -j VCR-FWD",
+    ])
+    assert forward_jumps(listing) == [
+        ["-i", "br0", "-o", "br0", "-j", "VCR-FWD"],
+        ["-i", "br0", "-o", "br0", "-m", "physdev", "--physdev-is-bridged", "-j", "VCR-FWD"],
+    ]

@@ -199,6 +199,10 @@ def test_bridge_up_twice_and_down_leaves_nothing(office: Lab, tmp_path: Path):
     assert "-A FORWARD -p tcp -m tcp --dport 9 -j CUSTOMER" in dump
     assert "192.0.2.2/24" in office.exec("utm", ["ip", "-o", "addr", "show", "dev", "br0"]).stdout
     assert "nameserver 198.51.100.53" in (tmp_path / "resolv.conf").read_text()
+    # the jump as versions before 2026-11-26 wrote it (with an xt physdev match): an upgraded
+    # agent's bridge down removes it too
+    office.exec("utm", ["iptables", "-I", "FORWARD", "-i", "br0", "-o", "br0", "-m", "physdev", "--physdev-is-bridged",
+                        "-j", "VCR-FWD"], check=True)
     a.bridge_down()
     assert iptables_dump(office) == before_ipt
     assert office.exec("utm", ["ipset", "list", "-n"]).stdout.strip() == ""
