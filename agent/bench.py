@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from agent.lab import Lab
 from agent.labrun import LabAgent
+from agent.ruleset import MARK_ACCEPT, MARK_MASK
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,37 @@ http {{
 NGINX_CONF = NGINX_HEAD + """  server {{ listen {port} reuseport backlog=4096; location / {{ return 200 "ok\\n"; }} }}
 }}
 """
+
+
+KERNEL = "kernel"  # the mode of the kernel floor: the fast path's kernel work, no agent
+KERNEL_TITLE = "Kernel floor (the fast path without the agent)"
+KERNEL_CHAIN = "VCR-FLOOR"
+ACCT_SYSCTL = "net.netfilter.nf_conntrack_acct"
+
+
+def floor_ruleset(bridge: str) -> str:
+    """iptables-restore text of the kernel floor: what a decided flow costs the kernel in the agent's design.
+
+    The same FORWARD jump as the agent's and the same first rule (the connmark compare of the fast
+    path); the first packet of a connection sets the accept mark instead of going to NFQUEUE."""
+    m = f"0x{MARK_MASK:x}"
+    return "\n".join([
+        "*filter",
+        f":{KERNEL_CHAIN} - [0:0]",
+        f"-A FORWARD -i {bridge} -o {bridge} -j {KERNEL_CHAIN}",
+        f"-A {KERNEL_CHAIN} -m connmark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
+        f"-A {KERNEL_CHAIN} -j CONNMARK --set-xmark 0x{MARK_ACCEPT:x}/{m}",
+        "COMMIT",
+        "",
+    ])
+
+
+KERNEL_DESCRIPTION = (
+    "no agent. The bridge with br_netfilter on, conntrack with byte counters (as `bridge up` sets it) and, in "
+    "both families, the agent's FORWARD jump (`-i br0 -o br0`) to one chain whose first rule is the fast path's "
+    "connmark compare; a connection's first packet sets the accept mark there instead of going to NFQUEUE. This is "
+    "the kernel work every packet of a decided flow costs in the agent's design (connmark offload through "
+    "iptables), whatever the agent does: the firewall-only agent cannot be faster than this floor.")
 
 
 class BenchError(RuntimeError):
@@ -446,6 +478,7 @@ class Section:
     description: str
     rows: list[Row]
     skipped: str = ""
+    headers: tuple[str, str, str] | None = None  # baseline, measured, comparison columns (default: bare, agent)
 
 
 @dataclass
@@ -496,9 +529,10 @@ def noise_line(when: str, busy: float, loads: Sequence[float], top: Sequence[tup
             f"load average {' / '.join(f'{v:.2f}' for v in loads)} (1/5/15 min); busiest processes: {procs}.")
 
 
-def table_cells(rows: Sequence[Row]) -> list[list[str]]:
+def table_cells(rows: Sequence[Row], headers: tuple[str, str, str] | None = None) -> list[list[str]]:
     """Header + one line per row: scenario, bare, agent, agent vs bare, goal, result."""
-    out = [["Scenario", "Bare bridge (median)", "Agent (median)", "Agent vs bare", "Goal", "Result"]]
+    base, measured, compare = headers or ("Bare bridge (median)", "Agent (median)", "Agent vs bare")
+    out = [["Scenario", base, measured, compare, "Goal", "Result"]]
     for r in rows:
         m = r.metric
         unit = f" {m.unit}"
@@ -546,9 +580,9 @@ def offline_details(res: OfflineResult) -> list[str]:
     ]
 
 
-def render_table(rows: Sequence[Row]) -> str:
+def render_table(rows: Sequence[Row], headers: tuple[str, str, str] | None = None) -> str:
     """The results as an aligned plain-text table (for the terminal)."""
-    return _aligned(table_cells(rows))
+    return _aligned(table_cells(rows, headers))
 
 
 def _aligned(cells: Sequence[Sequence[str]]) -> str:
@@ -562,7 +596,7 @@ def render_terminal(report: Report) -> str:
     """Every section's table, then the offline figures, for the terminal."""
     out = []
     for sec in report.sections:
-        out += [f"{sec.title}" + (f"  ** {sec.skipped} **" if sec.skipped else ""), render_table(sec.rows), ""]
+        out += [f"{sec.title}" + (f"  ** {sec.skipped} **" if sec.skipped else ""), render_table(sec.rows, sec.headers), ""]
     out.append("Offline IPS throughput (ET Open)")
     out.append(_aligned(offline_cells(report.offline)) if report.offline else f"  {report.offline_error}")
     return "\n".join(out)
@@ -589,7 +623,7 @@ def _section_md(sec: Section) -> list[str]:
     out = [f"## {sec.title}", "", f"Configuration: {sec.description}", ""]
     if sec.skipped:
         out += [f"**{sec.skipped.upper()[:1] + sec.skipped[1:]}: these rows were not measured.**", ""]
-    return out + [*_md_table(table_cells(sec.rows)), ""]
+    return out + [*_md_table(table_cells(sec.rows, sec.headers)), ""]
 
 
 def _offline_md(report: Report) -> list[str]:
@@ -655,8 +689,12 @@ METHOD = [
     "config/vcr-agent.yaml plus the overrides of each configuration, i.e. br_netfilter, conntrack, the VCR-* "
     "chains, NFQUEUE with one worker per CPU, and the connmark fast path for decided flows. With ET Open the "
     f"agent is given {IPS_START_TIMEOUT:g} s to compile the rules and bind its queues.",
-    "Each run measures every scenario in every mode (bare, then each agent configuration); the order rotates from "
-    "run to run (bare, fw, ips; fw, ips, bare; ips, bare, fw; ...) so slow drift hits all of them. The agent is "
+    "Kernel floor (`Bench.kernel_floor`): the bare bridge with br_netfilter on, conntrack byte counters on and "
+    "`floor_ruleset`: the agent's FORWARD jump and fast-path compare, with the first packet of each connection "
+    "marked accept in the kernel instead of queued. Only bulk TCP is measured in it. It separates what the kernel "
+    "mechanism of the design costs from what the agent adds.",
+    "Each run measures every scenario in every mode (bare, kernel floor, then each agent configuration); the order "
+    "rotates from run to run (bare, kernel, fw, ips; kernel, fw, ips, bare; ...) so slow drift hits all of them. The agent is "
     "started afresh for each block and conntrack is flushed between blocks. Results are medians over the runs; "
     "latency percentiles are taken per run, then the median over runs.",
     f"Bulk TCP: `iperf3 -c web -P 4 -t SECONDS -J` from pc1, received Gbit/s, {BULK_REPEATS} times back to back in each "
@@ -805,9 +843,9 @@ class Bench:
         self.seconds = seconds
         self.workdir = workdir
         self.setups = {s.mode: s for s in setups}
-        self.modes = ["bare", *(s.mode for s in setups if not s.skipped)]
+        self.modes = ["bare", KERNEL, *(s.mode for s in setups if not s.skipped)]
         self.web = lab.hosts["web"].ipv4
-        every = ["bare", *self.setups]
+        every = ["bare", KERNEL, *self.setups]
         self.samples: dict[str, dict[str, list[float]]] = {m: {} for m in every}
         self.errors: dict[str, dict[str, list[str]]] = {m: {} for m in every}
         self.notes: list[str] = []
@@ -876,6 +914,11 @@ class Bench:
             finally:
                 self.lab.unbridge_bare()
             return
+        if mode == KERNEL:
+            with self.kernel_floor():
+                self._wait_path()
+                yield
+            return
         setup = self.setups[mode]
         agent = LabAgent(self.lab, self.workdir / f"agent-{mode}-{run}", overrides=setup.overrides)
         try:
@@ -898,6 +941,26 @@ class Bench:
                 # bridge down undoes what its state file says; the file is per machine, not per
                 # namespace, so make sure the UTM is back to two unbridged ports whatever it said
                 self.lab.unbridge_bare()
+
+    @contextlib.contextmanager
+    def kernel_floor(self) -> Iterator[None]:
+        """The bridge with br_netfilter, conntrack (with byte counters, as the agent sets it) and
+        ``floor_ruleset`` in both families; everything is undone afterwards."""
+        lab = self.lab
+        acct = lab.exec("utm", ["sysctl", "-n", ACCT_SYSCTL]).stdout.strip() or "0"
+        lab.bridge_bare(netfilter=True)
+        try:
+            lab.exec("utm", ["sysctl", "-q", f"{ACCT_SYSCTL}=1"], check=True)
+            for restore in ("iptables-restore", "ip6tables-restore"):
+                lab.exec("utm", [restore, "--noflush", "-w"], input=floor_ruleset("br0"), check=True)
+            yield
+        finally:
+            for tool in ("iptables", "ip6tables"):
+                lab.exec("utm", [tool, "-w", "-D", "FORWARD", "-i", "br0", "-o", "br0", "-j", KERNEL_CHAIN])
+                lab.exec("utm", [tool, "-w", "-F", KERNEL_CHAIN])
+                lab.exec("utm", [tool, "-w", "-X", KERNEL_CHAIN])
+            lab.exec("utm", ["sysctl", "-q", f"{ACCT_SYSCTL}={acct}"])
+            lab.unbridge_bare()
 
     def _wait_path(self) -> None:
         if not self.lab.wait_tcp("pc1", self.web, ECHO_PORT, 10):
@@ -1029,8 +1092,11 @@ class Bench:
         return {"udp_pps": best}
 
     def scenarios(self, mode: str) -> list[tuple[str, Callable[[], dict[str, float]], tuple[str, ...]]]:
+        bulk = ("bulk TCP", lambda: self.bulk(mode), ("bulk_gbps",))
+        if mode == KERNEL:
+            return [bulk]  # the floor is a bulk-throughput question
         return [
-            ("bulk TCP", lambda: self.bulk(mode), ("bulk_gbps",)),
+            bulk,
             ("new connections", lambda: self.connections(mode), ("conn_rate",)),
             ("latency", lambda: self.latency(mode), ("ping_p50", "ping_p99", "rr_p50", "rr_p99")),
             ("small packets", lambda: self.small_packets(mode), ("udp_pps",)),
@@ -1217,7 +1283,7 @@ class Bench:
         except Exception as exc:  # noqa: BLE001
             log.exception("%s mode, run %d failed", mode, run + 1)
             print(f"  {mode}: ERROR {exc}", flush=True)
-            self.record_error(mode, [m.key for m in METRICS if not m.agent_only], f"{mode}, run {run + 1}: {exc}")
+            self.record_error(mode, [k for _, _, keys in self.scenarios(mode) for k in keys], f"{mode}, run {run + 1}: {exc}")
 
     def memory_block(self, mode: str) -> None:
         print(f"memory: {mode} agent with 100k flows", flush=True)
@@ -1239,7 +1305,23 @@ class Bench:
                               self.errors["bare"].get(m.key, []) + self.errors[setup.mode].get(m.key, []))
                     for m in setup.metrics]
             out.append(Section(setup.title, setup.description, rows))
+            if setup.mode == "fw":
+                out.append(self.kernel_section())
         return out
+
+    def kernel_section(self) -> Section:
+        """Bulk through the kernel floor against the bare bridge, and the firewall-only agent against the floor."""
+        bulk = next(m for m in METRICS if m.key == "bulk_gbps")
+        samples = {mode: self.samples[mode].get(bulk.key, []) for mode in ("bare", KERNEL, "fw")}
+        errors = {mode: self.errors[mode].get(bulk.key, []) for mode in ("bare", KERNEL, "fw")}
+        rows = [
+            summarize(dataclasses.replace(bulk, label=f"{bulk.label}: kernel floor against the bare bridge", goal=None),
+                      samples["bare"], samples[KERNEL], errors["bare"] + errors[KERNEL]),
+            summarize(dataclasses.replace(bulk, label=f"{bulk.label}: agent, firewall only, against the kernel floor",
+                                          goal=None),
+                      samples[KERNEL], samples["fw"], errors[KERNEL] + errors["fw"]),
+        ]
+        return Section(KERNEL_TITLE, KERNEL_DESCRIPTION, rows, headers=("Baseline (median)", "Measured (median)", "Ratio"))
 
     def run_notes(self) -> list[str]:
         notes = list(self.notes)
@@ -1248,6 +1330,13 @@ class Bench:
                 notes.append(f"{setup.title}: {setup.skipped}.")
                 continue
             notes += self._setup_notes(setup)
+        floor = self.samples[KERNEL].get("bulk_gbps", [])
+        if floor:
+            bare, fw = self.samples["bare"].get("bulk_gbps", []), self.samples["fw"].get("bulk_gbps", [])
+            notes.append(f"{KERNEL_TITLE}: bulk per run against the bare bridge "
+                         + ", ".join(f"{v:.2f}×" for v in paired(bare, floor, False))
+                         + "; the firewall-only agent against the floor per run "
+                         + ", ".join(f"{v:.2f}×" for v in paired(floor, fw, False)) + ".")
         if any(self.conn_errors.values()):
             notes.append("New connections: failed connections counted by the load generators: "
                          + ", ".join(f"{m} {n}" for m, n in self.conn_errors.items()) + ".")
@@ -1382,7 +1471,7 @@ def build_report(bench: Bench, runs: int, seconds: float, offline: tuple[Offline
         command=command_line(runs, seconds),
         sections=bench.sections(),
         samples=bench.samples,
-        columns=[("bare", "Bare bridge"), *((s.mode, s.title) for s in bench.setups.values())],
+        columns=[("bare", "Bare bridge"), (KERNEL, "Kernel floor"), *((s.mode, s.title) for s in bench.setups.values())],
         notes=notes,
         method=METHOD,
         diagnostics=bench.diagnostics_md(),

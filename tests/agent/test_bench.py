@@ -455,3 +455,45 @@ def test_foreign_use() -> None:
     assert share == pytest.approx((3.0 + 1.0 + 0.05) / 20.0)
     assert top == [(3.0, "pytest -q"), (1.0, "make lint")]  # below 0.1 s is not named
     assert foreign_use({}, {}, 0.0) == (0.0, [])
+
+
+def test_floor_ruleset_is_the_agents_jump_and_fast_path_compare() -> None:
+    from agent.bench import KERNEL_CHAIN, floor_ruleset
+    from agent.ruleset import DataplaneSpec, jump_rule, render
+    from filters.firewall import parse_policy
+
+    text = floor_ruleset("br0").splitlines()
+    assert text[0] == "*filter" and text[-1] == "COMMIT"
+    spec = DataplaneSpec("br0", "lan0", "wan0", queue_base=0, workers=2, fail_open=True, nflog_group=17,
+                         stream_depth=1 << 20)
+    # the same jump and the same first compare as the agent's ruleset: only the queue is left out
+    assert text[2] == "-A FORWARD " + " ".join(jump_rule(spec)).replace("VCR-FWD", KERNEL_CHAIN)
+    agent_first = next(l for l in render(spec, parse_policy({}), 4).splitlines() if l.startswith("-A VCR-FWD"))
+    assert text[3] == agent_first.replace("VCR-FWD", KERNEL_CHAIN)
+    assert text[4] == f"-A {KERNEL_CHAIN} -j CONNMARK --set-xmark 0x10000000/0x70000000"
+    assert not any("NFQUEUE" in l for l in text)
+
+
+class _FakeLab:
+    hosts = {"web": type("H", (), {"ipv4": "198.51.100.10"})()}
+
+
+def test_kernel_floor_section_compares_floor_to_bare_and_agent_to_floor(tmp_path: Path) -> None:
+    from agent.bench import KERNEL, KERNEL_TITLE, Bench, render_table
+
+    setups = [s for s in agent_setups(Path("/nonexistent")) if s.mode == "fw"]
+    bench = Bench(_FakeLab(), 3, 5.0, tmp_path, setups)  # type: ignore[arg-type]
+    assert bench.modes == ["bare", KERNEL, "fw"]
+    assert [name for name, _, _ in bench.scenarios(KERNEL)] == ["bulk TCP"]
+    bench.samples["bare"]["bulk_gbps"] = [20.0, 22.0, 21.0]
+    bench.samples[KERNEL]["bulk_gbps"] = [17.0, 18.0, 16.0]
+    bench.samples["fw"]["bulk_gbps"] = [16.0, 18.0, 17.0]
+    secs = bench.sections()
+    assert [s.title for s in secs] == ["Agent, firewall only", KERNEL_TITLE]
+    floor = secs[1]
+    assert [(r.bare, r.agent, r.compare, r.verdict) for r in floor.rows] == [
+        (21.0, 17.0, "0.81×", "reported"), (17.0, 17.0, "1.00×", "reported")]
+    table = render_table(floor.rows, floor.headers)
+    assert "Baseline (median)" in table and "against the kernel floor" in table
+    note = next(n for n in bench.run_notes() if n.startswith(KERNEL_TITLE))
+    assert "0.85×, 0.82×, 0.76×" in note and "0.94×, 1.00×, 1.06×" in note

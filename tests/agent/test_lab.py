@@ -180,3 +180,32 @@ def test_up_replaces_stale_lab_and_cleanup_stale(lab_prefix: str) -> None:
         assert f"{prefix}x-keep" in list_netns()
     finally:
         subprocess.run(["ip", "netns", "del", f"{prefix}x-keep"], check=False)
+
+
+def test_bench_kernel_floor_marks_connections_in_the_kernel_and_undoes_itself(lab: Lab, tmp_path) -> None:
+    """The bench's kernel floor: br_netfilter + conntrack + the agent's jump and fast-path compare, no agent."""
+    from pathlib import Path
+
+    from agent.bench import KERNEL_CHAIN, Bench, agent_setups
+
+    dump = lambda: "".join(lab.exec("utm", [t, "-S"]).stdout for t in ("iptables", "ip6tables"))  # noqa: E731
+    acct = lab.exec("utm", ["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]).stdout
+    before = dump()
+    bench = Bench(lab, 1, 1.0, tmp_path, [s for s in agent_setups(Path("/nonexistent")) if s.mode == "fw"])
+    try:
+        with bench.kernel_floor():
+            assert f"-A FORWARD -i br0 -o br0 -j {KERNEL_CHAIN}" in dump()
+            assert lab.exec("utm", ["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]).stdout.strip() == "1"
+            assert curl(lab, "pc1", f"http://{WEB4}/bytes/200000").stdout == "200 200000"
+            assert curl(lab, "pc2", f"http://[{WEB6}]/bytes/1000").stdout == "200 1000"
+            # both connections went through conntrack and carry the fast path's accept mark
+            entries = lab.exec("utm", ["conntrack", "-L", "-f", "ipv4", "-p", "tcp", "--dport", "80"]).stdout
+            entries6 = lab.exec("utm", ["conntrack", "-L", "-f", "ipv6", "-p", "tcp", "--dport", "80"]).stdout
+            assert "mark=268435456" in entries and "mark=268435456" in entries6
+            fast = lab.exec("utm", ["iptables", "-L", KERNEL_CHAIN, "-v", "-x", "-n"]).stdout.splitlines()[2]
+            assert int(fast.split()[0]) > 10  # the rest of the download took the connmark compare
+        assert dump() == before
+        assert lab.exec("utm", ["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]).stdout == acct
+    finally:
+        lab.bridge_bare()
+    assert lab.exec("pc1", ["ping", "-c", "1", "-W", "2", WEB4]).returncode == 0
