@@ -144,6 +144,15 @@ def test_ping_tail() -> None:
 def test_parse_iperf() -> None:
     tcp = {"end": {"sum_received": {"bits_per_second": 9.0e9}, "sum_sent": {"bits_per_second": 9.1e9}}}
     assert iperf_tcp_gbps(parse_iperf(json.dumps(tcp))) == 9.0
+    from agent.bench import iperf_omitted_gbps
+
+    assert iperf_omitted_gbps(tcp) is None  # no -O: nothing omitted
+    # -O 1 (iperf3 3.12 layout): the omitted interval is flagged, the end sums leave it out
+    omitted = {"intervals": [
+        {"sum": {"start": 0, "end": 1.0, "seconds": 1.0, "bytes": 1.0e9, "bits_per_second": 8.0e9, "omitted": True}},
+        {"sum": {"start": 0, "end": 1.0, "seconds": 1.0, "bytes": 2.5e9, "bits_per_second": 20.0e9, "omitted": False}},
+    ], **tcp}
+    assert iperf_omitted_gbps(omitted) == 8.0 and iperf_tcp_gbps(omitted) == 9.0
     udp = {"end": {"sum": {"seconds": 2.0, "packets": 100_000, "lost_packets": 3}}}
     assert iperf_udp(parse_iperf(json.dumps(udp))) == (50_000.0, 3)
     with pytest.raises(BenchError, match="busy"):
