@@ -156,7 +156,8 @@ KERNEL_DESCRIPTION = (
     "both families, the agent's FORWARD jump (`-i br0 -o br0`) to one chain whose first rule is the fast path's "
     "connmark compare; a connection's first packet sets the accept mark there instead of going to NFQUEUE. This is "
     "the kernel work every packet of a decided flow costs in the agent's design (connmark offload through "
-    "iptables), whatever the agent does: the firewall-only agent cannot be faster than this floor.")
+    "iptables), whatever the agent does: the firewall-only agent cannot be faster than this floor beyond run-to-run "
+    "noise.")
 
 
 class BenchError(RuntimeError):
