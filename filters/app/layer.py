@@ -7,8 +7,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from filters.app.smtp import looks_like_smtp
-from filters.app.tls import looks_like_tls
+# The parsers are imported here, not on a flow's first use: the daemon imports this module before
+# it forks its workers, so no worker stalls on an import (compiling the module, when there is no
+# bytecode cache) in the middle of its first HTTP or DNS flow.
+from filters.app.dns import DnsTcpParser, parse_dns
+from filters.app.http import HttpParser
+from filters.app.smtp import SmtpParser, looks_like_smtp
+from filters.app.tls import TlsParser, looks_like_tls
 from filters.engine import Hook
 from filters.packet import PROTO_TCP, PROTO_UDP
 
@@ -151,20 +156,14 @@ class AppLayer:
     def _parser(self, proto: AppProto) -> Any:
         s = self.settings
         if proto is AppProto.HTTP:
-            from filters.app.http import HttpParser
-
             return HttpParser(
                 request_body_limit=s.http_request_body_limit,
                 response_body_limit=s.http_response_body_limit,
                 decompress_layers=s.http_decompress_layers,
             )
         if proto is AppProto.TLS:
-            from filters.app.tls import TlsParser
-
             return TlsParser()
         if proto is AppProto.SMTP:
-            from filters.app.smtp import SmtpParser
-
             return SmtpParser()
         return None  # DNS over UDP is stateless; TCP DNS gets a framing parser on first use
 
@@ -184,8 +183,6 @@ class AppLayer:
         return self._wrap(st.proto, events)
 
     def _dns(self, flow: Any, st: AppState, to_server: bool, data: bytes) -> list[tuple[Hook, Any]]:
-        from filters.app.dns import DnsTcpParser, parse_dns
-
         if flow.proto == PROTO_UDP:
             msg = parse_dns(data, to_server)
             if msg is None:
