@@ -105,6 +105,7 @@ OFFLINE_TIMEOUT = 900
 PIPELINE_REPEATS = 3  # offline pipeline passes over the capture (about 10 s each with ET Open)
 SCAN_REPEATS = 5  # hyperscan passes (well under a second each)
 NOISE_SECONDS = 3.0
+SETTLE_TIMEOUT = 15.0  # seconds a scenario waits for the queues the one before it filled to drain
 TCP_FIN, TCP_SYN, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x08, 0x10
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIBBHHH")
@@ -707,7 +708,9 @@ METHOD = [
     "mechanism of the design costs from what the agent adds.",
     "Each run measures every scenario in every mode (bare, kernel floor, then each agent configuration); the order "
     "rotates from run to run (bare, kernel, fw, ips; kernel, fw, ips, bare; ...) so slow drift hits all of them. The agent is "
-    "started afresh for each block and conntrack is flushed between blocks. Results are medians over the runs; "
+    "started afresh for each block and conntrack is flushed between blocks. With the agent, each scenario starts once "
+    "no packet waits in its queues (/proc/net/netfilter/nfnetlink_queue), so a backlog the new-connection load left "
+    "does not count as latency. Results are medians over the runs; "
     "latency percentiles are taken per run, then the median over runs.",
     f"Bulk TCP: `iperf3 -c web -P 4 -t SECONDS -O {BULK_OMIT} -J` from pc1, received Gbit/s over SECONDS after the "
     f"first {BULK_OMIT} s (iperf3's omit: TCP slow start, and with the IPS the inspection of each stream's first MiB "
@@ -876,6 +879,7 @@ class Bench:
         self.udp_errors: list[str] = []
         self.flow_addresses = False  # pc1 has the memory scenario's source addresses
         self.ping_tails: list[str] = []
+        self.settles: list[str] = []  # scenarios that waited for a queue backlog to drain first
 
     # -- set-up ----------------------------------------------------------------------------
     def start_servers(self) -> None:
@@ -1119,8 +1123,25 @@ class Bench:
             ("small packets", lambda: self.small_packets(mode), ("udp_pps",)),
         ]
 
+    def settle(self, mode: str, name: str) -> None:
+        """Wait until no packet waits in the agent's queues (a scenario that saturated the workers
+        leaves a backlog; the next one, latency above all, must start on an idle path)."""
+        t0, empty = time.monotonic(), 0
+        while empty < 2:
+            queued = sum(q.waiting for q in self.nfqueue().values())
+            empty = empty + 1 if queued == 0 else 0
+            if time.monotonic() - t0 > SETTLE_TIMEOUT:
+                self.settles.append(f"{mode} before {name}: {queued} packets still queued after {SETTLE_TIMEOUT:g} s")
+                return
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        if took > 0.1:
+            self.settles.append(f"{mode} before {name}: {took:.1f} s")
+
     def run_scenarios(self, mode: str, run: int) -> None:
         for name, fn, keys in self.scenarios(mode):
+            if self.agent:
+                self.settle(mode, name)
             q0 = self.nfqueue() if self.agent else {}
             cpu0 = agent_cpu_seconds(self.agent.proc.pid) if self.agent and self.agent.proc else 0.0
             try:
@@ -1354,6 +1375,9 @@ class Bench:
                          + ", ".join(f"{v:.2f}×" for v in paired(bare, floor, False))
                          + "; the firewall-only agent against the floor per run "
                          + ", ".join(f"{v:.2f}×" for v in paired(floor, fw, False)) + ".")
+        if self.settles:
+            notes.append("Queue backlog left by the scenario before (each scenario with the agent starts once no packet "
+                          "waits in its queues): " + "; ".join(self.settles) + ".")
         if any(self.conn_errors.values()):
             notes.append("New connections: failed connections counted by the load generators: "
                          + ", ".join(f"{m} {n}" for m, n in self.conn_errors.items()) + ".")

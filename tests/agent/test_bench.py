@@ -506,3 +506,37 @@ def test_kernel_floor_section_compares_floor_to_bare_and_agent_to_floor(tmp_path
     assert "Baseline (median)" in table and "against the kernel floor" in table
     note = next(n for n in bench.run_notes() if n.startswith(KERNEL_TITLE))
     assert "0.85×, 0.82×, 0.76×" in note and "0.94×, 1.00×, 1.06×" in note
+
+
+def test_settle_waits_for_the_queues_to_drain(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from agent.bench import Bench
+
+    def line(q: int, waiting: int) -> str:
+        return f"    {q}  1234  {waiting} 2 65531  0  0  {1000 + q}  1"
+
+    backlog = [(300, 40), (120, 0), (0, 0), (0, 0), (0, 0)]  # queue 0 and 1 waiting, per read
+
+    class Lab(_FakeLab):
+        reads = 0
+
+        def exec(self, host: str, argv: list[str], **kw: object) -> SimpleNamespace:
+            w0, w1 = backlog[min(self.reads, len(backlog) - 1)]
+            self.reads += 1
+            return SimpleNamespace(stdout="\n".join([line(0, w0), line(1, w1)]))
+
+    lab = Lab()
+    bench = Bench(lab, 1, 5.0, tmp_path, [s for s in agent_setups(Path("/nonexistent")) if s.mode == "fw"])  # type: ignore[arg-type]
+    bench.settle("fw", "latency")
+    assert lab.reads == 4  # two reads with packets waiting, then two empty ones in a row
+    assert bench.settles == []  # well under 0.1 s: not worth a note
+    backlog[:] = [(5, 0)]  # never drains
+    import agent.bench as mod
+
+    old, mod.SETTLE_TIMEOUT = mod.SETTLE_TIMEOUT, 0.1
+    try:
+        bench.settle("fw", "latency")
+    finally:
+        mod.SETTLE_TIMEOUT = old
+    assert bench.settles == ["fw before latency: 5 packets still queued after 0.1 s"]
