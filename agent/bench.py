@@ -130,6 +130,8 @@ NGINX_CONF = NGINX_HEAD + """  server {{ listen {port} reuseport backlog=4096; l
 
 
 KERNEL = "kernel"  # the mode of the kernel floor: the fast path's kernel work, no agent
+BRNF = "brnf"  # br_netfilter alone: the bridge hands IP packets to empty netfilter hooks, no rules, no conntrack
+BULK_ONLY = (BRNF, KERNEL)  # modes that only answer the bulk-throughput question
 KERNEL_TITLE = "Kernel floor (the fast path without the agent)"
 KERNEL_CHAIN = "VCR-FLOOR"
 ACCT_SYSCTL = "net.netfilter.nf_conntrack_acct"
@@ -158,7 +160,8 @@ KERNEL_DESCRIPTION = (
     "connmark compare; a connection's first packet sets the accept mark there instead of going to NFQUEUE. This is "
     "the kernel work every packet of a decided flow costs in the agent's design (connmark offload through "
     "iptables), whatever the agent does: the firewall-only agent cannot be faster than this floor beyond run-to-run "
-    "noise.")
+    "noise. The first row takes one step less: br_netfilter on with no rule at all, which any NFQUEUE on bridged "
+    "traffic needs.")
 
 
 class BenchError(RuntimeError):
@@ -704,10 +707,13 @@ METHOD = [
     f"agent is given {IPS_START_TIMEOUT:g} s to compile the rules and bind its queues.",
     "Kernel floor (`Bench.kernel_floor`): the bare bridge with br_netfilter on, conntrack byte counters on and "
     "`floor_ruleset`: the agent's FORWARD jump and fast-path compare, with the first packet of each connection "
-    "marked accept in the kernel instead of queued. Only bulk TCP is measured in it. It separates what the kernel "
-    "mechanism of the design costs from what the agent adds.",
-    "Each run measures every scenario in every mode (bare, kernel floor, then each agent configuration); the order "
-    "rotates from run to run (bare, kernel, fw, ips; kernel, fw, ips, bare; ...) so slow drift hits all of them. The agent is "
+    "marked accept in the kernel instead of queued. br_netfilter alone: the bare bridge with br_netfilter on and no "
+    "rule at all (no conntrack either): the part of the floor that any NFQUEUE on bridged traffic brings. Only bulk "
+    "TCP is measured in these two modes. They separate what the kernel mechanism of the design costs from what the "
+    "agent adds.",
+    "Each run measures every scenario in every mode (bare, br_netfilter alone, kernel floor, then each agent "
+    "configuration); the order rotates from run to run (bare, brnf, kernel, fw, ips; brnf, kernel, fw, ips, bare; ...) "
+    "so slow drift hits all of them. The agent is "
     "started afresh for each block and conntrack is flushed between blocks. With the agent, each scenario starts once "
     "no packet waits in its queues (/proc/net/netfilter/nfnetlink_queue), so a backlog the new-connection load left "
     "does not count as latency. Results are medians over the runs; "
@@ -860,9 +866,9 @@ class Bench:
         self.seconds = seconds
         self.workdir = workdir
         self.setups = {s.mode: s for s in setups}
-        self.modes = ["bare", KERNEL, *(s.mode for s in setups if not s.skipped)]
+        self.modes = ["bare", *BULK_ONLY, *(s.mode for s in setups if not s.skipped)]
         self.web = lab.hosts["web"].ipv4
-        every = ["bare", KERNEL, *self.setups]
+        every = ["bare", *BULK_ONLY, *self.setups]
         self.samples: dict[str, dict[str, list[float]]] = {m: {} for m in every}
         self.errors: dict[str, dict[str, list[str]]] = {m: {} for m in every}
         self.notes: list[str] = []
@@ -926,6 +932,14 @@ class Bench:
         self.lab.exec("utm", ["conntrack", "-F"])
         if mode == "bare":
             self.lab.bridge_bare()
+            try:
+                self._wait_path()
+                yield
+            finally:
+                self.lab.unbridge_bare()
+            return
+        if mode == BRNF:
+            self.lab.bridge_bare(netfilter=True)
             try:
                 self._wait_path()
                 yield
@@ -1114,8 +1128,8 @@ class Bench:
 
     def scenarios(self, mode: str) -> list[tuple[str, Callable[[], dict[str, float]], tuple[str, ...]]]:
         bulk = ("bulk TCP", lambda: self.bulk(mode), ("bulk_gbps", "bulk_start_gbps"))
-        if mode == KERNEL:
-            return [bulk]  # the floor is a bulk-throughput question
+        if mode in BULK_ONLY:
+            return [bulk]  # the floors are a bulk-throughput question
         return [
             bulk,
             ("new connections", lambda: self.connections(mode), ("conn_rate",)),
@@ -1350,9 +1364,12 @@ class Bench:
     def kernel_section(self) -> Section:
         """Bulk through the kernel floor against the bare bridge, and the firewall-only agent against the floor."""
         bulk = next(m for m in METRICS if m.key == "bulk_gbps")
-        samples = {mode: self.samples[mode].get(bulk.key, []) for mode in ("bare", KERNEL, "fw")}
-        errors = {mode: self.errors[mode].get(bulk.key, []) for mode in ("bare", KERNEL, "fw")}
+        samples = {mode: self.samples[mode].get(bulk.key, []) for mode in ("bare", BRNF, KERNEL, "fw")}
+        errors = {mode: self.errors[mode].get(bulk.key, []) for mode in ("bare", BRNF, KERNEL, "fw")}
         rows = [
+            summarize(dataclasses.replace(bulk, label=f"{bulk.label}: br_netfilter alone (no rules, no conntrack) "
+                                          "against the bare bridge", goal=None),
+                      samples["bare"], samples[BRNF], errors["bare"] + errors[BRNF]),
             summarize(dataclasses.replace(bulk, label=f"{bulk.label}: kernel floor against the bare bridge", goal=None),
                       samples["bare"], samples[KERNEL], errors["bare"] + errors[KERNEL]),
             summarize(dataclasses.replace(bulk, label=f"{bulk.label}: agent, firewall only, against the kernel floor",
@@ -1371,7 +1388,10 @@ class Bench:
         floor = self.samples[KERNEL].get("bulk_gbps", [])
         if floor:
             bare, fw = self.samples["bare"].get("bulk_gbps", []), self.samples["fw"].get("bulk_gbps", [])
-            notes.append(f"{KERNEL_TITLE}: bulk per run against the bare bridge "
+            brnf = self.samples[BRNF].get("bulk_gbps", [])
+            notes.append(f"{KERNEL_TITLE}: bulk per run against the bare bridge, br_netfilter alone "
+                         + ", ".join(f"{v:.2f}×" for v in paired(bare, brnf, False))
+                         + "; the floor "
                          + ", ".join(f"{v:.2f}×" for v in paired(bare, floor, False))
                          + "; the firewall-only agent against the floor per run "
                          + ", ".join(f"{v:.2f}×" for v in paired(floor, fw, False)) + ".")
@@ -1512,7 +1532,8 @@ def build_report(bench: Bench, runs: int, seconds: float, offline: tuple[Offline
         command=command_line(runs, seconds),
         sections=bench.sections(),
         samples=bench.samples,
-        columns=[("bare", "Bare bridge"), (KERNEL, "Kernel floor"), *((s.mode, s.title) for s in bench.setups.values())],
+        columns=[("bare", "Bare bridge"), (BRNF, "br_netfilter alone"), (KERNEL, "Kernel floor"),
+                 *((s.mode, s.title) for s in bench.setups.values())],
         notes=notes,
         method=METHOD,
         diagnostics=bench.diagnostics_md(),

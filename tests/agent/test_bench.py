@@ -488,24 +488,27 @@ class _FakeLab:
 
 
 def test_kernel_floor_section_compares_floor_to_bare_and_agent_to_floor(tmp_path: Path) -> None:
-    from agent.bench import KERNEL, KERNEL_TITLE, Bench, render_table
+    from agent.bench import BRNF, KERNEL, KERNEL_TITLE, Bench, render_table
 
     setups = [s for s in agent_setups(Path("/nonexistent")) if s.mode == "fw"]
     bench = Bench(_FakeLab(), 3, 5.0, tmp_path, setups)  # type: ignore[arg-type]
-    assert bench.modes == ["bare", KERNEL, "fw"]
+    assert bench.modes == ["bare", BRNF, KERNEL, "fw"]
     assert [name for name, _, _ in bench.scenarios(KERNEL)] == ["bulk TCP"]
+    assert [name for name, _, _ in bench.scenarios(BRNF)] == ["bulk TCP"]
     bench.samples["bare"]["bulk_gbps"] = [20.0, 22.0, 21.0]
+    bench.samples[BRNF]["bulk_gbps"] = [19.0, 18.0, 18.0]
     bench.samples[KERNEL]["bulk_gbps"] = [17.0, 18.0, 16.0]
     bench.samples["fw"]["bulk_gbps"] = [16.0, 18.0, 17.0]
     secs = bench.sections()
     assert [s.title for s in secs] == ["Agent, firewall only", KERNEL_TITLE]
     floor = secs[1]
     assert [(r.bare, r.agent, r.compare, r.verdict) for r in floor.rows] == [
-        (21.0, 17.0, "0.81×", "reported"), (17.0, 17.0, "1.00×", "reported")]
+        (21.0, 18.0, "0.86×", "reported"), (21.0, 17.0, "0.81×", "reported"), (17.0, 17.0, "1.00×", "reported")]
     table = render_table(floor.rows, floor.headers)
-    assert "Baseline (median)" in table and "against the kernel floor" in table
+    assert "Baseline (median)" in table and "against the kernel floor" in table and "br_netfilter alone" in table
     note = next(n for n in bench.run_notes() if n.startswith(KERNEL_TITLE))
-    assert "0.85×, 0.82×, 0.76×" in note and "0.94×, 1.00×, 1.06×" in note
+    assert "br_netfilter alone 0.95×, 0.82×, 0.86×" in note
+    assert "the floor 0.85×, 0.82×, 0.76×" in note and "0.94×, 1.00×, 1.06×" in note
 
 
 def test_settle_waits_for_the_queues_to_drain(tmp_path: Path) -> None:
