@@ -930,16 +930,8 @@ class Bench:
     def mode(self, mode: str, run: int) -> Iterator[None]:
         """The UTM as a bare bridge or with the agent running, for one block of measurements."""
         self.lab.exec("utm", ["conntrack", "-F"])
-        if mode == "bare":
-            self.lab.bridge_bare()
-            try:
-                self._wait_path()
-                yield
-            finally:
-                self.lab.unbridge_bare()
-            return
-        if mode == BRNF:
-            self.lab.bridge_bare(netfilter=True)
+        if mode in ("bare", BRNF):  # a plain bridge; br_netfilter on (with no rule) in BRNF
+            self.lab.bridge_bare(netfilter=mode == BRNF)
             try:
                 self._wait_path()
                 yield
