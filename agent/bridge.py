@@ -213,6 +213,9 @@ class BridgeControl:
         for fam, restore, tool in ((4, "iptables-restore", "iptables"), (6, "ip6tables-restore", "ip6tables")):
             run([restore, "--noflush", "-w"], input=texts[fam])
             jump = jump_rule(self.spec)
+            for args in forward_jumps(run([tool, "-w", "-S", "FORWARD"], check=False).stdout):
+                if args != jump:  # an older version's jump (an upgrade without bridge down)
+                    run([tool, "-w", "-D", "FORWARD", *args], check=False)
             if run([tool, "-w", "-C", "FORWARD", *jump], check=False).returncode != 0:
                 run([tool, "-w", "-I", "FORWARD", "1", *jump])
 

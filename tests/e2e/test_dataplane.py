@@ -191,18 +191,19 @@ def test_bridge_up_twice_and_down_leaves_nothing(office: Lab, tmp_path: Path):
     before_ipt = iptables_dump(office)
     before_links = office.exec("utm", ["ip", "-o", "link"]).stdout
     before_sysctl = office.exec("utm", ["sysctl", "-n", "net.netfilter.nf_conntrack_acct"]).stdout
+    old_jump = ["-i", "br0", "-o", "br0", "-m", "physdev", "--physdev-is-bridged", "-j", "VCR-FWD"]
     a = LabAgent(office, tmp_path)
     a.bridge_up()
+    # the jump as versions before 2026-11-26 wrote it (with an xt physdev match): an upgraded
+    # agent's bridge up replaces it, and its bridge down removes it too
+    office.exec("utm", ["iptables", "-I", "FORWARD", *old_jump], check=True)
     a.bridge_up()  # harmless twice
     dump = iptables_dump(office)
-    assert dump.count("-j VCR-FWD") == 2  # one jump per family, not duplicated
+    assert dump.count("-j VCR-FWD") == 2 and "--physdev-is-bridged" not in dump  # one jump per family, not duplicated
     assert "-A FORWARD -p tcp -m tcp --dport 9 -j CUSTOMER" in dump
     assert "192.0.2.2/24" in office.exec("utm", ["ip", "-o", "addr", "show", "dev", "br0"]).stdout
     assert "nameserver 198.51.100.53" in (tmp_path / "resolv.conf").read_text()
-    # the jump as versions before 2026-11-26 wrote it (with an xt physdev match): an upgraded
-    # agent's bridge down removes it too
-    office.exec("utm", ["iptables", "-I", "FORWARD", "-i", "br0", "-o", "br0", "-m", "physdev", "--physdev-is-bridged",
-                        "-j", "VCR-FWD"], check=True)
+    office.exec("utm", ["iptables", "-I", "FORWARD", *old_jump], check=True)
     a.bridge_down()
     assert iptables_dump(office) == before_ipt
     assert office.exec("utm", ["ipset", "list", "-n"]).stdout.strip() == ""
