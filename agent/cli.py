@@ -6,20 +6,24 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from agent.config import DEFAULT_CONFIG, AgentConfig, load_config, load_yaml
+from agent.config import DEFAULT_CONFIG, AgentConfig, load_yaml
+from filters.climain import run_command
 from filters.engine import ConfigError
 
 log = logging.getLogger("vcr-agent")
 
 
 def _config(path: str | None) -> AgentConfig:
-    return load_config(path or DEFAULT_CONFIG)
+    """The configuration as the engines run it: the live bundles overlaid, every engine section checked."""
+    from agent.engines import load_effective_config
+
+    return load_effective_config(path or DEFAULT_CONFIG)
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
-    from agent.bridge import BridgeControl
+    from agent.dataplane.bridge import BridgeControl
 
     ctl = BridgeControl(_config(args.config))
     ctl.up() if args.action == "up" else ctl.down()
@@ -28,7 +32,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from agent.daemon import Daemon
+    from agent.dataplane.daemon import Daemon
 
     return Daemon(_config(args.config), config_path=str(args.config or DEFAULT_CONFIG)).run()
 
@@ -50,7 +54,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from filters.registry import build_engines
+    from agent.engines import build_engines
 
     cfg = _config(args.config)
     engines = build_engines(cfg)
@@ -61,7 +65,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_pcap(args: argparse.Namespace) -> int:
-    from agent.offline import OfflineOptions, offline_config, run_pcap
+    from agent.offline.replay import OfflineOptions, offline_config, run_pcap
 
     base: dict[str, Any] | None = None
     if args.config:
@@ -69,11 +73,11 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         if not isinstance(base, dict):
             raise ConfigError("expected a mapping at the top level", path=args.config)
     try:
-        cfg = offline_config(base, args.set or [], rule_files=args.rules or [])
+        cfg = offline_config(base, args.set or [], rule_files=args.rules or [], clamd=args.clamd)
     except ConfigError as exc:
         raise exc.within(path=args.config or exc.path) from None
     if args.config:
-        from filters.registry import build_engines
+        from agent.engines import build_engines
 
         build_engines(cfg, path=args.config)
     opts = OfflineOptions(
@@ -84,8 +88,10 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         sets=args.set or [],
     )
     summary = run_pcap(opts, cfg)
+    skipped = sum(summary.get("skipped_records", {}).values())
     print(
-        f"pcap: {summary['packets']} packets, {summary['accepted']} accepted, {summary['dropped']} dropped",
+        f"pcap: {summary['packets']} packets, {summary['accepted']} accepted, {summary['dropped']} dropped"
+        + (f", {skipped} unreadable records skipped" if skipped else ""),
         file=sys.stderr,
     )
     return 0
@@ -103,10 +109,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from agent.verify import main as verify_main
-
-    return verify_main(args)
 
 
 def _split_target(text: str) -> tuple[str, str]:
@@ -149,6 +151,76 @@ def cmd_category(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mail_engines(cfg: AgentConfig) -> tuple[Any, Any]:
+    """The box's anti-spam engine (configured from engines.antispam, enabled or not) and its av section
+    (None unless the av engine is enabled), as the box builds them."""
+    from filters import registry
+
+    enabled = {e.name: e for e in registry.build_engines(cfg.engines, cfg.engine_context(), prepare=False)}
+    spam = enabled.get("antispam")
+    if spam is None:
+        cls = next(c for c in registry.engine_classes() if c.name == "antispam")
+        spam = cls()
+        spam.configure(cfg.engines.get("antispam") or {}, cfg.engine_context())
+    return spam, enabled.get("av")
+
+
+def _strip_mbox(raw: bytes) -> bytes:
+    """An mbox ``From `` envelope line is not part of the message the box sees: dropped."""
+    return raw.split(b"\n", 1)[1] if raw.startswith(b"From ") and b"\n" in raw else raw
+
+
+def cmd_mail_score(args: argparse.Namespace) -> int:
+    from agent.dataplane import clamd
+
+    cfg = _config(args.config)
+    spam, av = _mail_engines(cfg)
+    if not spam.conf.enabled:
+        print("注意: この設定ではアンチスパムは無効です (engines.antispam.enabled) / note: anti-spam is off in this "
+              "configuration; scored with its settings anyway", file=sys.stderr)
+    rc = 0
+    for name in args.files:
+        try:
+            raw = _strip_mbox(Path(name).read_bytes())
+        except OSError as exc:
+            print(f"{name}: 読めません / cannot read: {exc.strerror or exc}", file=sys.stderr)
+            rc = 1
+            continue
+        v = spam.check_message(raw, sent=args.sent, mail_from=args.mail_from or "", rcpt_to=tuple(args.rcpt or ()),
+                               helo=args.helo or "", client_ip=args.ip or "")
+        virus, av_error = None, None
+        if av is not None:
+            try:
+                res = clamd.scan({"socket": av.conf.clamd_socket, "data": raw, "timeout": av.conf.scan_timeout,
+                                  "max_concurrent": av.conf.max_concurrent})
+                virus = res.get("virus") or None
+            except clamd.ClamdError as exc:
+                av_error = str(exc)
+        if v.error or av_error:
+            rc = 1
+        if args.json:
+            out = {"input": name, "verdict": v.verdict, "score": v.score, "virus": virus, "reasons": list(v.reasons),
+                   "threshold": v.threshold, "action": v.action, "direction": "sent" if args.sent else "received"}
+            if v.error or av_error:
+                out["error"] = "; ".join(e for e in (v.error, av_error) if e)
+            print(json.dumps(out, ensure_ascii=False))
+            continue
+        label = "迷惑メール / spam" if v.spam else "通常のメール / ham"
+        action = {"reject": "拒否 / reject", "tag": "件名に印 / tag", "pass": "そのまま / pass",
+                  "tempfail": "一時エラー / tempfail"}.get(v.action, v.action)
+        print(f"{name}: {label}  スコア / score {v.score:.2f} (しきい値 / threshold {v.threshold:.2f})  "
+              f"処理 / action: {action}")
+        if virus:
+            print(f"  ウイルス / virus: {virus}")
+        if v.error:
+            print(f"  採点できません (通過扱い) / not scored (passed): {v.error}")
+        if av_error:
+            print(f"  ウイルス検査できません / not scanned for viruses: {av_error}")
+        for reason in v.reasons[:12]:
+            print(f"  理由 / reason: {reason}")
+    return rc
+
+
 def _reload_and_wait(cfg: AgentConfig, timeout: float = 120.0) -> bool | None:
     """SIGHUP the running agent and wait until its workers report the reload (status.json).
 
@@ -183,7 +255,7 @@ def _reload_and_wait(cfg: AgentConfig, timeout: float = 120.0) -> bool | None:
 
 def cmd_bundles(args: argparse.Namespace) -> int:
     from agent.evelog import EveLog
-    from agent.updates import BundleUpdater
+    from agent.lifecycle.updates import BundleUpdater
 
     cfg = _config(args.config)
     if args.action != "status" and not cfg.updates.enabled:
@@ -211,7 +283,7 @@ def cmd_bundles(args: argparse.Namespace) -> int:
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
-    from agent.center import ActivationError, LinkConfigError, activate
+    from agent.link.center import ActivationError, LinkConfigError, activate
 
     cfg = _config(args.config)
     try:
@@ -244,7 +316,7 @@ def cmd_activate(args: argparse.Namespace) -> int:
 
 
 def cmd_portcheck(args: argparse.Namespace) -> int:
-    from agent.portcheck import endpoints, format_text, run_portcheck
+    from agent.link.portcheck import endpoints, format_text, run_portcheck
 
     cfg = _config(args.config)
     if not endpoints(cfg):
@@ -260,7 +332,7 @@ def cmd_portcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_center_status(args: argparse.Namespace) -> int:
-    from agent.center import LinkConfigError, load_state
+    from agent.link.center import LinkConfigError, load_state
 
     cfg = _config(args.config)
     try:
@@ -295,30 +367,15 @@ def cmd_center_status(args: argparse.Namespace) -> int:
     return 0 if state else 1
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    from agent.demo import run_demo, lab_down, lab_up
-
-    actions: dict[str, Callable[[argparse.Namespace], int]] = {"up": lab_up, "down": lab_down, "demo": run_demo}
-    return actions[args.action](args)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.suite == "filter":
-        from agent.benchfilter import run_filter_bench
-
-        args.prefix = args.prefix or "vbf"
-        return run_filter_bench(args)
-    from agent.bench import run_bench
-
-    args.prefix = args.prefix or "vb"
-    return run_bench(args)
 
 
 def _restore_after_replace(args: argparse.Namespace, state: dict[str, Any]) -> int:
     """A replacement box: decrypt the contract's latest backup and make it this box's config."""
-    from agent.backup import BackupError
-    from agent.center import load_state
-    from agent.remoteconfig import ConfigTaskError, restore_backup
+    from agent.lifecycle.backup import BackupError
+    from agent.link.center import load_state
+    from agent.lifecycle.remoteconfig import ConfigTaskError, restore_backup
 
     cfg = _config(args.config)
     try:
@@ -333,6 +390,9 @@ def _restore_after_replace(args: argparse.Namespace, state: dict[str, Any]) -> i
           f" -> {report['config']}")
     for note in report["remapped"]:
         print(f"  ポート名を読み替えました / port name remapped: {note}")
+    if report.get("kept_local"):
+        print("  機器ごとの設定はこの機器の値のままです / local-only settings keep this box's values: "
+              + ", ".join(report["kept_local"]))
     _signal_reload(cfg)
     return 0
 
@@ -351,11 +411,14 @@ def _signal_reload(cfg: AgentConfig) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """``vcr-agent config history`` / ``config rollback REVISION``: the local revision history."""
+    """``vcr-agent config history`` / ``config rollback REVISION``: the local revision history;
+    ``config check-remote FILE``: may the center apply this revision."""
     import datetime as dt
 
-    from agent.remoteconfig import ConfigTaskError, RemoteConfig
+    from agent.lifecycle.remoteconfig import ConfigTaskError, RemoteConfig
 
+    if args.action == "check-remote":
+        return cmd_check_remote(args)
     path = args.config or DEFAULT_CONFIG
     data = load_yaml(path) or {}
     state_file = ((data.get("center") or {}).get("state_file")) or "/var/lib/vcr-agent/center.json"
@@ -388,6 +451,91 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_remote(text: str, local: dict[str, Any] | None) -> dict[str, Any]:
+    """The allow-list check of a revision (agent/lifecycle/remotekeys.py), then the schema.
+
+    ``local``: the box's raw config (only changes of local-only keys are refused), or None (the
+    center's view: local-only keys must be left out). Engine sections are checked by the box
+    itself when it applies the revision (they need the box's rule files and category lists)."""
+    import yaml
+
+    from agent.config import parse_config
+    from agent.lifecycle.remotekeys import split_revision
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        return {"ok": False, "error": f"YAML として読めません / not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
+                "refused": []}
+    if not isinstance(data, dict):
+        return {"ok": False, "error": "最上位が辞書ではありません / expected a mapping at the top level", "refused": []}
+    merged, refusals = split_revision(data, local)
+    refused = [r.as_dict() for r in refusals]
+    if not refused:
+        if local is None:  # the required local-only keys, as any box has them, for the schema check
+            merged, _ = split_revision(data, {"settings_sheet": {"management_ip": "192.0.2.2/24", "gateway": "192.0.2.1"}})
+        try:
+            parse_config(merged, path="revision")
+        except ConfigError as exc:
+            refused.append({"key": exc.key or "", "class": "invalid", "how": "invalid",
+                            "reason_ja": f"設定値が不正です: {exc.problem}", "reason_en": f"invalid: {exc.problem}",
+                            "message": f"設定エラー / configuration error: {exc}"})
+    return {"ok": not refused, "refused": refused}
+
+
+def cmd_check_remote(args: argparse.Namespace) -> int:
+    """``vcr-agent config check-remote FILE [--json] [-c BOX_CONFIG]``: 0 the center may apply it, 1 refused,
+    2 unreadable. Without ``-c`` it checks as the center does (it does not know the box's values)."""
+    res: dict[str, Any] = {"file": args.file, "against": args.config or None}
+    code = 2
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+        local = None
+        if args.config:
+            local = load_yaml(args.config)
+            if not isinstance(local, dict):
+                raise ConfigError("expected a mapping at the top level", path=args.config)
+    except OSError as exc:
+        res.update(ok=False, refused=[], error=f"読めません / cannot read: {exc.strerror or exc}")
+    except ConfigError as exc:
+        res.update(ok=False, refused=[], error=f"機器の設定を読めません / cannot read the box's config: {exc}")
+    else:
+        res.update(check_remote(text, local))
+        code = 0 if res["ok"] else (2 if res.get("error") else 1)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False, indent=1))
+        return code
+    if res.get("error"):
+        print(f"確認できません / cannot check {args.file}: {res['error']}")
+    elif res["ok"]:
+        print(f"運用センターはこのリビジョンを適用できます / the center may apply this revision: {args.file}")
+    else:
+        print(f"運用センターはこのリビジョンを適用できません / the center may not apply this revision: {args.file}")
+        for r in res["refused"]:
+            print(f"  - {r['key']} [{r['class']}]: {r['reason_ja']} / {r['reason_en']}")
+        if any(r["how"] == "present" for r in res["refused"]):
+            print("  機器ごとの設定は省略してください (機器の値のままになります) / leave local-only settings out: "
+                  "the box keeps its own values")
+    return code
+def cmd_setup(args: argparse.Namespace) -> int:
+    from agent.setup import Setup, SetupError, SetupOptions
+
+    opts = SetupOptions(config=str(args.config or DEFAULT_CONFIG), serial=args.serial or "", code=args.code or "",
+                        sheet_file=args.sheet or "", interactive=args.interactive, refetch=args.refetch,
+                        lan_port=args.lan_port or "", wan_port=args.wan_port or "", detect=not args.no_detect,
+                        dhcp=not args.no_dhcp, portcheck=not args.no_portcheck)
+    try:
+        report = Setup(opts).run()
+    except SetupError as exc:
+        print(f"エラー / error: {exc}", file=sys.stderr)
+        return exc.code
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcr-agent", description="VCR116w UTM agent (bridge-mode inline inspection)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -398,21 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-c", "--config")
     b.set_defaults(fn=cmd_bridge)
 
-    r = sub.add_parser("run", help="run the agent (bridge ruleset, NFQUEUE workers, alarms)")
-    r.add_argument("-c", "--config")
-    r.set_defaults(fn=cmd_run)
-
-    rl = sub.add_parser("reload", help="re-read the config and rules without a restart (SIGHUP)")
-    rl.add_argument("-c", "--config")
-    rl.set_defaults(fn=cmd_reload)
-
-    c = sub.add_parser("check-config", help="validate a configuration file without applying it")
-    c.add_argument("-c", "--config")
-    c.set_defaults(fn=cmd_check_config)
-
-    s = sub.add_parser("status", help="show the running agent's status and counters")
-    s.add_argument("-c", "--config")
-    s.set_defaults(fn=cmd_status)
+    for name, help_text, fn in (
+        ("run", "run the agent (bridge ruleset, NFQUEUE workers, alarms)", cmd_run),
+        ("reload", "re-read the config and rules without a restart (SIGHUP)", cmd_reload),
+        ("check-config", "validate a configuration file without applying it", cmd_check_config),
+        ("status", "show the running agent's status and counters", cmd_status),
+    ):  # commands that take nothing but the config file
+        cp = sub.add_parser(name, help=help_text)
+        cp.add_argument("-c", "--config")
+        cp.set_defaults(fn=fn)
 
     pc = sub.add_parser("pcap", help="run the pipeline over a pcap file (like suricata -r)")
     pc.add_argument("-r", required=True, metavar="FILE", help="pcap or pcapng file")
@@ -422,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("-k", default="none", choices=["none", "all", "auto"], help="checksum checks (accepted for Suricata compatibility; checksums are not validated)")
     pc.add_argument("--simulate-ips", action="store_true", help="drop verdicts really drop (IPS), as inline")
     pc.add_argument("--set", action="append", metavar="KEY=VALUE", help="Suricata-style setting, e.g. stream.midstream=true")
+    pc.add_argument("--clamd", metavar="SOCKET", help="scan the HTTP files with this clamd (antivirus alerts and "
+                                                      "fileinfo records); without it, engines.av of -c is used")
     pc.set_defaults(fn=cmd_pcap)
 
     cat = sub.add_parser("category", help="web filter categories and verdict of hosts or URLs")
@@ -431,12 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("--json", action="store_true", help="one JSON object per input")
     cat.set_defaults(fn=cmd_category)
 
-    v = sub.add_parser("verify", help="run the suricata-verify peer suite through the pcap mode")
-    v.add_argument("--root", help="suricata-verify folder (default: ../shared/peer/suricata-verify)")
-    v.add_argument("--case", action="append", help="only this case (repeatable)")
-    v.add_argument("--json", help="write the results as JSON here")
-    v.add_argument("--strict", action="store_true", help="exit 1 unless every case passes")
-    v.set_defaults(fn=cmd_verify)
+    ms = sub.add_parser("mail-score", help="score mail files (RFC 822) for spam and viruses exactly as the box would")
+    ms.add_argument("files", nargs="+", metavar="FILE", help="a message file (.eml; an mbox From_ line is ignored)")
+    ms.add_argument("--json", action="store_true", help="one JSON object per file")
+    ms.add_argument("--sent", action="store_true", help="as mail sent by a PC of the office (default: received)")
+    ms.add_argument("--from", dest="mail_from", metavar="ADDR", help="envelope sender (SMTP MAIL FROM)")
+    ms.add_argument("--rcpt", action="append", metavar="ADDR", help="envelope recipient (repeatable)")
+    ms.add_argument("--helo", help="the SMTP client's HELO name")
+    ms.add_argument("--ip", help="the SMTP client's address")
+    ms.add_argument("-c", "--config")
+    ms.set_defaults(fn=cmd_mail_score)
 
     bu = sub.add_parser("bundles", help="signed signature bundles: status, check now, roll back one kind")
     bu.add_argument("action", choices=["status", "check", "rollback"])
@@ -453,11 +601,21 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("-c", "--config")
     act.set_defaults(fn=cmd_activate)
 
-    cf = sub.add_parser("config", help="remote configuration: local revision history and rollback")
-    cf.add_argument("action", choices=["history", "rollback"])
-    cf.add_argument("revision", nargs="?", type=int, metavar="REVISION", help="rollback: the revision to make live")
-    cf.add_argument("--json", action="store_true")
-    cf.add_argument("-c", "--config")
+    cf = sub.add_parser("config", help="remote configuration: local revision history, rollback, check a revision")
+    cfs = cf.add_subparsers(dest="action", required=True)
+    ch = cfs.add_parser("history", help="the local revision history")
+    ch.add_argument("--json", action="store_true")
+    ch.add_argument("-c", "--config")
+    cr = cfs.add_parser("rollback", help="make a revision of the history live again")
+    cr.add_argument("revision", nargs="?", type=int, metavar="REVISION", help="the revision to make live")
+    cr.add_argument("--json", action="store_true")
+    cr.add_argument("-c", "--config")
+    cc = cfs.add_parser("check-remote", help="may the center apply this revision (only allowed keys)? "
+                                             "exit 0 yes, 1 refused keys, 2 unreadable")
+    cc.add_argument("file", metavar="FILE", help="the revision (YAML)")
+    cc.add_argument("--json", action="store_true")
+    cc.add_argument("-c", "--config", help="the box's config: refuse only changes of its local-only values "
+                                           "(default: the center's view, local-only keys must be left out)")
     cf.set_defaults(fn=cmd_config)
 
     port = sub.add_parser("portcheck", help="test the outbound ports the service needs (table 4), per feature")
@@ -465,49 +623,48 @@ def build_parser() -> argparse.ArgumentParser:
     port.add_argument("-c", "--config")
     port.set_defaults(fn=cmd_portcheck)
 
+    su = sub.add_parser("setup", help="set the box up from its settings sheet: fetch/check the sheet, detect the ports, "
+                                      "write the config, bridge up, port check, activate (safe to run again)")
+    su.add_argument("--serial", help="the box's serial (default: center.serial, then the DMI serial)")
+    su.add_argument("--code", help=f"the activation code from the quick-start guide (or ${'VCR_ACTIVATION_CODE'}; "
+                                   "asked for at a terminal)")
+    src = su.add_mutually_exclusive_group()
+    src.add_argument("--sheet", metavar="FILE", help="take the settings sheet from a file (YAML/JSON; also a config "
+                                                     "made by the center)")
+    src.add_argument("--interactive", action="store_true", help="type the settings sheet in")
+    src.add_argument("--refetch", action="store_true", help="fetch the sheet from the center even if the config has one")
+    su.add_argument("--lan-port", help="the office-side port (skips the detection)")
+    su.add_argument("--wan-port", help="the router-side port (skips the detection)")
+    su.add_argument("--no-detect", action="store_true", help="keep the configured port names")
+    su.add_argument("--no-dhcp", action="store_true", help="never take a temporary DHCP address to reach the center")
+    su.add_argument("--no-portcheck", action="store_true")
+    su.add_argument("--json", action="store_true", help="also print the report as JSON at the end")
+    su.add_argument("-c", "--config")
+    su.set_defaults(fn=cmd_setup)
+
     cs = sub.add_parser("center-status", help="activation and operations-center link state")
     cs.add_argument("--json", action="store_true")
     cs.add_argument("-c", "--config")
     cs.set_defaults(fn=cmd_center_status)
 
-    lab = sub.add_parser("lab", help="the simulated office in network namespaces")
-    lab.add_argument("action", choices=["up", "down", "demo"], nargs="?", default="demo")
-    lab.add_argument("--prefix", default="vcr")
-    lab.set_defaults(fn=cmd_lab)
-
-    bench = sub.add_parser("bench", help="benchmarks in the lab, written to docs/benchmarks.md")
-    bench.add_argument("--runs", type=int, default=5)  # the bulk rate over veth swings by a quarter between runs: five give a steadier median
-    bench.add_argument("--seconds", type=float, default=5.0)
-    bench.add_argument("--out", default="docs/benchmarks.md")
-    bench.add_argument("--prefix", default=None, help="lab prefix (default vb, vbf for --suite filter)")
-    bench.add_argument("--suite", choices=["dataplane", "filter"], default="dataplane",
-                       help="dataplane: the data path against the bare bridge; filter: web filter and threat protection")
-    bench.set_defaults(fn=cmd_bench)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return args.fn(args)
-    except ConfigError as exc:
+def _known_error(exc: Exception) -> int | None:
+    if isinstance(exc, ConfigError):
         print(f"設定エラー / configuration error: {exc}", file=sys.stderr)
         print("何も適用されていません / nothing was applied", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        from agent.bridge import BridgeError
+    from agent.dataplane.bridge import BridgeError
 
-        if isinstance(exc, BridgeError):
-            print(f"エラー / error: {exc}", file=sys.stderr)
-            return 1
-        raise
+    if isinstance(exc, BridgeError):
+        print(f"エラー / error: {exc}", file=sys.stderr)
+        return 1
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser().parse_args(argv), _known_error)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ upgrade never replaces it). systemd runs it as the service's main process:
 
     python launcher.py --root /var/lib/vcr-agent/releases -- run -c /etc/vcr-agent/vcr-agent.yaml
 
-Releases (``agent/upgrade.py`` installs them)::
+Releases (``agent/lifecycle/upgrade.py`` installs them)::
 
     ROOT/<version>/         a release: the agent's package tree (agent/, filters/, a dist-info naming the version)
     ROOT/current -> <ver>   the live release (absent: the base install in the venv)
@@ -50,7 +50,7 @@ def log(msg: str) -> None:
     print(f"vcr-agent-launcher: {msg}", file=sys.stderr, flush=True)
 
 
-# -- the marker and the symlinks (agent/upgrade.py uses the same format) -----------------------------
+# -- the marker and the symlinks (agent/lifecycle/upgrade.py uses the same format) -----------------------------
 def read_marker(root: str) -> dict | None:
     try:
         with open(os.path.join(root, MARKER), encoding="utf-8") as fh:

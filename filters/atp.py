@@ -19,16 +19,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Iterable, Mapping
 
-from filters.app import DnsMessage, HttpEvent, TlsHello
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from filters.app.events import DnsMessage, HttpEvent, TlsHello
 from filters.app.dns import normalize_name
-from filters.app.layer import flow_app_proto
-from filters.engine import ConfigError, Decision, Engine, EngineContext, Hook, Verdict
-from filters.packet import PROTO_TCP, PROTO_UDP, Packet, ntop
+from filters.engine import (Action, BlockPage, ConfigError, Decision, Engine, EngineConfig, EngineContext, KernelSet,
+                            LocalService, Verdict)
+from filters.packet import PROTO_TCP, PROTO_UDP, Packet, Side, ntop
 from filters.threatintel import FORMATS, FeedLimits, Indicator, ParseResult, ThreatIntel, load_feed
-from filters.webfilter.blocking import (RR_A, RR_AAAA, Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow,
-                                        block_http, block_tls, config_bool, parse_sinkhole)
+from filters.webfilter.blocking import (RR_A, RR_AAAA, Alarm, BoxName, Sinkhole, SinkholeConfig, block_dns_query,
+                                        block_dns_response, block_flow, block_http, block_tls, client_sni, needs_name,
+                                        parse_sinkhole)
 from filters.webfilter import page
 
 log = logging.getLogger(__name__)
@@ -40,10 +43,13 @@ SID_TLS = 9_400_004
 SID_HTTP_HOST = 9_400_005
 SID_URL = 9_400_006
 CATEGORY = "A Network Trojan was detected"  # Suricata's classification for C&C traffic
-KEYS = {"enabled", "feeds", "dns_action", "sinkhole_ipv4", "sinkhole_ipv6", "monitor_only",
-        "allow_documentation_addresses", "box_name"}
-FEED_KEYS = {"path", "format", "options", "source"}
 MAX_FEED_FILES = 256
+# The C&C sets in the kernel (dropped and logged in VCR-BLOCK with the NFLOG prefix kind "ti"):
+# listed IPs/CIDRs (hash:net) and ip:port channels (hash:ip,port), with per-entry counters.
+TI_NET_SETS = {4: "vcr-ti4", 6: "vcr-ti6"}
+TI_PORT_SETS = {4: "vcr-tip4", 6: "vcr-tip6"}
+TI_MAXELEM = 2_000_000
+KERNEL_TAG = "ti"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,35 +60,42 @@ class FeedSpec:
     source: str | None = None
 
 
-def _feed_specs(raw: Any) -> list[FeedSpec]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise ConfigError("expected a list of feed files or folders", key="feeds")
-    out = []
-    for i, item in enumerate(raw):
-        key = f"feeds[{i}]"
-        if isinstance(item, str):
-            item = {"path": item}
-        if not isinstance(item, dict):
-            raise ConfigError("expected a path or a mapping with path, format, options", key=key)
-        unknown = set(item) - FEED_KEYS
-        if unknown:
-            raise ConfigError("unknown key", key=f"{key}.{sorted(unknown)[0]}")
-        path = item.get("path")
-        if not isinstance(path, str) or not path:
-            raise ConfigError("expected the path of a feed file or folder", key=f"{key}.path")
-        fmt = item.get("format")
-        if fmt is not None and fmt not in FORMATS:
-            raise ConfigError(f"unknown feed format, expected one of {', '.join(FORMATS)}", key=f"{key}.format")
-        options = item.get("options") or {}
-        if not isinstance(options, dict):
-            raise ConfigError("expected a mapping of parser options", key=f"{key}.options")
-        source = item.get("source")
-        if source is not None and not isinstance(source, str):
-            raise ConfigError("expected a feed name", key=f"{key}.source")
-        out.append(FeedSpec(Path(path), fmt, options, source))
-    return out
+class FeedConfig(BaseModel):
+    """One feed of ``engines.atp.feeds``: a file or a folder (every feed file in it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    path: str = Field(description="a feed file, or a folder whose files are all feeds")
+    format: str | None = Field(None, description=f"the parser: {', '.join(FORMATS)}; default: detected from the "
+                                                 "file name and content")
+    options: dict[str, Any] | None = Field(None, description="parser options, e.g. {include_offline: false}")
+    source: str | None = Field(None, description="the feed's name in alarms; default: from the file name")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v:
+            raise ValueError("expected the path of a feed file or folder")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str | None) -> str | None:
+        if v is not None and v not in FORMATS:
+            raise ValueError(f"unknown feed format, expected one of {', '.join(FORMATS)}")
+        return v
+
+
+class AtpConfig(SinkholeConfig, EngineConfig):
+    """``engines.atp``: C&C and malware indicators from threat-intel feeds, enforced inline."""
+
+    feeds: list[Annotated[FeedConfig, BeforeValidator(lambda v: {"path": v} if isinstance(v, str) else v)]] | None = Field(
+        None, description="feed files or folders: a path, or a mapping with path, format, options and source; the "
+                          "live threatintel bundle joins them")
+    monitor_only: bool = Field(False, description="raise alarms instead of blocking")
+    allow_documentation_addresses: bool = Field(False, description="accept indicators in the documentation ranges "
+                                                                   "(192.0.2.0/24...), for tests and demos")
+    box_name: BoxName = Field("", description="the box's name on the block page; default: the host name")
 
 
 _NOT_FEEDS = ("README", "LICENSE", "LICENCE", "COPYING", "NOTICE", "MANIFEST", "CHANGELOG")
@@ -104,8 +117,11 @@ def _feed_files(spec: FeedSpec) -> list[Path]:
 
 
 class Atp(Engine):
+    Config = AtpConfig
+    bundle_kinds = ("threatintel",)
+    kernel_sets = tuple(KernelSet(sets[fam], fam, KERNEL_TAG, kind, TI_MAXELEM, counters=True)
+                        for fam in (4, 6) for sets, kind in ((TI_NET_SETS, "hash:net"), (TI_PORT_SETS, "hash:ip,port")))
     name: ClassVar[str] = "atp"
-    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START, Hook.DNS, Hook.HTTP_REQUEST, Hook.TLS_HELLO})
 
     def __init__(self) -> None:
         super().__init__()
@@ -120,14 +136,12 @@ class Atp(Engine):
 
     # -- configuration -------------------------------------------------------------------
     def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
-        unknown = set(section) - KEYS
-        if unknown:
-            raise ConfigError("unknown key", key=sorted(unknown)[0])
-        self.feeds = _feed_specs(section.get("feeds"))
-        self.sinkhole = parse_sinkhole(section, ctx)
-        self.monitor = config_bool(section, "monitor_only", False)
-        self.limits = FeedLimits(allow_documentation=config_bool(section, "allow_documentation_addresses", False))
-        self.box = str(section.get("box_name", "") or os.uname().nodename)
+        conf = self.check_section(section)
+        self.feeds = [FeedSpec(Path(f.path), f.format, f.options or {}, f.source) for f in conf.feeds or []]
+        self.sinkhole = parse_sinkhole(conf, ctx)
+        self.monitor = conf.monitor_only
+        self.limits = FeedLimits(allow_documentation=conf.allow_documentation_addresses)
+        self.box = conf.box_name or os.uname().nodename
 
     def prepare(self) -> None:
         """Load every feed; an unreadable or broken file is reported and skipped, never fatal."""
@@ -151,12 +165,61 @@ class Atp(Engine):
     def summary(self) -> dict[str, Any]:
         stats = self.intel.stats()
         return {"indicators": stats.indicators, "by_kind": dict(stats.by_kind), "version": self.intel.version,
-                "feeds": len(self.loaded_files), "feed_errors": list(self.errors), "monitor_only": self.monitor}
+                "feeds": len(self.loaded_files), "feed_errors": list(self.errors), "monitor_only": self.monitor,
+                "signatures": {"atp": self.intel.version} if self.intel.version else {}}
+
+    # -- integration with the box: the threatintel bundle, the C&C sets in the kernel -----------
+    @classmethod
+    def apply_bundle(cls, section: Mapping[str, Any], kind: str, folder: Path) -> dict[str, Any]:
+        """The live threatintel bundle's folder joins the feeds (replacing an entry that names the
+        bundles' threatintel folder, or this version, itself)."""
+        feeds = section.get("feeds") or []
+        feeds = list(feeds) if isinstance(feeds, list) else [feeds]
+        own = [f for f in feeds if not (isinstance(f, str) and os.path.realpath(f) in (str(folder.parent), str(folder)))]
+        return {**section, "feeds": own + [str(folder)]}
+
+    def kernel_set_entries(self) -> Mapping[str, Iterable[str]]:
+        nets, ports = self.intel.ipset_entries(), self.intel.ipset_ip_port_entries(("tcp", "udp"))
+        return {TI_NET_SETS[4]: nets[0], TI_PORT_SETS[4]: ports[0], TI_NET_SETS[6]: nets[1], TI_PORT_SETS[6]: ports[1]}
+
+    def local_services(self) -> tuple[LocalService, ...]:
+        """The block page where names it sinkholes land: the C&C page (the PC may be infected)."""
+        return (BlockPage(self.describe_block, self.box),)
+
+    def describe_block(self, host: str) -> tuple[list[str], str, str]:
+        """For the block page server: a listed C&C name gives the threat page; others nothing."""
+        hit = self.intel.match_domain(host.lower().rstrip(".")) if host else None
+        return (["malware"], "threat", hit.threat) if hit is not None else ([], "", "")
+
+    def kernel_drop_verdict(self, pkt: Packet) -> Verdict:
+        """A kernel drop of a listed C&C address: name the LAN host, the indicator and the threat."""
+        # The listed end is the remote one: the destination of a LAN host's attempt, or the
+        # source of an inbound packet from the C&C.
+        ends = [(pkt.dst_addr, pkt.dport, pkt.src_addr), (pkt.src_addr, pkt.sport, pkt.dst_addr)]
+        if pkt.side is Side.WAN:
+            ends.reverse()
+        remote, remote_port, lan = ends[0]
+        ind = None
+        for r, rp, other in ends:
+            ind = self.intel.match_ip(r, rp or None)
+            if ind is not None:
+                remote, remote_port, lan = r, rp, other
+                break
+        details: dict[str, Any] = {"lan_host": ntop(lan), "where": "kernel", "seen": f"{ntop(remote)}:{remote_port}"}
+        if ind is not None:
+            details.update(indicator=ind.value, indicator_type=ind.kind.value, threat=ind.threat, source=ind.source)
+        threat = ind.threat if ind is not None else "listed address"
+        return Verdict(Action.DROP, self.name, rule_id=SID_IP,
+                       signature=f"VCR ATP: connection with a listed C&C address ({threat})",
+                       category=CATEGORY, severity=1, reason="kernel", metadata={self.name: details})
 
     # -- alarms ------------------------------------------------------------------------------
     def _alarm(self, sid: int, what: str, ind: Indicator, flow: Any, where: str, seen: str, **extra: Any) -> Alarm:
         self.count(f"blocked.{where}")
-        details = {"lan_host": flow.client_ip, "indicator": ind.value, "indicator_type": ind.kind.value,
+        # the LAN endpoint: the client, unless the flow's start was not seen and its first packet
+        # here came from the internet side (its "client" is then the server)
+        lan_host = flow.server_ip if getattr(flow, "client_side", None) is Side.WAN else flow.client_ip
+        details = {"lan_host": lan_host, "indicator": ind.value, "indicator_type": ind.kind.value,
                    "threat": ind.threat, "source": ind.source, "where": where, "seen": seen}
         if ind.tags:
             details["tags"] = list(ind.tags)
@@ -165,24 +228,21 @@ class Atp(Engine):
 
     # -- hooks -------------------------------------------------------------------------------
     def on_flow_start(self, flow: Any, pkt: Packet) -> Iterable[Decision] | None:
-        ind = self.intel.match_ip(flow.server_addr, flow.server_port if flow.proto in (PROTO_TCP, PROTO_UDP) else None)
+        ports = flow.proto in (PROTO_TCP, PROTO_UDP)
+        ind = self.intel.match_ip(flow.server_addr, flow.server_port if ports else None)
+        seen = f"{flow.server_ip}:{flow.server_port}"
         if ind is None:
-            ind = self.intel.match_ip(flow.client_addr)
+            # The client's side with its port too: a flow whose start the worker did not see (a
+            # reply first, after a bypassed queue or a forgotten flow) has the server as "client",
+            # and a listed ip:port channel is then on this side.
+            ind = self.intel.match_ip(flow.client_addr, flow.client_port if ports else None)
             if ind is None:
                 return None
-        return [block_flow(self._alarm(SID_IP, "connection with a listed C&C address", ind, flow, "ip",
-                                       f"{flow.server_ip}:{flow.server_port}"), monitor=self.monitor)]
+            seen = f"{flow.client_ip}:{flow.client_port}"
+        return [block_flow(self._alarm(SID_IP, "connection with a listed C&C address", ind, flow, "ip", seen),
+                           monitor=self.monitor)]
 
-    def on_event(self, hook: Hook, flow: Any, event: Any) -> Iterable[Decision] | None:
-        if hook is Hook.DNS:
-            return self._dns(flow, event)
-        if hook is Hook.HTTP_REQUEST:
-            return self._http(flow, event)
-        if hook is Hook.TLS_HELLO:
-            return self._tls(flow, event)
-        return None
-
-    def _dns(self, flow: Any, msg: DnsMessage) -> list[Verdict]:
+    def on_dns(self, flow: Any, msg: DnsMessage) -> list[Verdict]:
         if msg.to_server:
             for q in msg.questions:
                 name = normalize_name(q.name)
@@ -208,7 +268,7 @@ class Atp(Engine):
                 return [block_dns_response(alarm, monitor=self.monitor)]
         return []
 
-    def _http(self, flow: Any, ev: HttpEvent) -> list[Verdict]:
+    def on_http_request(self, flow: Any, ev: HttpEvent) -> list[Verdict]:
         if ev.stage != "request_headers":
             return []
         tx = ev.tx
@@ -226,17 +286,15 @@ class Atp(Engine):
         if hit is None:
             return []
         alarm = self._alarm(sid, what, hit, flow, where, url, url=url)
-        html = page.render(host + path, ["malware"], "threat", box=self.box)
-        return [block_http(alarm, html, monitor=self.monitor)]
+        html = page.render(host + path, ["malware"], "threat", box=self.box, threat=hit.threat)
+        return [block_http(alarm, html, monitor=self.monitor, http2=tx.protocol == b"HTTP/2")]
 
-    def _tls(self, flow: Any, hello: TlsHello) -> list[Verdict]:
+    def on_tls_hello(self, flow: Any, hello: TlsHello) -> list[Verdict]:
         seen = flow.engine_data.setdefault(self.name, {})
         if hello.to_server:
-            seen["client_hello"] = True
-            if not hello.sni:
+            name = client_sni(seen, hello)
+            if name is None:
                 return []
-            seen["sni"] = True
-            name = normalize_name(hello.sni)
             ind = self.intel.match_domain(name)
             if ind is None:
                 return []
@@ -255,12 +313,4 @@ class Atp(Engine):
     def needs_more(self, flow: Any) -> bool:
         if not len(self.intel):
             return False
-        app = flow_app_proto(flow) or "unknown"
-        if app == "http":
-            return not flow.engine_data.get(self.name, {}).get("http_judged")
-        if app in ("unknown", "dns"):
-            return flow.proto in (PROTO_TCP, PROTO_UDP)
-        if app == "tls":
-            seen = flow.engine_data.get(self.name, {})
-            return not seen.get("sni") and not flow.encrypted
-        return False
+        return needs_name(self.name, flow)

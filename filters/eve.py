@@ -5,7 +5,7 @@ import datetime as _dt
 from typing import TYPE_CHECKING, Any
 
 from filters.engine import Action, Verdict
-from filters.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
+from filters.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, ntop
 
 if TYPE_CHECKING:  # pragma: no cover
     from filters.flow import Flow
@@ -23,16 +23,25 @@ def proto_name(proto: int) -> str:
     return PROTO_NAMES.get(proto, str(proto))
 
 
+def ip_text(addr: bytes) -> str:
+    """An address as Suricata writes it in EVE: IPv4 dotted, IPv6 in full (eight groups of four
+    hex digits, leading zeros kept, no ``::``), e.g. ``2001:0db8:0000:0000:0000:0000:0000:0001``."""
+    if len(addr) == 16:
+        return ":".join(addr[i : i + 2].hex() for i in range(0, 16, 2))
+    return ntop(addr)
+
+
 def base_record(event_type: str, ts: float, pkt: Packet | None, flow: "Flow | None") -> dict[str, Any]:
     rec: dict[str, Any] = {"timestamp": timestamp(ts), "event_type": event_type}
     if flow is not None:
         rec["flow_id"] = flow.flow_id
     if pkt is not None and pkt.version:
-        rec["src_ip"] = pkt.src_ip
-        if pkt.proto in (PROTO_TCP, PROTO_UDP):
+        ports = pkt.proto in (PROTO_TCP, PROTO_UDP) and pkt.has_ports
+        rec["src_ip"] = ip_text(pkt.src_addr)
+        if ports:
             rec["src_port"] = pkt.sport
-        rec["dest_ip"] = pkt.dst_ip
-        if pkt.proto in (PROTO_TCP, PROTO_UDP):
+        rec["dest_ip"] = ip_text(pkt.dst_addr)
+        if ports:
             rec["dest_port"] = pkt.dport
         rec["proto"] = proto_name(pkt.proto)
         if pkt.proto in (PROTO_ICMP, PROTO_ICMPV6) and pkt.icmp_type >= 0:
@@ -41,9 +50,9 @@ def base_record(event_type: str, ts: float, pkt: Packet | None, flow: "Flow | No
         rec["in_iface"] = pkt.side.value
     elif flow is not None:
         rec.update(
-            src_ip=flow.client_ip,
+            src_ip=ip_text(flow.client_addr),
             src_port=flow.client_port,
-            dest_ip=flow.server_ip,
+            dest_ip=ip_text(flow.server_addr),
             dest_port=flow.server_port,
             proto=proto_name(flow.proto),
         )
@@ -76,6 +85,14 @@ def alert_record(v: Verdict, ts: float, pkt: Packet | None, flow: "Flow | None",
     return rec
 
 
+def event_record(v: Verdict, ts: float, pkt: Packet | None, flow: "Flow | None") -> dict[str, Any]:
+    """An informational record of type ``v.event`` (e.g. ``fileinfo``) carrying ``v.metadata``."""
+    rec = base_record(v.event, ts, pkt, flow)
+    for k, val in v.metadata.items():
+        rec.setdefault(k, val)
+    return rec
+
+
 def drop_record(reason: str, ts: float, pkt: Packet | None, flow: "Flow | None", engine: str = "pipeline") -> dict[str, Any]:
     """A ``drop`` record for drops that are not a rule's (policy drops: hold overflow, malformed...)."""
     rec = base_record("drop", ts, pkt, flow)
@@ -85,3 +102,12 @@ def drop_record(reason: str, ts: float, pkt: Packet | None, flow: "Flow | None",
 
 def action_word(action: Action) -> str:
     return {Action.DROP: "drop", Action.REJECT: "reject"}.get(action, "alert")
+
+
+def anomaly_record(event: str, ts: float, pkt: Packet | None, flow: "Flow | None" = None) -> dict[str, Any]:
+    """An ``anomaly`` record, as Suricata's anomaly log writes a decoder event (``type: decode``;
+    ``pcap`` for a capture-file problem, ``stream`` for a reassembly one)."""
+    rec = base_record("anomaly", ts, pkt, flow)
+    kind = "pcap" if event.startswith("pcap.") else "stream" if event.startswith("stream.") else "decode"
+    rec["anomaly"] = {"type": kind, "event": event}
+    return rec

@@ -1,4 +1,4 @@
-"""Flow table: bidirectional flows keyed by canonical 5-tuple, TCP state tracking and stream reassembly.
+"""Flow table: bidirectional flows keyed by canonical 5-tuple, their counters, lifetime and timeouts.
 
 Keys. ``FlowKey`` is ``(version, proto, addr_lo, port_lo, addr_hi, port_hi)`` with the two
 ``(addr, port)`` endpoints ordered so both directions give the same key. Ports are 0 for
@@ -8,25 +8,14 @@ ports, and for non-first IP fragments, which carry no L4 header: they share the
 conntrack defrag normally reassembles fragments before NFQUEUE anyway).
 
 Client. The sender of a flow's first packet, except that a TCP SYN+ACK seen first makes its
-receiver the client. With ``midstream=False`` a TCP packet without SYN starts no flow.
+receiver the client, and so does a first packet that conntrack has in its connection's reply
+direction (``Packet.ct_reply``, inline: a flow whose start the worker did not see, e.g. after the
+queue was bypassed, begins with the server's packet). With ``midstream=False`` a TCP packet without SYN starts a flow without a
+TCP session (``Flow.no_session``: its packets are inspected one by one, no stream is reassembled,
+no app layer) until a SYN starts one, as Suricata does.
 
-Reassembly (TCP). Sequence numbers are compared mod 2**32. SYN and FIN each consume one
-sequence number. Already-delivered bytes are never delivered again, and overlaps keep the bytes
-seen first (both against delivered data and against buffered out-of-order data), like
-Suricata's "first"/BSD-ish policy. Out-of-order segments wait in ``Stream.pending``, bounded per
-stream (``max_pending_bytes``, ``MAX_PENDING_SEGMENTS``) and for the whole table
-(``max_pending_total``). When a segment does not fit, the stream gives up on the oldest hole:
-it skips to the first buffered segment (a gap), delivers what is contiguous and retries.
-A hole is also skipped when the other side ACKs past it while later data is buffered: on an
-inline bridge that means the receiver got bytes we never saw (queue bypass, truncation).
-A truncated packet delivers the captured bytes and skips the missing tail as a gap.
-Stream offsets count stream positions, so a gap advances ``Stream.delivered`` without
-delivering: an engine sees a jump in ``offset``. ``stream_depth`` caps the offset per direction.
-Data after a RST or FIN is still reassembled (the state only drives timeouts), so a forged
-RST cannot blind inspection; RSTs far outside the expected sequence are ignored.
-
-UDP/ICMP/other: each non-empty payload is one chunk at the direction's running byte offset,
-also capped by ``stream_depth``.
+Streams. Each flow carries one ``Stream`` per direction; TCP state and reassembly live in
+``filters.stream`` (a ``Reassembler`` the table owns), which ``update`` calls with each packet.
 
 Lifetime. Flows sit in one LRU queue per timeout class (tcp_new, tcp_established, tcp_closed,
 udp, icmp, other), so ``expire`` only looks at queue heads and eviction picks the oldest of the
@@ -38,7 +27,6 @@ by a new SYN on the same tuple) are handed out by ``pop_ended``.
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import random
 import types
@@ -46,12 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 from filters.engine import Action, ConfigError
-from filters.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, Side, ntop
+from filters.packet import ACK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RST, SYN, Packet, Side, ntop
+from filters.stream import COUNTERS as STREAM_COUNTERS, Chunk, Reassembler, Stream, TcpState
 
 log = logging.getLogger(__name__)
 
 FlowKey = tuple  # (version, proto, addr_lo, port_lo, addr_hi, port_hi)
-Chunk = tuple[bool, bytes, int]  # (to_server, data, stream_offset)
 
 DEFAULT_TIMEOUTS: Mapping[str, float] = types.MappingProxyType({
     "tcp_new": 30.0,
@@ -61,45 +49,14 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = types.MappingProxyType({
     "icmp": 30.0,
     "other": 60.0,
 })
-MAX_PENDING_SEGMENTS = 1024  # per stream: caps dict overhead from floods of tiny segments
-MAX_WINDOW = 1 << 30  # largest scaled TCP window: data further ahead is bogus
-RST_SLACK = 1 << 16  # a RST this far behind next_seq is still believed
-
-_SEQ_MASK = 0xFFFFFFFF
-_SEQ_HALF = 1 << 31
+DEFAULT_MEMCAP = 128 << 20  # per worker: reassembly plus app-layer parser state of all its flows
 _ID_MASK = (1 << 63) - 1
 _ID_MULT = 0x5851F42D4C957F2D  # odd: n -> n * _ID_MULT mod 2**63 is a bijection
 _OPPOSITE = {Side.LAN: Side.WAN, Side.WAN: Side.LAN, Side.UNKNOWN: Side.UNKNOWN}
 _COUNTERS = (
     "flows_created", "evicted", "expired", "removed", "reused", "table_full", "midstream",
-    "not_tcp_start_ignored", "ooo_overflow", "pending_memcap", "gaps", "retransmissions",
-    "seq_out_of_window", "depth_reached", "rst_invalid", "ended_dropped",
+    "not_tcp_start_ignored", "sessions_started_late", *STREAM_COUNTERS, "ended_dropped",
 )
-
-
-class TcpState(enum.Enum):
-    NONE = "none"
-    SYN_SENT = "syn_sent"
-    SYN_RECV = "syn_recv"
-    ESTABLISHED = "established"
-    CLOSING = "closing"  # a FIN was seen
-    CLOSED = "closed"  # both FINs acked, or RST
-
-
-@dataclass(slots=True, eq=False)
-class Stream:
-    """One direction of a flow: reassembly cursor and out-of-order buffer."""
-
-    isn: int | None = None
-    next_seq: int | None = None  # next expected sequence number
-    delivered: int = 0  # stream offset of the next byte (bytes delivered plus gaps skipped)
-    depth_reached: bool = False  # offset reached stream depth: no more data for this direction
-    gaps: int = 0
-    pending: dict[int, bytes] | None = None  # out-of-order bytes keyed by seq; created lazily
-    pending_bytes: int = 0
-    fin: bool = False
-    fin_seq: int | None = None  # sequence number the FIN occupies
-    fin_acked: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -124,10 +81,15 @@ class Flow:
     state: TcpState = TcpState.NONE
     prev_state: TcpState = TcpState.NONE  # the state before the packet last accounted (update)
     midstream: bool = False
+    # A TCP flow whose first packet was not a SYN while midstream pickup is off: as in Suricata,
+    # it is a flow (its packets are inspected one by one) without a TCP session (no state, no
+    # reassembly, no app layer) until a SYN starts one.
+    no_session: bool = False
     toserver: Stream = field(default_factory=Stream)
     toclient: Stream = field(default_factory=Stream)
     encrypted: bool = False
     decided: Action | None = None
+    decided_ts: float = 0.0  # when ``decided`` was set (packet time)
     timeout_class: str = field(default="", repr=False)  # the FlowTable LRU queue it sits in
     # engine_data and held are created on first access: most flows never need them.
     _engine_data: dict[str, Any] | None = field(default=None, repr=False)
@@ -192,11 +154,6 @@ def flow_key(pkt: Packet) -> FlowKey:
     return _key(pkt.version, pkt.proto, pkt.src_addr, sport, pkt.dst_addr, dport)
 
 
-def seq_diff(a: int, b: int) -> int:
-    """Signed distance ``a - b`` in 32-bit sequence space."""
-    return ((a - b + _SEQ_HALF) & _SEQ_MASK) - _SEQ_HALF
-
-
 def _ports(pkt: Packet) -> tuple[int, int]:
     if (pkt.proto == PROTO_TCP or pkt.proto == PROTO_UDP) and pkt.frag_offset == 0:
         return pkt.sport, pkt.dport
@@ -225,18 +182,8 @@ def _queue_of(flow: Flow) -> str:
     return "other"
 
 
-def _segment_length(pkt: Packet) -> int:
-    """TCP data length the packet claims; more than ``len(payload)`` when truncated."""
-    n = len(pkt.payload)
-    if pkt.truncated:
-        full = pkt.ip_len - pkt.l4_offset - 20 - len(pkt.tcp_options)
-        if full > n:
-            return full
-    return n
-
-
 class FlowTable:
-    """Bounded flow table with per-timeout-class LRU queues and TCP reassembly."""
+    """Bounded flow table with per-timeout-class LRU queues; streams go through its ``Reassembler``."""
 
     def __init__(
         self,
@@ -247,18 +194,28 @@ class FlowTable:
         timeouts: Mapping[str, float] | None = None,
         midstream: bool = True,
         max_pending_total: int = 64 << 20,
+        memcap: int = DEFAULT_MEMCAP,
+        memcap_policy: str = "pass",
     ) -> None:
         if max_flows < 1:
             raise ConfigError("must be at least 1", key="max_flows")
         if stream_depth < 0 or max_pending_bytes < 0 or max_pending_total < 0:
             raise ConfigError("stream_depth and pending limits must be >= 0", key="stream_depth")
+        if memcap < 0:
+            raise ConfigError("must be >= 0 (0: no cap)", key="memcap")
+        if memcap_policy not in ("pass", "drop"):
+            raise ConfigError("expected pass or drop", key="memcap_policy")
+        self.memcap = memcap  # bytes held for all flows: reassembly and app-layer parsers (Pipeline._memcap)
+        self.memcap_policy = memcap_policy
+        if memcap:  # reassembly gets at most half of it, the app-layer parsers the rest
+            max_pending_total = min(max_pending_total, memcap // 2)
         self.max_flows = max_flows
-        self.stream_depth = stream_depth
-        self.max_pending_bytes = max_pending_bytes
-        self.max_pending_total = max_pending_total
         self.midstream = midstream
         self.timeouts: dict[str, float] = _check_timeouts(timeouts or {})
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self.streams = Reassembler(
+            self.counters, stream_depth=stream_depth, max_pending_bytes=max_pending_bytes, max_pending_total=max_pending_total
+        )
         self._count = 0
         self._queues: dict[str, collections.OrderedDict[FlowKey, Flow]] = {
             name: collections.OrderedDict() for name in DEFAULT_TIMEOUTS
@@ -269,7 +226,6 @@ class FlowTable:
         self._q_other = self._queues["other"]
         self._q_by_proto = {PROTO_UDP: self._queues["udp"], PROTO_ICMP: self._queues["icmp"], PROTO_ICMPV6: self._queues["icmp"]}
         self._ended: collections.deque[Flow] = collections.deque(maxlen=max_flows)
-        self._pending_total = 0
         self._next_id = 0
         self._id_salt = random.getrandbits(63)
 
@@ -283,7 +239,11 @@ class FlowTable:
     @property
     def pending_total(self) -> int:
         """Out-of-order bytes buffered across all streams."""
-        return self._pending_total
+        return self.streams.pending_total
+
+    @property
+    def stream_depth(self) -> int:
+        return self.streams.stream_depth
 
     def lookup(self, pkt: Packet) -> tuple[Flow, bool, bool] | None:
         """``(flow, to_server, is_new)`` for ``pkt``, creating the flow if needed; None if it can't have one."""
@@ -337,9 +297,12 @@ class FlowTable:
         if pkt.frag_offset:
             chunks: list[Chunk] = []  # non-first fragment: no L4 header, no data
         elif pkt.proto == PROTO_TCP:
-            chunks = self._tcp_update(flow, pkt, to_server)
+            if flow.no_session and pkt.tcp_flags & (SYN | RST) == SYN:
+                flow.no_session = False  # a SYN starts the session
+                self.counters["sessions_started_late"] += 1
+            chunks = [] if flow.no_session else self.streams.tcp_update(flow, pkt, to_server)
         else:
-            chunks = self._datagram(flow, pkt.payload, to_server)
+            chunks = self.streams.datagram(flow, pkt.payload, to_server)
         if flow.state is not state or first == 1:  # the timeout class may have changed
             self._requeue(flow)
         return chunks
@@ -390,16 +353,18 @@ class FlowTable:
         )
 
     def _create(self, key: FlowKey, pkt: Packet, sport: int, dport: int) -> tuple[Flow, bool, bool] | None:
-        client_is_src, midstream = True, False
+        client_is_src, midstream, no_session = True, False, False
         if pkt.proto == PROTO_TCP and pkt.frag_offset == 0:
             flags = pkt.tcp_flags
             if flags & SYN:
                 client_is_src = not flags & ACK
             elif not self.midstream:
                 self.counters["not_tcp_start_ignored"] += 1
-                return None
+                no_session = True
             else:
                 midstream = True
+        if pkt.ct_reply:  # inline: conntrack knows who started the connection (the packet's receiver)
+            client_is_src = False
         if self._count >= self.max_flows and not self._evict_one():
             self.counters["table_full"] += 1
             return None
@@ -409,7 +374,7 @@ class FlowTable:
             caddr, cport, saddr, sport_, side = pkt.dst_addr, dport, pkt.src_addr, sport, _OPPOSITE[pkt.side]
         flow = Flow(
             key, self._new_id(), pkt.version, pkt.proto, caddr, cport, saddr, sport_, side, pkt.ts, pkt.ts,
-            midstream=midstream,
+            midstream=midstream, no_session=no_session,
         )
         flow.timeout_class = _queue_of(flow)
         self._queues[flow.timeout_class][key] = flow
@@ -451,242 +416,8 @@ class FlowTable:
     def _unlink(self, flow: Flow) -> None:
         del self._queues[flow.timeout_class][flow.key]
         self._count -= 1
-        self._drop_pending(flow.toserver)
-        self._drop_pending(flow.toclient)
-
-    # -- datagrams -----------------------------------------------------------------------
-    def _datagram(self, flow: Flow, data: bytes, to_server: bool) -> list[Chunk]:
-        s = flow.toserver if to_server else flow.toclient
-        if not data or s.depth_reached:
-            return []
-        off = s.delivered
-        room = self.stream_depth - off
-        if len(data) >= room:
-            data = data[:room]
-            self._reach_depth(s)
-        s.delivered = off + len(data)
-        return [(to_server, data, off)] if data else []
-
-    # -- TCP state -----------------------------------------------------------------------
-    def _tcp_update(self, flow: Flow, pkt: Packet, to_server: bool) -> list[Chunk]:
-        flags = pkt.tcp_flags
-        s, r = (flow.toserver, flow.toclient) if to_server else (flow.toclient, flow.toserver)
-        out: list[Chunk] = []
-        if flags & RST:
-            self._on_rst(flow, s, pkt.seq)
-            return out
-        seq = pkt.seq
-        if flags & SYN:
-            self._on_syn(flow, s, r, pkt, flags)
-            seq = (seq + 1) & _SEQ_MASK
-        else:
-            if s.next_seq is None:
-                s.next_seq = seq  # midstream pickup
-            state = flow.state
-            if state is TcpState.NONE or (flags & ACK and (state is TcpState.SYN_SENT or state is TcpState.SYN_RECV)):
-                flow.state = TcpState.ESTABLISHED
-        seg_len = _segment_length(pkt) if pkt.payload or pkt.truncated else 0
-        if seg_len:
-            self._tcp_data(s, seq, pkt.payload, seg_len, to_server, out)
-        if flags & ACK:
-            self._on_ack(flow, s, r, pkt.ack, not to_server, out)
-        if flags & FIN:
-            self._on_fin(flow, s, (seq + seg_len) & _SEQ_MASK)
-        return out
-
-    def _on_syn(self, flow: Flow, s: Stream, r: Stream, pkt: Packet, flags: int) -> None:
-        state = flow.state
-        fresh = s.delivered == 0 and not s.pending
-        if flags & ACK:
-            if state is TcpState.NONE or state is TcpState.SYN_SENT or state is TcpState.SYN_RECV:
-                if fresh:
-                    s.isn, s.next_seq = pkt.seq, (pkt.seq + 1) & _SEQ_MASK
-                if r.next_seq is None:  # SYN+ACK seen first: its ACK tells the client's next seq
-                    r.isn, r.next_seq = (pkt.ack - 1) & _SEQ_MASK, pkt.ack
-                flow.state = TcpState.SYN_RECV
-        elif state is TcpState.NONE or state is TcpState.SYN_SENT:
-            if fresh:
-                s.isn, s.next_seq = pkt.seq, (pkt.seq + 1) & _SEQ_MASK
-            flow.state = TcpState.SYN_SENT
-        elif s.next_seq is None:
-            s.next_seq = (pkt.seq + 1) & _SEQ_MASK
-
-    def _on_rst(self, flow: Flow, s: Stream, seq: int) -> None:
-        if s.next_seq is not None and not s.depth_reached and not -RST_SLACK <= seq_diff(seq, s.next_seq) <= MAX_WINDOW:
-            self.counters["rst_invalid"] += 1
-            return
-        flow.state = TcpState.CLOSED
-
-    def _on_ack(self, flow: Flow, s: Stream, r: Stream, ack: int, r_to_server: bool, out: list[Chunk]) -> None:
-        """``s`` sent an ACK for ``r``'s data: note an acked FIN, skip holes the receiver got past."""
-        if r.fin_seq is not None and not r.fin_acked and seq_diff(ack, r.fin_seq) >= 1:
-            r.fin_acked = True
-            if s.fin_acked:
-                flow.state = TcpState.CLOSED
-        if r.pending and r.next_seq is not None and seq_diff(ack, r.next_seq) > 0:
-            first = self._first_pending(r)
-            self._skip(r, ack if seq_diff(ack, first) < 0 else first)
-            self._drain(r, r_to_server, out)
-
-    def _on_fin(self, flow: Flow, s: Stream, fin_seq: int) -> None:
-        if s.fin_seq is None:
-            s.fin_seq = fin_seq
-        s.fin = True
-        if flow.state is not TcpState.CLOSED:
-            flow.state = TcpState.CLOSING
-        if s.next_seq == s.fin_seq:
-            s.next_seq = (s.next_seq + 1) & _SEQ_MASK
-
-    # -- reassembly ----------------------------------------------------------------------
-    def _tcp_data(self, s: Stream, seq: int, data: bytes, seg_len: int, to_server: bool, out: list[Chunk]) -> None:
-        if s.depth_reached:
-            return
-        if s.next_seq is None:
-            s.next_seq = seq
-        rel = seq_diff(seq, s.next_seq)
-        if rel + seg_len <= 0:
-            self.counters["retransmissions"] += 1
-            return
-        if rel > MAX_WINDOW:
-            self.counters["seq_out_of_window"] += 1
-            return
-        if rel <= 0 and not s.pending:  # the common case: in order, nothing buffered
-            self._emit(s, data[-rel:], seg_len + rel, to_server, out)
-            return
-        self._buffer(s, seq, data, to_server, out)
-        if seg_len > len(data) and not s.depth_reached:  # truncated: skip the missing tail if we are at it
-            cap_end = (seq + len(data)) & _SEQ_MASK
-            if s.next_seq == cap_end:
-                end = (seq + seg_len) & _SEQ_MASK
-                first = self._first_pending(s) if s.pending else end
-                self._skip(s, end if seq_diff(end, first) < 0 else first)
-                self._drain(s, to_server, out)
-
-    def _buffer(self, s: Stream, seq: int, data: bytes, to_server: bool, out: list[Chunk]) -> None:
-        """Add captured bytes to the out-of-order buffer (first seen wins), making room if needed."""
-        overflowed = False
-        while data and not s.depth_reached:
-            base = s.next_seq
-            assert base is not None
-            rel = seq_diff(seq, base)
-            if rel + len(data) <= 0:
-                break
-            if rel < 0:
-                data, seq, rel = data[-rel:], base, 0
-            pieces = self._uncovered(s, base, rel, data)
-            need = sum(len(p) for _, p in pieces)
-            if rel == 0 or self._fits(s, need, len(pieces)):
-                self._store(s, base, pieces)
-                break
-            if not overflowed:
-                overflowed = True
-                self.counters["ooo_overflow"] += 1
-            self._skip(s, self._first_pending(s) if s.pending else seq)
-            self._drain(s, to_server, out)
-        self._drain(s, to_server, out)
-
-    def _fits(self, s: Stream, need: int, npieces: int) -> bool:
-        if self._pending_total + need > self.max_pending_total:
-            self.counters["pending_memcap"] += 1
-            return False
-        count = len(s.pending) if s.pending else 0
-        return s.pending_bytes + need <= self.max_pending_bytes and count + npieces <= MAX_PENDING_SEGMENTS
-
-    @staticmethod
-    def _uncovered(s: Stream, base: int, rel: int, data: bytes) -> list[tuple[int, bytes]]:
-        """The parts of ``data`` (at ``rel`` from ``base``) not already buffered, as ``(rel, bytes)``."""
-        if not s.pending:
-            return [(rel, data)]
-        end = rel + len(data)
-        cur = rel
-        pieces: list[tuple[int, bytes]] = []
-        for r, d in sorted((seq_diff(q, base), d) for q, d in s.pending.items()):
-            r_end = r + len(d)
-            if r_end <= cur:
-                continue
-            if r >= end:
-                break
-            if r > cur:
-                pieces.append((cur, data[cur - rel : r - rel]))
-            cur = r_end
-            if cur >= end:
-                break
-        if cur < end:
-            pieces.append((cur, data[cur - rel :]))
-        return pieces
-
-    def _store(self, s: Stream, base: int, pieces: list[tuple[int, bytes]]) -> None:
-        if s.pending is None:
-            s.pending = {}
-        for rel, d in pieces:
-            s.pending[(base + rel) & _SEQ_MASK] = d
-            s.pending_bytes += len(d)
-            self._pending_total += len(d)
-
-    @staticmethod
-    def _first_pending(s: Stream) -> int:
-        base = s.next_seq
-        assert s.pending and base is not None
-        return min(s.pending, key=lambda q: seq_diff(q, base))
-
-    def _drain(self, s: Stream, to_server: bool, out: list[Chunk]) -> None:
-        """Deliver buffered segments that are now contiguous with ``next_seq``."""
-        pending = s.pending
-        if not pending:
-            s.pending = None
-            return
-        base = s.next_seq
-        assert base is not None
-        for q in sorted(pending, key=lambda q: seq_diff(q, base)):
-            rel = seq_diff(q, s.next_seq)
-            if rel > 0:
-                break
-            d = pending.pop(q)
-            s.pending_bytes -= len(d)
-            self._pending_total -= len(d)
-            if rel + len(d) > 0:
-                self._emit(s, d[-rel:], len(d) + rel, to_server, out)
-                if s.depth_reached:
-                    return
-        if not pending:
-            s.pending = None
-
-    def _emit(self, s: Stream, data: bytes, length: int, to_server: bool, out: list[Chunk]) -> None:
-        """Deliver ``data`` at ``next_seq``; ``length`` beyond ``len(data)`` is a gap (truncated tail)."""
-        off = s.delivered
-        if data:
-            room = self.stream_depth - off
-            if room > 0:
-                out.append((to_server, data if len(data) <= room else data[:room], off))
-        if length > len(data):
-            s.gaps += 1
-            self.counters["gaps"] += 1
-        s.delivered = off + length
-        s.next_seq = next_seq = (s.next_seq + length) & _SEQ_MASK  # type: ignore[operator]
-        if next_seq == s.fin_seq:
-            s.next_seq = (next_seq + 1) & _SEQ_MASK
-        if s.delivered >= self.stream_depth:
-            self._reach_depth(s)
-
-    def _skip(self, s: Stream, to_seq: int) -> None:
-        """Give up on the bytes before ``to_seq``: a gap in the stream."""
-        assert s.next_seq is not None
-        gap = seq_diff(to_seq, s.next_seq)
-        if gap <= 0:
-            return
-        self._emit(s, b"", gap, True, [])
-
-    def _reach_depth(self, s: Stream) -> None:
-        if not s.depth_reached:
-            s.depth_reached = True
-            self.counters["depth_reached"] += 1
-        self._drop_pending(s)
-
-    def _drop_pending(self, s: Stream) -> None:
-        if s.pending is not None:
-            self._pending_total -= s.pending_bytes
-            s.pending = None
-            s.pending_bytes = 0
+        self.streams.drop_pending(flow.toserver)
+        self.streams.drop_pending(flow.toclient)
 
 
 def _check_timeouts(timeouts: Mapping[str, float]) -> dict[str, float]:

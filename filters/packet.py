@@ -1,4 +1,5 @@
-"""Packet model: struct-based parsing of link layers, Ethernet/VLAN, IPv4, IPv6, TCP, UDP, ICMP and ICMPv6.
+"""Packet model: struct-based parsing of link layers, Ethernet/VLAN, IPv4, IPv6, TCP, UDP, ICMP and ICMPv6,
+and the Internet checksum for the code that builds packets (the agent's injected answers, the lab's captures).
 
 Parsing never raises on bad input: a truncated or malformed header sets ``Packet.anomaly``
 (a short dotted code such as ``"ipv4.truncated"``) and the fields that could not be read stay
@@ -32,10 +33,12 @@ link.unsupported, parse.internal_error (a parser bug; logged, never raised).
 """
 from __future__ import annotations
 
+import array
 import enum
 import logging
 import socket
 import struct
+import sys
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ _NULL_AF_INET = frozenset({2})
 _NULL_AF_INET6 = frozenset({10, 24, 28, 30})
 _IPV6_EXT = frozenset({PROTO_HOPOPTS, PROTO_IPV6_ROUTE, PROTO_IPV6_FRAG, PROTO_IPV6_OPTS, PROTO_AH})
 _NO_LIMIT = 1 << 62  # "claimed end" for a first fragment: the L4 data continues elsewhere
+_L4_CUT = frozenset({"tcp.truncated", "udp.truncated", "icmp.truncated"})
 
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")  # ver/ihl tos total_len id flags/frag ttl proto csum src dst
 _IPV6 = struct.Struct("!IHBB16s16s")  # ver/tc/flow payload_len next_header hop_limit src dst
@@ -145,6 +149,10 @@ class Packet:
     anomaly: str | None = None  # first problem found, e.g. "ipv4.truncated", "tcp.bad_offset"
     truncated: bool = False  # fewer bytes captured than ip_len claims (e.g. GSO over NFQUEUE copy range)
     extra: dict = field(default_factory=dict)
+    # Inline only: conntrack has this packet in the reply direction of its connection (the kernel
+    # sets a mark bit, agent/dataplane/ruleset.py), so the connection's client is its receiver.
+    # A flow whose start the worker did not see takes its direction from it.
+    ct_reply: bool = False
 
     @property
     def is_fragment(self) -> bool:
@@ -170,6 +178,29 @@ def ntop(addr: bytes) -> str:
     if len(addr) == 16:
         return socket.inet_ntop(socket.AF_INET6, addr)
     return ""
+
+
+# -- checksums (for building packets; parsing never checks them) --------------------------------
+
+
+def inet_checksum(data: bytes) -> int:
+    """The RFC 1071 Internet checksum of ``data``: the value for an IPv4/TCP/UDP/ICMP header field, host order."""
+    if len(data) % 2:
+        data += b"\0"
+    words = array.array("H", data)
+    if sys.byteorder == "little":
+        words.byteswap()
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    """The IPv4 (4-byte addresses) or IPv6 pseudo-header a TCP/UDP checksum covers, for ``length`` L4 bytes."""
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!IxxxB", length, proto)
 
 
 # -- IP ------------------------------------------------------------------------------------------
@@ -234,6 +265,8 @@ def _parse_ipv4(pkt: Packet, data: bytes) -> None:
     _parse_l4(pkt, data, ihl, end, _NO_LIMIT if more else claimed)
 
 
+# Same shape as _parse_ipv4: kept apart on purpose, the IPv4 and IPv6 paths are the per-packet hot
+# path and differ in header layout, options / extension headers and fragment handling.
 def _parse_ipv6(pkt: Packet, data: bytes) -> None:
     n = len(data)
     pkt.version = 6
@@ -315,6 +348,7 @@ def _parse_l4(pkt: Packet, data: bytes, off: int, end: int, claimed: int) -> Non
     """Parse the transport header at ``off``. ``end`` bounds the captured bytes, ``claimed`` is
     where the IP header says the packet ends (_NO_LIMIT for a first fragment)."""
     proto = pkt.proto
+    before = pkt.anomaly
     if proto == PROTO_TCP:
         _parse_tcp(pkt, data, off, end, claimed)
     elif proto == PROTO_UDP:
@@ -323,6 +357,10 @@ def _parse_l4(pkt: Packet, data: bytes, off: int, end: int, claimed: int) -> Non
         _parse_icmp(pkt, data, off, end)
     else:
         pkt.payload = data[off:end]
+    if claimed == _NO_LIMIT and before is None and pkt.anomaly in _L4_CUT and not pkt.truncated:
+        # A first fragment may end inside its L4 header (8-byte fragments): the header continues
+        # in the next fragment, which defragmentation joins; that is not a malformed packet.
+        pkt.anomaly = None
 
 
 def _parse_tcp(pkt: Packet, data: bytes, off: int, end: int, claimed: int) -> None:

@@ -6,17 +6,36 @@ answers ``allow`` or ``block``, or the timeout fires.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Iterable, Literal, Mapping
 
-from filters.engine import EngineContext, Action, ConfigError, Decision, Engine, Hold, Hook, IORequest, Verdict
+from pydantic import Field, model_validator
+
+from filters.engine import Action, ConfigError, Decision, Engine, EngineConfig, EngineContext, Hold, IORequest, Verdict
 from filters.packet import Packet
 
 SID = 9_100_001
 
 
+class ProbeConfig(EngineConfig):
+    """``engines.probe``: a diagnostic of the deferred-verdict path."""
+
+    ports: list[Annotated[int, Field(gt=0, lt=65536)]] = Field(
+        default_factory=list, description="server ports whose new flows are held until the endpoint answers")
+    url: str = Field("", description="http:// or https:// endpoint asked for each held flow (?server=IP&port=N); "
+                                     "it answers allow or block. Required when enabled")
+    timeout: float = Field(1.0, gt=0, le=60, description="seconds a flow is held at most")
+    on_timeout: Literal["pass", "drop"] = Field("pass", description="verdict when the endpoint does not answer in time")
+
+    @model_validator(mode="after")
+    def _url(self) -> "ProbeConfig":
+        if self.enabled and not self.url.startswith(("http://", "https://")):
+            raise ConfigError("expected an http:// or https:// URL", key="url")
+        return self
+
+
 class Probe(Engine):
+    Config = ProbeConfig
     name: ClassVar[str] = "probe"
-    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START})
 
     def __init__(self) -> None:
         super().__init__()
@@ -26,23 +45,9 @@ class Probe(Engine):
         self.on_timeout = Action.PASS
 
     def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
-        unknown = set(section) - {"enabled", "ports", "url", "timeout", "on_timeout"}
-        if unknown:
-            raise ConfigError("unknown key", key=sorted(unknown)[0])
-        ports = section.get("ports", [])
-        if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
-            raise ConfigError("expected a list of port numbers (1-65535)", key="ports")
-        url = section.get("url", "")
-        if section.get("enabled", False) and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-            raise ConfigError("expected an http:// or https:// URL", key="url")
-        timeout = section.get("timeout", 1.0)
-        if not isinstance(timeout, (int, float)) or not 0 < timeout <= 60:
-            raise ConfigError("expected seconds between 0 and 60", key="timeout")
-        on_timeout = section.get("on_timeout", "pass")
-        if on_timeout not in ("pass", "drop"):
-            raise ConfigError("expected pass or drop", key="on_timeout")
-        self.ports, self.url, self.timeout = frozenset(ports), url, float(timeout)
-        self.on_timeout = Action.DROP if on_timeout == "drop" else Action.PASS
+        conf = self.check_section(section)
+        self.ports, self.url, self.timeout = frozenset(conf.ports), conf.url, float(conf.timeout)
+        self.on_timeout = Action.DROP if conf.on_timeout == "drop" else Action.PASS
 
     def on_flow_start(self, flow: Any, pkt: Packet) -> Iterable[Decision] | None:
         if flow.server_port not in self.ports:

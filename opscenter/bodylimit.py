@@ -58,6 +58,7 @@ class BodyLimit:
             if not msg.get("more_body", False):
                 break
         data = b"".join(chunks)
+        scope["vcr.body_bytes"] = len(data)  # what the request weighed (the alarm quota counts it)
         sent = False
 
         async def replay() -> Message:

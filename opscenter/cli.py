@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any, Callable
 
+from filters.climain import run_command
 from opscenter.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("vcr-opscenter")
@@ -31,9 +32,33 @@ def _db(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=1, ensure_ascii=False))
+    from opscenter.textsafe import json_text
+
+    print(json_text(data, indent=1))  # box-supplied strings: no raw control characters reach the terminal
 
 
+def _list(args: argparse.Namespace, rows_of: Callable[[Any, Settings], Any], text: Callable[[Any], str]) -> int:
+    """A listing command: ``rows_of(db, settings)`` as JSON with ``--json``, else as ``text`` renders them."""
+    db, settings = _db(args)
+    rows = rows_of(db, settings)
+    _print_json(rows) if args.json else print(text(rows))
+    return 0
+
+
+def _add_listing(sub: Any, name: str, help: str, fn: Callable[[argparse.Namespace], int], *filters: str,
+                 limit: int) -> None:
+    """A command listing rows: database options, ``filters`` (``--device``...), ``--limit``, ``--json``."""
+    p = sub.add_parser(name, help=help)
+    _db_options(p)
+    for flag in filters:
+        p.add_argument(flag)
+    p.add_argument("--limit", type=int, default=limit)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=fn)
+
+
+# The add_* functions below are argparse declarations: alike in shape (a parser, its options, --json,
+# the handler), kept one per command so that each command's options read in one place.
 def _db_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="settings file (YAML; default $VCR_OPSCENTER_CONFIG or "
                                           "/etc/vcr-opscenter/opscenter.yaml)")
@@ -46,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from opscenter.server import serve
 
     overrides = {k: getattr(args, k) for k in ("cert", "key", "listen", "workers", "heartbeat_interval",
-                                               "ready_file", "log_level", "tuf_repo", "categories")}
+                                               "ready_file", "log_level", "tuf_repo", "categories",
+                                               "operator_listen")}
     if args.html_page:
         overrides["html_page"] = True
     if args.access_log:
@@ -63,7 +89,10 @@ def add_serve(sub: Any) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default 1; more for PostgreSQL)")
     p.add_argument("--heartbeat-interval", type=float, help="seconds between check-ins (default 60)")
     p.add_argument("--ready-file", help="write JSON {listen, url, pid} here once accepting connections")
-    p.add_argument("--html-page", action="store_true", help="serve the read-only operator page at /")
+    p.add_argument("--operator-listen", help="HOST:PORT of the operator listener: page, operator JSON, /docs, behind "
+                                             "operator accounts (default 127.0.0.1:8443)")
+    p.add_argument("--html-page", action="store_true", help="serve the read-only operator page at / of the operator "
+                                                           "listener (the default)")
     p.add_argument("--tuf-repo", help="serve this TUF repository (vcr-opscenter tuf-init) at /tuf/")
     p.add_argument("--categories", help="UT1-layout category folder for the boxes' unknown-name look-ups")
     p.add_argument("--access-log", action="store_true")
@@ -76,10 +105,14 @@ def add_serve(sub: Any) -> None:
 def cmd_init_ca(args: argparse.Namespace) -> int:
     from opscenter.ca import init_ca
 
+    from opscenter.report.signing import ensure_key
+
     files = init_ca(args.dir, args.host or [], args.ip or [], backdate_days=args.backdate_days)
+    key, pub, _ = ensure_key(args.dir)  # the center's key for signed operating records (monthly reports)
     print(f"CA 証明書 / CA certificate (ボックスに配布 / give this to the boxes): {files.ca_cert}")
     print(f"サーバー証明書 / server certificate: {files.cert}")
     print(f"サーバー鍵 / server key: {files.key}")
+    print(f"レポート署名鍵 / report signing key (settings: report_key): {key}; 公開鍵 / public key: {pub}")
     print(f"起動 / start: vcr-opscenter serve --cert {files.cert} --key {files.key} --listen HOST:443")
     return 0
 
@@ -180,10 +213,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     from opscenter.render import devices_text
     from opscenter.views import list_devices
 
-    db, settings = _db(args)
-    devs = list_devices(db, settings.offline_after_missed, include_revoked=args.all)
-    _print_json(devs) if args.json else print(devices_text(devs))
-    return 0
+    return _list(args, lambda db, settings: list_devices(db, settings.offline_after_missed,
+                                                        include_revoked=args.all), devices_text)
 
 
 def add_devices(sub: Any) -> None:
@@ -198,42 +229,44 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     from opscenter.alarms import recent
     from opscenter.render import alarms_text
 
-    db, _ = _db(args)
-    rows = recent(db, device_id=args.device, limit=args.limit)
-    _print_json(rows) if args.json else print(alarms_text(rows))
-    return 0
+    return _list(args, lambda db, _: recent(db, device_id=args.device, limit=args.limit), alarms_text)
 
 
 def add_alarms(sub: Any) -> None:
-    p = sub.add_parser("alarms", help="recent alarms, newest first")
-    _db_options(p)
-    p.add_argument("--device")
-    p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_alarms)
+    _add_listing(sub, "alarms", "recent alarms, newest first", cmd_alarms, "--device", limit=50)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     from opscenter.render import events_text
     from opscenter.views import list_events
 
-    db, _ = _db(args)
-    rows = list_events(db, device_id=args.device, kind=args.kind, limit=args.limit)
-    _print_json(rows) if args.json else print(events_text(rows))
-    return 0
+    return _list(args, lambda db, _: list_events(db, device_id=args.device, kind=args.kind, limit=args.limit),
+                 events_text)
 
 
 def add_events(sub: Any) -> None:
-    p = sub.add_parser("events", help="device events: activated, replaced, offline, online, revoked")
-    _db_options(p)
-    p.add_argument("--device")
-    p.add_argument("--kind")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_events)
+    _add_listing(sub, "events", "device events: activated, replaced, offline, online, revoked", cmd_events,
+                 "--device", "--kind", limit=100)
 
 
 # tasks and desired versions ------------------------------------------------------------------------
+
+def check_config_task(params: dict[str, Any]) -> list[str]:
+    """Why the box would refuse this config task ([] = it may be queued): the box's own check
+    (opscenter/configcheck.py). Anything but a clear yes refuses (fail closed)."""
+    from opscenter.configcheck import check_remote
+
+    revision, text = params.get("revision"), params.get("config")
+    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+        return ["params.revision は 1 以上の整数 / params.revision must be an integer >= 1"]
+    if not isinstance(text, str) or not text.strip():
+        return ["params.config は設定 (YAML テキスト) / params.config must be the configuration as YAML text"]
+    result = check_remote(text)
+    if result.ok:
+        return []
+    return result.problems or [f"機器側の確認が通りませんでした / the box's check did not pass ({result.outcome}): "
+                               f"{result.message}"]
+
 
 def cmd_task(args: argparse.Namespace) -> int:
     from opscenter.fleet import add_task, list_tasks
@@ -248,6 +281,16 @@ def cmd_task(args: argparse.Namespace) -> int:
         if not isinstance(params, dict):
             print("--params は JSON オブジェクト / --params must be a JSON object", file=sys.stderr)
             return 2
+        if args.kind == "config":
+            reasons = check_config_task(params)
+            if reasons:
+                print("この設定リビジョンは機器が適用できないため登録しません / not queued: the box would refuse this "
+                      "configuration revision", file=sys.stderr)
+                for r in reasons:
+                    print(f"  - {r}", file=sys.stderr)
+                print("  機器ごとの設定 (コマンド・パス・信頼設定・管理通信) は省略してください / leave local-only "
+                      "settings (commands, paths, trust settings, the management channel) out", file=sys.stderr)
+                return 1
         try:
             task_id = add_task(db, args.device, args.kind, params)
         except LookupError as exc:
@@ -305,20 +348,86 @@ def add_desired(sub: Any) -> None:
     p.set_defaults(fn=cmd_desired)
 
 
-# bench ---------------------------------------------------------------------------------------------
+# operator accounts ---------------------------------------------------------------------------------
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from opscenter.bench import run_bench
+def _read_password(args: argparse.Namespace) -> str:
+    """The new password: typed twice at a terminal, else the first line of stdin (never an argument)."""
+    from opscenter.panel.cli import read_password
 
-    return run_bench(args)
+    return read_password()
 
 
-def add_bench(sub: Any) -> None:
-    from opscenter.bench import add_arguments
+def cmd_operator(args: argparse.Namespace) -> int:
+    from opscenter import operators
 
-    p = sub.add_parser("bench", help="scale benchmark: thousands of simulated boxes over HTTPS")
-    add_arguments(p)
-    p.set_defaults(fn=cmd_bench)
+    db, _ = _db(args)
+    try:
+        if args.action == "list":
+            rows = operators.list_operators(db)
+            if args.json:
+                _print_json(rows)
+            else:
+                from opscenter.render import table
+
+                print(table(["名前 / name", "作成 / created", "最終ログイン / last login"],
+                            [[r["name"], r["created_at"] or "", r["last_login_at"] or "-"] for r in rows])
+                      if rows else "オペレーターはいません / no operators")
+            return 0
+        if not args.name:
+            print(f"operator {args.action} には NAME が必要 / operator {args.action} needs NAME", file=sys.stderr)
+            return 2
+        if args.action == "role":
+            from opscenter.panel.cli import cmd_operator_role
+
+            return cmd_operator_role(args, db)
+        if args.action == "remove":
+            if not operators.remove(db, args.name):
+                print(f"オペレーター {args.name} はいません / no operator {args.name}", file=sys.stderr)
+                return 1
+            print(f"削除しました / removed: {args.name}")
+            return 0
+        operators.check_name(args.name)
+        password = _read_password(args)
+        if args.action == "add":
+            operators.add(db, args.name, password)
+            print(f"オペレーターを登録しました / operator added: {args.name}")
+            if args.role:
+                from opscenter.panel.cli import cmd_operator_role
+
+                return cmd_operator_role(args, db)
+        else:
+            operators.set_password(db, args.name, password)
+            print(f"パスワードを変更しました / password changed: {args.name}")
+    except operators.OperatorError as exc:
+        print(f"エラー / error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_operator(sub: Any) -> None:
+    p = sub.add_parser("operator", help="operator accounts of the operator listener (add, passwd, remove, list)")
+    p.add_argument("action", choices=["add", "passwd", "remove", "list", "role"])
+    p.add_argument("name", nargs="?", help="operator name (letters, digits, . _ @ -)")
+    p.add_argument("role", nargs="?", choices=["admin", "operator"],
+                   help="role: show or set what the operator may do in the console (default for new accounts: "
+                        "operator; admins also manage customer accounts and replacement codes)")
+    _db_options(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_operator)
+
+
+def add_reports(sub: Any) -> None:
+    """report, verify-report, report-key: monthly reports and the signed operating record (opscenter/report/)."""
+    from opscenter.report.cli import add_cli
+
+    add_cli(sub, _db_options)
+
+
+def add_customer(sub: Any) -> None:
+    """customer add|list|passwd|disable|enable|reset-totp: the control panel's accounts (opscenter/panel/cli.py)."""
+    from opscenter.panel.cli import add_customer_parser
+
+    add_customer_parser(sub, _db_options, _db)
 
 
 def add_tuf(sub: Any) -> None:
@@ -328,9 +437,209 @@ def add_tuf(sub: Any) -> None:
     add_cli(sub)
 
 
+# settings sheets, installation confirmations, notifications (the customer's side) ------------------
+
+def _sheet_problems(exc: Any) -> None:
+    print("設定シートに問題があります / the settings sheet has problems:", file=sys.stderr)
+    for pr in exc.problems:
+        print(f"  - {pr.field}: {pr.ja}", file=sys.stderr)
+        print(f"    {' ' * len(pr.field)}  {pr.en}", file=sys.stderr)
+    print("保存していません / nothing was stored", file=sys.stderr)
+
+
+def cmd_sheet(args: argparse.Namespace) -> int:
+    from filters.settingsheet import SheetError
+    from opscenter import sheets
+
+    db, settings = _db(args)
+    if args.action == "list":
+        rows = sheets.list_sheets(db, args.contract)
+        if args.out == "json":
+            _print_json(rows)
+        else:
+            from opscenter.render import table
+
+            print(table(["契約 / contract", "シリアル / serial", "設置日 / install date", "IP", "担当 / contact",
+                         "更新 / updated", "取得 / fetched"],
+                        [[r["contract_id"], r["serial"], r["sheet"].get("install_date") or "",
+                          r["sheet"].get("management_ip") or "", (r["sheet"].get("contact") or {}).get("name", ""),
+                          r["updated_at"] or "", r["fetched_at"] or "-"] for r in rows])
+                  if rows else "設定シートはありません / no settings sheets")
+        return 0
+    if not args.serial:
+        print(f"sheet {args.action} には --serial が必要 / sheet {args.action} needs --serial", file=sys.stderr)
+        return 2
+    if args.action == "delete":
+        if not sheets.delete_sheet(db, args.serial):
+            print(f"設定シートがありません / no settings sheet for serial {args.serial}", file=sys.stderr)
+            return 1
+        print(f"削除しました / deleted: {args.serial}")
+        return 0
+    if args.action == "show":
+        row = sheets.get_sheet(db, args.serial)
+        if row is None:
+            print(f"設定シートがありません / no settings sheet for serial {args.serial}", file=sys.stderr)
+            return 1
+        kw = {"serial": args.serial, "contract_id": row["contract_id"], "center_url": args.center_url or settings.public_url}
+        if args.box_config:
+            if not kw["center_url"]:
+                print("注意: 運用センターの URL がありません (--center-url か public_url) / note: no center URL "
+                      "(--center-url or the public_url setting); the box keeps its shipped center.url", file=sys.stderr)
+            print(sheets.box_config_yaml(row["sheet"], **kw), end="")
+            return 0
+        _print_json({**row, "config": sheets.box_config(row["sheet"], **kw)})
+        return 0
+    # set
+    if not args.contract:
+        print("sheet set には --contract が必要 / sheet set needs --contract", file=sys.stderr)
+        return 2
+    if bool(args.file) == bool(args.json):
+        print("--file か --json のどちらかを指定 / give either --file FILE or --json TEXT", file=sys.stderr)
+        return 2
+    try:
+        if args.file:
+            text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+            data = sheets.parse_sheet_text(text)
+        else:
+            data = json.loads(sys.stdin.read() if args.json == "-" else args.json)
+    except OSError as exc:
+        print(f"ファイルを読めません / cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # JSON and YAML errors
+        print(f"設定シートを読めません / cannot parse the sheet: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # yaml.YAMLError
+        print(f"設定シートを読めません / cannot parse the sheet: {exc}", file=sys.stderr)
+        return 2
+    try:
+        out = sheets.set_sheet(db, args.contract, args.serial, data, operator=args.operator or "cli",
+                               new_code=args.new_code, code_valid_days=settings.code_valid_days,
+                               default_term_days=settings.default_term_days)
+    except SheetError as exc:
+        _sheet_problems(exc)
+        return 1
+    if args.guide:
+        from opscenter.sheets import quickstart_text
+
+        with open(args.guide, "w", encoding="utf-8") as fh:
+            fh.write(quickstart_text(out["serial"], out["contract_id"], out["sheet"], out["activation_code"]))
+    if args.out == "json":
+        _print_json(out)
+        return 0
+    print(f"設定シートを保存しました / settings sheet stored: contract {out['contract_id']}, serial {out['serial']}")
+    if out["activation_code"]:
+        print(f"  アクティベーションコード / activation code: {out['activation_code']}")
+        print(f"  (シリアル {out['serial']} 専用、一度だけ使えます、有効期限 {out['code_expires_at'] or '-'} / "
+              f"bound to serial {out['serial']}, single use, expires {out['code_expires_at'] or '-'})")
+        print("  クイックスタートガイドに記入してお客様にお渡しください / write it into the quick-start guide for "
+              "the customer" + (f" ({args.guide})" if args.guide else " (--guide FILE writes it)"))
+    elif out["code_status"] == "valid":
+        print("  以前に発行したアクティベーションコードが引き続き有効です (--new-code で再発行) / the activation code "
+              "issued earlier is still valid (--new-code issues another)")
+    else:
+        print("  この機器はアクティベーション済みです / this box is already activated")
+    print(f"  機器の設定 / the box's configuration: vcr-opscenter sheet show --serial {out['serial']} --box-config")
+    print(f"  機器側 / on the box: vcr-agent setup --serial {out['serial']}")
+    return 0
+
+
+def add_sheet(sub: Any) -> None:
+    p = sub.add_parser("sheet", help="settings sheets (設定シート): set (check, store, issue a code), show, list, delete")
+    p.add_argument("action", choices=["set", "show", "list", "delete"])
+    _db_options(p)
+    p.add_argument("--contract")
+    p.add_argument("--serial")
+    p.add_argument("--file", help="set: the sheet as YAML or JSON ('-': stdin)")
+    p.add_argument("--json", help="set: the sheet as a JSON text ('-': stdin)")
+    p.add_argument("--new-code", action="store_true", help="set: issue a new activation code even if one is valid")
+    p.add_argument("--operator", help="set: who entered it (default: cli)")
+    p.add_argument("--guide", metavar="FILE", help="set: write the box's quick-start guide (with the new activation "
+                                                   "code) to FILE")
+    p.add_argument("--box-config", action="store_true", help="show: print the box's configuration (YAML)")
+    p.add_argument("--center-url", help="show --box-config: the center URL for the box (default: public_url)")
+    p.add_argument("--out", choices=["text", "json"], default="text")
+    p.set_defaults(fn=cmd_sheet)
+
+
+def cmd_confirmations(args: argparse.Namespace) -> int:
+    from opscenter.confirm import confirmations_text, list_confirmations
+
+    return _list(args, lambda db, _: list_confirmations(db, contract_id=args.contract, status=args.status),
+                 confirmations_text)
+
+
+def add_confirmations(sub: Any) -> None:
+    p = sub.add_parser("confirmations", help="remote installation confirmation (設置確認) of each box")
+    _db_options(p)
+    p.add_argument("--contract")
+    p.add_argument("--status", choices=["confirmed", "pending", "not_installed"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_confirmations)
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    from opscenter import notify
+
+    db, settings = _db(args)
+    if args.action == "set":
+        kw: dict[str, Any] = {}
+        if args.kinds is not None:
+            kw["kinds"] = [k for k in args.kinds.split(",") if k]
+        if args.window_minutes is not None:
+            kw["window_s"] = int(args.window_minutes * 60)
+        if args.offline_minutes is not None:
+            kw["offline_after_s"] = int(args.offline_minutes * 60)
+        if args.recipients is not None:
+            kw["recipients"] = [r.strip() for r in args.recipients.split(",") if r.strip()]
+        if args.on or args.off:
+            kw["enabled"] = bool(args.on)
+        notify.set_prefs(db, args.contract, settings, **kw)
+    prefs = notify.get_prefs(db, args.contract, settings)
+    prefs["effective_recipients"] = notify.recipients_of(db, args.contract, prefs)
+    if args.json:
+        _print_json(prefs)
+        return 0
+    print(f"契約 / contract {args.contract}: {'有効 / on' if prefs['enabled'] else '無効 / off'}"
+          f"{' (既定値 / defaults)' if prefs.get('default') else ''}")
+    print(f"  種類 / kinds: {', '.join(prefs['kinds']) or '-'}")
+    print(f"  まとめる時間 / digest window: {prefs['window_s'] // 60} 分 / min ({prefs['window_s']} s)")
+    print(f"  オフライン通知 / offline after: {prefs['offline_after_s'] // 60} 分 / min")
+    print(f"  宛先 / recipients: {', '.join(prefs['effective_recipients']) or 'なし / none'}"
+          f"{'' if prefs['recipients'] else ' (設定シートの担当者 / the settings sheets contacts)'}")
+    return 0
+
+
+def add_notify(sub: Any) -> None:
+    p = sub.add_parser("notify", help="mail notification preferences of a contract (show, set)")
+    p.add_argument("action", choices=["show", "set"])
+    _db_options(p)
+    p.add_argument("--contract", required=True)
+    p.add_argument("--kinds", help="comma-separated: severe,offline,online")
+    p.add_argument("--window-minutes", type=float, help="digest window of severe alarms")
+    p.add_argument("--offline-minutes", type=float, help="mail when a box is offline this long")
+    p.add_argument("--recipients", help="comma-separated mail addresses ('' = the settings sheets' contacts)")
+    p.add_argument("--on", action="store_true")
+    p.add_argument("--off", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_notify)
+
+
+def cmd_notifications(args: argparse.Namespace) -> int:
+    from opscenter.notify import list_notifications, notifications_text
+
+    return _list(args, lambda db, _: list_notifications(db, contract_id=args.contract, limit=args.limit),
+                 notifications_text)
+
+
+def add_notifications(sub: Any) -> None:
+    _add_listing(sub, "notifications", "notification mails: open digests, sent, failed", cmd_notifications,
+                 "--contract", limit=50)
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     add_serve, add_init_ca, add_issue_code, add_replace, add_revoke, add_devices, add_alarms, add_events,
-    add_task, add_desired, add_bench, add_tuf,
+    add_task, add_desired, add_tuf, add_operator, add_customer, add_sheet, add_confirmations, add_notify,
+    add_notifications, add_reports,
 ]
 
 
@@ -350,25 +659,20 @@ def main(argv: list[str] | None = None) -> int:
         args.ip = [a for group in args.ip for a in group]
     if args.command == "task" and args.action == "add" and not (args.device and args.kind):
         parser.error("task add needs DEVICE and KIND")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
-        return args.fn(args)
-    except SettingsError as exc:
-        print(f"設定エラー / settings error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"エラー / error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        from sqlalchemy.exc import OperationalError
+    return run_command(args, _known_error)
 
-        if isinstance(exc, OperationalError):
-            print(f"データベースを開けません / cannot open the database: {exc.orig or exc}", file=sys.stderr)
-            return 1
-        raise
+
+def _known_error(exc: Exception) -> int | None:
+    if isinstance(exc, (SettingsError, ValueError)):
+        what = "設定エラー / settings error" if isinstance(exc, SettingsError) else "エラー / error"
+        print(f"{what}: {exc}", file=sys.stderr)
+        return 2
+    from sqlalchemy.exc import OperationalError
+
+    if isinstance(exc, OperationalError):
+        print(f"データベースを開けません / cannot open the database: {exc.orig or exc}", file=sys.stderr)
+        return 1
+    return None
 
 
 if __name__ == "__main__":

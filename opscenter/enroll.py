@@ -4,6 +4,13 @@ A code is single-use: it is claimed with a conditional UPDATE inside the activat
 two concurrent activations with one code cannot both succeed. A contract is bound to one box; a
 second box gets 409 ``already_activated`` unless it brings a replacement code from the operator
 (``vcr-opscenter replace``), which moves the contract and revokes the old box's token.
+
+Config backups are trusted only as far as the center can check them (the blob is encrypted by the
+box): a backup's revision must be a config revision the center sent to that box (a ``config`` task
+delivered to it), and a box whose contract has a replacement code issued after its activation may
+not store backups any more (it may be the stolen box the replacement is for). Restore, and the
+count of revisions kept, look only at backups that pass both tests, so a revision number planted
+before these checks existed neither wins the restore nor pushes real revisions out.
 """
 from __future__ import annotations
 
@@ -11,27 +18,32 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, DateTime, ForeignKey, String, Table, and_, bindparam, delete, func, select, update
-
+from sqlalchemy import and_, bindparam, delete, func, select, update
 from sqlalchemy.engine import Connection
 
-from opscenter.db import Database, activation_codes, backups, contracts, device_events, devices, iso, metadata, utcnow
-from opscenter.errors import CenterError
-
-# Per-contract secret for the boxes' encrypted config backups (issue 6): every box activated for the
-# contract (a replacement box too) receives it, so it can decrypt the contract's backups. Created by
-# ``create_all`` beside the other tables (additive: existing databases just gain the table).
-contract_secrets = Table(
-    "contract_secrets",
-    metadata,
-    Column("contract_id", String(64), ForeignKey("contracts.contract_id"), primary_key=True),
-    Column("backup_secret", String(64), nullable=False),
-    Column("created_at", DateTime, nullable=False),
+from opscenter.db import (
+    Database,
+    activation_codes,
+    backups,
+    contract_secrets,
+    contracts,
+    device_events,
+    devices,
+    iso,
+    tasks,
+    utcnow,
 )
+from opscenter.errors import CenterError
+from opscenter.schemas import MAX_REVISION
+from opscenter.textsafe import check_plain
+
+log = logging.getLogger("vcr-opscenter")
+
 
 
 def _backup_secret(conn: Any, db: Database, contract_id: str, now: dt.datetime) -> str:
@@ -97,9 +109,13 @@ class DeviceAuth:
 def issue_code(db: Database, contract_id: str, *, serial: str | None = None, term_days: int | None = None,
                valid_days: int | None = 90, kind: str = "initial", default_term_days: int = 730) -> IssuedCode:
     """Create the contract if needed and an activation code bound to it (and to ``serial`` if given)."""
-    contract_id = contract_id.strip()
+    contract_id = check_plain(contract_id.strip(), "contract id")
     if not contract_id or len(contract_id) > 64:
         raise ValueError("a contract id is 1-64 characters")
+    if serial is not None:
+        check_plain(serial, "serial")
+        if len(serial) > 128:
+            raise ValueError("a serial is at most 128 characters")
     if term_days is not None and term_days < 1:
         raise ValueError("term_days must be at least 1")
     now = utcnow()
@@ -248,19 +264,82 @@ def decode_blob(text: str, max_bytes: int) -> bytes:
     return blob
 
 
+def issued_revisions(conn: Any, device_ids: list[str] | set[str]) -> dict[str, set[int]]:
+    """Config revisions the center sent to each device: ``params.revision`` of its ``config`` tasks that
+    were delivered (a queued task's revision is not known to the box yet)."""
+    out: dict[str, set[int]] = {d: set() for d in device_ids}
+    if not out:
+        return out
+    rows = conn.execute(select(tasks.c.device_id, tasks.c.params).where(and_(
+        tasks.c.device_id.in_(list(out)), tasks.c.kind == "config", tasks.c.status != "queued")))
+    for device_id, params in rows:
+        rev = params.get("revision") if isinstance(params, dict) else None
+        if isinstance(rev, int) and not isinstance(rev, bool) and 0 <= rev <= MAX_REVISION:
+            out[device_id].add(rev)
+    return out
+
+
+def _replaced_since(conn: Any, contract_id: str) -> list[dt.datetime]:
+    """When replacement codes were issued for the contract (oldest first)."""
+    return sorted(conn.execute(select(activation_codes.c.created_at).where(and_(
+        activation_codes.c.contract_id == contract_id, activation_codes.c.kind == "replacement"))).scalars())
+
+
+def _trusted_backups(conn: Any, contract_id: str) -> tuple[list[Any], list[Any]]:
+    """The contract's backup rows (id, revision, device_id, created_at) split into (trusted, newest
+    revision first; untrusted). Trusted: the revision was sent to the storing device, and the row was
+    stored before any replacement code issued after that device's activation."""
+    rows = conn.execute(select(backups.c.id, backups.c.revision, backups.c.device_id, backups.c.created_at)
+                        .where(backups.c.contract_id == contract_id).order_by(backups.c.revision.desc())).all()
+    if not rows:
+        return [], []
+    devs = {r.device_id for r in rows}
+    issued = issued_revisions(conn, devs)
+    activated = dict(conn.execute(select(devices.c.device_id, devices.c.activated_at)
+                                  .where(devices.c.device_id.in_(list(devs)))).all())
+    codes = _replaced_since(conn, contract_id)
+    trusted, untrusted = [], []
+    for r in rows:
+        since = activated.get(r.device_id)
+        cut = next((t for t in codes if since is not None and t > since), None)
+        ok = (since is not None and r.revision in issued.get(r.device_id, ())
+              and (cut is None or r.created_at <= cut))
+        (trusted if ok else untrusted).append(r)
+    return trusted, untrusted
+
+
 def store_backup(db: Database, auth: DeviceAuth, revision: int, blob: bytes, keep: int) -> dict[str, Any]:
-    """Store one revision of the contract's config backup (re-sending a revision replaces it)."""
+    """Store one revision of the contract's config backup (re-sending a revision replaces it).
+
+    Refused: 409 ``replacement_pending`` once the contract has a replacement code issued after this
+    box's activation; 422 ``invalid`` (field ``revision``) for a revision the center never sent to
+    this box."""
     now = utcnow()
     with db.write() as conn:
+        since = conn.execute(select(devices.c.activated_at)
+                             .where(devices.c.device_id == auth.device_id)).scalar_one()
+        if any(t > since for t in _replaced_since(conn, auth.contract_id)):
+            log.warning("backup of revision %s from %s refused: contract %s has a replacement code issued",
+                        revision, auth.device_id, auth.contract_id)
+            raise CenterError(409, "replacement_pending",
+                              f"contract {auth.contract_id} has a replacement code issued after this box was "
+                              "activated; this box may not store backups any more (activate it again with a "
+                              "new code if it is to stay)")
+        if revision not in issued_revisions(conn, [auth.device_id])[auth.device_id]:
+            log.warning("backup of revision %s from %s refused: not a revision sent to it", revision, auth.device_id)
+            raise CenterError(422, "invalid", f"revision: {revision} is not a config revision the operations "
+                                              "center sent to this box", extra={"field": "revision"})
         ins = db.insert(backups).values(contract_id=auth.contract_id, revision=revision, blob=blob,
                                         device_id=auth.device_id, created_at=now)
         conn.execute(ins.on_conflict_do_update(index_elements=[backups.c.contract_id, backups.c.revision],
                                                set_={"blob": blob, "device_id": auth.device_id, "created_at": now}))
-        cutoff = conn.execute(select(backups.c.revision).where(backups.c.contract_id == auth.contract_id)
-                              .order_by(backups.c.revision.desc()).offset(keep).limit(1)).scalar()
-        if cutoff is not None:
-            conn.execute(delete(backups).where(and_(backups.c.contract_id == auth.contract_id,
-                                                    backups.c.revision <= cutoff)))
+        trusted, untrusted = _trusted_backups(conn, auth.contract_id)
+        drop = [r.id for r in untrusted] + [r.id for r in trusted[keep:]]
+        if untrusted:
+            log.warning("contract %s: dropped %d backup(s) of revisions never sent to the storing box: %s",
+                        auth.contract_id, len(untrusted), sorted({r.revision for r in untrusted})[:10])
+        if drop:
+            conn.execute(delete(backups).where(backups.c.id.in_(drop)))
     return {"contract_id": auth.contract_id, "revision": revision, "size": len(blob), "stored_at": iso(now)}
 
 
@@ -270,11 +349,12 @@ def latest_backup(db: Database, contract_id: str) -> dict[str, Any] | None:
 
 
 def _latest_backup(conn: Any, contract_id: str) -> dict[str, Any] | None:
-    row = conn.execute(select(backups.c.revision, backups.c.blob, backups.c.created_at)
-                       .where(backups.c.contract_id == contract_id)
-                       .order_by(backups.c.revision.desc()).limit(1)).first()
-    if row is None:
+    """The newest trusted revision of the contract's backup (see :func:`_trusted_backups`), or None."""
+    trusted, _ = _trusted_backups(conn, contract_id)
+    if not trusted:
         return None
+    row = conn.execute(select(backups.c.revision, backups.c.blob, backups.c.created_at)
+                       .where(backups.c.id == trusted[0].id)).first()
     return {"revision": row[0], "blob": base64.b64encode(row[1]).decode("ascii"), "created_at": iso(row[2])}
 
 

@@ -8,6 +8,7 @@ worker processes: a transition is a conditional UPDATE and only the winner write
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, select, update
@@ -27,12 +28,29 @@ from opscenter.db import (
 )
 from opscenter.enroll import DeviceAuth
 from opscenter.errors import CenterError
+from opscenter.report.recording import record_checkin
 
 TASK_OPEN = ("queued", "delivered")  # delivered in each check-in reply until the box reports a status
 
 
+INT_MAX = 2**31 - 1  # INTEGER columns (32 bits on PostgreSQL): larger reported numbers are not stored
+ID_MAX = 2**63 - 1  # BIGINT ids
+
+
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A reported number for a float column: None unless it is a finite number."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond the float range
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _int(v: Any) -> int | None:
+    """A reported integer for an INTEGER column: None unless it fits."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and -INT_MAX - 1 <= v <= INT_MAX else None
 
 
 PRUNE_EVERY = 10  # check-ins between trims of a device's history
@@ -64,8 +82,12 @@ def _stmts_checkin(db: Database) -> dict[str, Any]:
 
 
 def checkin(db: Database, auth: DeviceAuth, body: dict[str, Any], *, client_ip: str | None, interval: float,
-            history: int, conn: Connection | None = None) -> dict[str, Any]:
-    """Record a check-in; return the reply body (server_time, next_checkin, desired, tasks, license)."""
+            history: int, conn: Connection | None = None, misses: int = 3) -> dict[str, Any]:
+    """Record a check-in; return the reply body (server_time, next_checkin, desired, tasks, license).
+
+    ``misses`` (``offline_after_missed``) is the outage rule of the operating record: a check-in later
+    than that many intervals after the previous one starts a new span (opscenter/report/recording.py)."""
+
     st = db.stmt("checkin", _stmts_checkin)
     now = utcnow()
     d = auth.device_id
@@ -81,16 +103,17 @@ def checkin(db: Database, auth: DeviceAuth, body: dict[str, Any], *, client_ip: 
         count = conn.execute(st["touch"], {
             "d": d, "now": now, "ip": client_ip, "interval": interval,
             "ver": str(body.get("agent_version") or "")[:64] or None,
-            "rev": rev if isinstance(rev, int) and not isinstance(rev, bool) else None}).scalar()
+            "rev": _int(rev)}).scalar()
         conn.execute(st["health"], {"d": d, "now": now, "body": body})
         conn.execute(st["history"], {
             "d": d, "now": now, "sent": str(body.get("sent_at") or "")[:40] or None,
             "cpu": _num(h.get("cpu_percent")), "mem": _num(h.get("memory_percent")),
             "disk": _num(h.get("disk_percent")), "up": _num(h.get("uptime_s")),
-            "pending": spool["pending"] if isinstance(spool.get("pending"), int) else None,
+            "pending": _int(spool.get("pending")),
             "pc": None if pc is None or not isinstance(pc.get("ok"), bool) else int(pc["ok"])})
         if history <= PRUNE_EVERY or (count or 0) % PRUNE_EVERY == 0:
             conn.execute(st["prune"], {"d": d, "keep": history - 1})
+        record_checkin(db, conn, d, now, body, interval=interval, misses=misses)
         open_tasks = conn.execute(st["tasks"], {"d": d}).all()
         fresh = [t[0] for t in open_tasks if t[3] == "queued"]
         if fresh:
@@ -119,6 +142,10 @@ def _desired(rows: dict[str, Any], device_id: str) -> dict[str, Any]:
 def set_desired(db: Database, scope: str, *, agent_version: str | None = None, config_revision: int | None = None,
                 signatures: dict[str, str] | None = None) -> dict[str, Any]:
     """Merge desired versions for ``scope`` ("*" = every box, or a device id)."""
+    from opscenter.schemas import MAX_REVISION
+
+    if config_revision is not None and not 0 <= config_revision <= MAX_REVISION:
+        raise ValueError(f"config_revision must be from 0 to {MAX_REVISION}")
     now = utcnow()
     with db.write() as conn:
         body = dict(conn.execute(select(desired.c.body).where(desired.c.scope == scope)).scalar() or {})
@@ -134,16 +161,28 @@ def set_desired(db: Database, scope: str, *, agent_version: str | None = None, c
 
 
 def add_task(db: Database, device_id: str, kind: str, params: dict[str, Any]) -> int:
+    """Queue a task. A ``config`` task must carry ``params.revision``, an integer 0..2^31-1: it is the
+    revision the box backs up afterwards, and the only kind of revision the center stores a backup of."""
+    from opscenter.schemas import MAX_REVISION
+
     now = utcnow()
     with db.write() as conn:
         if conn.execute(select(devices.c.device_id).where(devices.c.device_id == device_id)).first() is None:
             raise LookupError(f"no device {device_id!r}")
+        if not kind or len(kind) > 64:
+            raise ValueError("a task kind is 1-64 characters")
+        if kind == "config":
+            rev = params.get("revision")
+            if not isinstance(rev, int) or isinstance(rev, bool) or not 0 <= rev <= MAX_REVISION:
+                raise ValueError(f"a config task needs params.revision, an integer from 0 to {MAX_REVISION}")
         r = conn.execute(tasks.insert().values(device_id=device_id, kind=kind, params=params, status="queued",
                                                detail="", created_at=now, updated_at=now))
         return int(r.inserted_primary_key[0])
 
 
 def task_status(db: Database, auth: DeviceAuth, task_id: int, status: str, detail: str) -> dict[str, Any]:
+    if not 0 <= task_id <= ID_MAX:  # no such id can exist (and the database cannot compare it)
+        raise CenterError(404, "not_found", f"no task {task_id} for this device")
     now = utcnow()
     with db.write() as conn:
         r = conn.execute(update(tasks).where(and_(tasks.c.task_id == task_id, tasks.c.device_id == auth.device_id))

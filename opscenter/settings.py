@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = Path("/etc/vcr-opscenter/opscenter.yaml")
 DEFAULT_DB = "sqlite:////var/lib/vcr-opscenter/opscenter.db"
@@ -31,10 +31,54 @@ class Settings(BaseModel):
     ready_file: str | None = Field(None, description="written (JSON: listen, pid) once the socket accepts connections")
     log_level: str = "info"
     access_log: bool = False
-    html_page: bool = Field(False, description="read-only device/alarm page at / (operator network only)")
+    html_page: bool = Field(True, description="the read-only device/alarm page at / of the operator listener")
+    # Operator listener: the page, the operator JSON, /docs and /openapi.json, behind operator accounts
+    # (HTTP Basic over TLS; `vcr-opscenter operator add NAME`). Never served on the device listener.
+    operator_listen: str | None = Field("127.0.0.1:8443", description="HOST:PORT of the operator listener "
+                                        "(loopback by default; empty or null: no operator listener)")
+    operator_login_rate: float = Field(1 / 30, ge=0, description="failed operator logins per second allowed per "
+                                       "client address and per account, shared by all workers (0: no limit)")
+    operator_login_burst: int = Field(10, ge=1)
+    # Control panel for customer administrators (/panel/ on the device listener) and the operators'
+    # console (/console/ on the operator listener): opscenter/panel/, docs/opscenter-api.md.
+    panel: bool = Field(True, description="serve the customer control panel at /panel/ of the device listener")
+    panel_session_idle_minutes: int = Field(30, ge=1, description="a panel or console session ends after this "
+                                            "many minutes without a request")
+    panel_session_hours: int = Field(12, ge=1, description="a panel or console session ends this many hours "
+                                     "after login, used or not")
+    change_requests_per_month: int = Field(4, ge=0, description="change requests a contract may file per month "
+                                           "(Japan time; 0: no limit)")
+    change_due_business_days: int = Field(5, ge=1, description="a change request is due this many business days "
+                                          "after the day it was filed")
     tuf_repo: str | None = Field(None, description="TUF repository folder (opscenter/tufrepo.py) served at /tuf/")
     categories: str | None = Field(None, description="UT1-layout category folder answering GET /api/v1/category")
     category_ttl: int = Field(3600, ge=1, description="seconds a box may cache a category answer")
+    antispam_controller: str | None = Field(None, description="the center's rspamd controller (http://host:11334) "
+                                            "learning the spam and ham boxes report at POST /api/v1/antispam/learn")
+    antispam_password: str = Field("", description="that controller's password (none when the center's address is "
+                                   "one of its secure_ip)")
+    antispam_report_rate: float = Field(0.2, ge=0, description="spam report batches per second per device (0: no limit)")
+    antispam_report_burst: int = Field(10, ge=1)
+    antispam_report_max_bytes: int = Field(4 << 20, ge=1024, description="largest spam report batch (with consented "
+                                           "whole messages)")
+    antispam_digest_min_devices: int = Field(1, ge=1, description="boxes that must report a spam digest before every "
+                                             "box gets it")
+
+    # Sandbox (opscenter/sandbox/, docs/sandbox.md): verdicts by SHA-256 for every box, an analysis queue
+    # in the database drained by worker threads of each center process.
+    sandbox: bool = Field(True, description="serve the sandbox endpoints (/api/v1/sandbox/...) and analyse files")
+    sandbox_workers: int = Field(1, ge=0, le=16, description="analysis worker threads per center process "
+                                 "(0: this process only queues)")
+    sandbox_max_bytes: int = Field(16 << 20, ge=1024, le=256 << 20, description="largest file a box may submit")
+    sandbox_submit_rate: float = Field(0.5, ge=0, description="submissions per second per device (0: no limit)")
+    sandbox_submit_burst: int = Field(20, ge=1)
+    sandbox_quota_files: int = Field(2000, ge=0, description="submissions per device per UTC day (0: no quota)")
+    sandbox_clamd_socket: str | None = Field(None, description="the center's own clamd socket; set: every file "
+                                             "is also scanned by ClamAV")
+    sandbox_rules: str | None = Field(None, description="a folder of extra YARA rules (*.yar) besides the shipped ones")
+    sandbox_clean_ttl: int = Field(6 * 3600, ge=0, description="seconds a box may keep a clean verdict")
+    sandbox_bad_ttl: int = Field(7 * 86400, ge=0, description="seconds a box may keep a malicious or suspicious "
+                                 "verdict")
 
     # Device link
     heartbeat_interval: float = Field(60.0, gt=0, description="seconds between check-ins told to the boxes")
@@ -44,7 +88,8 @@ class Settings(BaseModel):
     default_term_days: int = Field(730, ge=1, description="license term of a new contract (minimum term: two years)")
     code_valid_days: int = Field(90, ge=1, description="activation codes expire after this many days")
 
-    # Limits. A rate of 0 turns that limiter off.
+    # Limits. A rate of 0 turns that limiter off. The buckets live in the database (table rate_buckets),
+    # so every worker process of the center draws from the same ones.
     max_alarm_events: int = Field(1000, ge=1)
     max_alarm_bytes: int = Field(4 << 20, ge=1024)
     max_body_bytes: int = Field(1 << 20, ge=1024, description="other JSON bodies (check-in, task status)")
@@ -52,14 +97,43 @@ class Settings(BaseModel):
     backups_kept: int = Field(20, ge=1, description="backup revisions kept per contract")
     alarm_rate: float = Field(2.0, ge=0, description="alarm batches per second per device")
     alarm_burst: int = Field(10, ge=1)
-    alarm_global_rate: float = Field(0.0, ge=0, description="alarm batches per second over all devices (per worker)")
-    alarm_global_burst: int = Field(200, ge=1)
+    alarm_global_rate: float = Field(100.0, ge=0, description="alarm batches per second over all devices "
+                                                              "(shared by all workers)")
+    alarm_global_burst: int = Field(500, ge=1)
+    alarm_quota_events: int = Field(200_000, ge=0, description="alarms stored per device per UTC day (0: no quota)")
+    alarm_quota_bytes: int = Field(256 << 20, ge=0, description="alarm bytes received per device per UTC day "
+                                                               "(0: no quota)")
     checkin_rate: float | None = Field(None, ge=0, description="check-ins per second per device "
                                                                 "(default: 4 per heartbeat interval)")
     checkin_burst: int = Field(5, ge=1)
     activate_rate: float = Field(1.0, ge=0, description="activation attempts per second per client address")
     activate_burst: int = Field(30, ge=1)
     alarm_retention_days: int = Field(400, ge=0, description="0 keeps alarms forever")
+
+    # The customer's side: settings sheets, installation confirmation, mail notifications (opscenter/notify.py)
+    public_url: str | None = Field(None, description="https://host[:port] the boxes reach the center at, written into "
+                                   "the configuration made from a settings sheet (default: the URL the box used)")
+    smtp_host: str | None = Field(None, description="SMTP server of the notification mails (unset: no mails are sent)")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_from: str = Field("vcr-opscenter@localhost", description="sender address of the notification mails")
+    smtp_starttls: bool = Field(False, description="STARTTLS before sending (and before smtp_user's login)")
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_timeout: float = Field(30.0, gt=0)
+    confirm_interval: float = Field(30.0, ge=0, description="seconds between installation-confirmation evaluations "
+                                    "of one unconfirmed box (0: at every check-in)")
+    notify_interval: float = Field(15.0, gt=0, description="seconds between passes of the notifier (offline scan, "
+                                                           "due mails)")
+    notify_window_s: int = Field(600, ge=1, description="default digest window of severe alarms per contract, seconds")
+    notify_offline_after_s: int = Field(900, ge=1, description="default: a box offline this long is mailed, seconds")
+
+    # Monthly reports (opscenter/report/): generated for every contract on the 1st of each month (Japan time)
+    # for the month before, and on demand (vcr-opscenter report).
+    report_key: str | None = Field(None, description="Ed25519 key signing the operating records "
+                                   "(vcr-opscenter report-key); no key: no scheduled reports")
+    report_schedule: bool = Field(True, description="generate last month's reports from report_hour on the 1st")
+    report_hour: int = Field(2, ge=0, le=23, description="hour (Japan time) on the 1st when the monthly reports start")
+    report_workers: int = Field(1, ge=1, le=64, description="processes generating reports in parallel")
 
     # Database
     db_pool_size: int = Field(10, ge=1)
@@ -72,6 +146,22 @@ class Settings(BaseModel):
     def _listen(cls, v: str) -> str:
         split_listen(v)
         return v
+
+    @field_validator("operator_listen")
+    @classmethod
+    def _operator_listen(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        split_listen(v)
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> "Settings":
+        if self.operator_listen:
+            port, oport = split_listen(self.listen)[1], split_listen(self.operator_listen)[1]
+            if port and port == oport:
+                raise ValueError("operator_listen needs a port of its own (not the device listener's port)")
+        return self
 
     @field_validator("db")
     @classmethod

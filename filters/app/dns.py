@@ -1,4 +1,4 @@
-"""DNS wire format: UDP/TCP messages parsed into DnsMessage events, sinkhole answers, name normalization."""
+"""DNS wire format: UDP/TCP messages parsed into DnsMessage events, queries and sinkhole answers built, name normalization."""
 from __future__ import annotations
 
 import logging
@@ -6,7 +6,7 @@ import struct
 import unicodedata
 from collections.abc import Sequence
 
-from filters.app import DnsAnswer, DnsMessage, DnsQuestion
+from filters.app.events import DnsAnswer, DnsMessage, DnsQuestion
 
 try:  # UTS #46 mapping as browsers do it; ships with requests, optional here
     import idna as _idna
@@ -196,6 +196,10 @@ class DnsTcpParser:
         del buf[:offset]  # what is left is one partial message: at most 65537 bytes
         return out
 
+    def held_bytes(self) -> int:
+        """Bytes held now: the partial message of each direction (at most 65537 bytes each)."""
+        return sum(len(buf) for buf in self._buffers.values())
+
     def _note_bad(self) -> None:
         self._bad += 1
         if "dns.tcp_not_dns" not in self.anomalies and len(self.anomalies) < MAX_ANOMALIES:
@@ -222,15 +226,30 @@ def encode_name(name: str | bytes) -> bytes:
     return bytes(out)
 
 
-def _question_section(query: bytes, qdcount: int) -> tuple[bytes, int]:
-    """The raw question section of ``query`` and its question count; (b"", 0) when it is damaged."""
+def build_query(name: str | bytes, qtype: int = TYPE_A, *, txid: int = 0) -> bytes:
+    """A standard query with recursion desired: one class-IN question for ``name`` of type ``qtype``.
+
+    Raises ValueError for a name ``encode_name`` refuses."""
+    return _HEADER.pack(txid & 0xFFFF, FLAG_RD, 1, 0, 0, 0) + encode_name(name) + _QUESTION.pack(qtype & 0xFFFF, 1)
+
+
+def _questions(message: bytes, count: int) -> tuple[list[DnsQuestion], int]:
+    """The first ``count`` questions of ``message`` and the offset after them. Raises DnsError."""
     offset = _HEADER.size
+    out: list[DnsQuestion] = []
+    for _ in range(count):
+        question, offset = _read_question(message, offset)
+        out.append(question)
+    return out, offset
+
+
+def _question_section(query: bytes, qdcount: int) -> tuple[bytes, list[DnsQuestion]]:
+    """The raw question section of ``query`` and its questions; (b"", []) when it is damaged."""
     try:
-        for _ in range(min(qdcount, MAX_RECORDS)):
-            _question, offset = _read_question(query, offset)
+        questions, offset = _questions(query, min(qdcount, MAX_RECORDS))
     except DnsError:
-        return b"", 0
-    return query[_HEADER.size : offset], min(qdcount, MAX_RECORDS)
+        return b"", []
+    return query[_HEADER.size : offset], questions
 
 
 def build_response(
@@ -244,15 +263,27 @@ def build_response(
 
     Each ``(rrtype, rdata)`` in ``answers`` becomes a class-IN record for the first question's
     name (a compression pointer to it) with ``ttl``. A query whose question section is damaged
-    gets FORMERR with no question and no answer. Raises ValueError when ``query`` is shorter than
+    gets FORMERR with no question and no answer; so does one whose question section does not
+    stand on its own (a compression pointer into the header or past the section: copied behind
+    the new header it would name something else). Raises ValueError when ``query`` is shorter than
     a DNS header (``parse_dns`` returns None for such bytes) or an rdata exceeds 65535 bytes.
     """
     if len(query) < _HEADER.size:
         raise ValueError("not a DNS message: shorter than the 12-byte header")
     txid, qflags, qdcount, _an, _ns, _ar = _HEADER.unpack_from(query, 0)
-    question, count = _question_section(query, qdcount)
-    if qdcount and not count:
-        rcode, answers = RCODE_FORMERR, ()
+    question, questions = _question_section(query, qdcount)
+    if qdcount and questions:
+        reply = _response(txid, qflags, rcode, question, len(questions), answers, ttl)
+        try:
+            if _questions(reply, len(questions))[0] == questions:
+                return reply
+        except DnsError:
+            pass
+    return _response(txid, qflags, RCODE_FORMERR if qdcount else rcode, b"", 0, (), ttl)
+
+
+def _response(txid: int, qflags: int, rcode: int, question: bytes, count: int,
+              answers: Sequence[tuple[int, bytes]], ttl: int) -> bytes:
     if not count:
         answers = ()
     flags = FLAG_QR | FLAG_RA | (qflags & (0x7800 | FLAG_RD | FLAG_CD)) | (rcode & 0xF)

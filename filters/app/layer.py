@@ -1,4 +1,10 @@
-"""Application-layer detection and parsing per flow: picks HTTP/TLS/DNS/SMTP and yields their events."""
+"""Application-layer detection and parsing per flow: picks HTTP/HTTP2/TLS/DNS/SMTP and yields their
+events (and the files of complete HTTP bodies) as ``(Hook, event)`` pairs.
+
+HTTP/2 (clear text) comes two ways, as in Suricata: a client that starts with the connection
+preface (prior knowledge), or an HTTP/1 request with ``Upgrade: h2c`` answered by 101 Switching
+Protocols, after which the HTTP/1 request is stream 1 of the HTTP/2 parser. Both give the same
+``HttpEvent``s as HTTP/1 (on the same hooks); the flow's protocol is "http2"."""
 from __future__ import annotations
 
 import enum
@@ -11,7 +17,9 @@ from typing import Any
 # it forks its workers, so no worker stalls on an import (compiling the module, when there is no
 # bytecode cache) in the middle of its first HTTP or DNS flow.
 from filters.app.dns import DnsTcpParser, parse_dns
+from filters.app.files import http_files
 from filters.app.http import HttpParser
+from filters.app.http2 import PREFACE, Http2Parser, preface_state
 from filters.app.smtp import SmtpParser, looks_like_smtp
 from filters.app.tls import TlsParser, looks_like_tls
 from filters.engine import Hook
@@ -26,16 +34,27 @@ HTTP_METHODS = frozenset(
     b"SEARCH REPORT CHECKOUT MERGE NOTIFY SUBSCRIBE UNSUBSCRIBE M-SEARCH".split()
 )
 SMTP_PORTS = frozenset({25, 587, 2525})
+_DONE_STAGES = frozenset({"request_done", "response_done"})
 DNS_PORT = 53
 
 
 class AppProto(enum.Enum):
     UNKNOWN = "unknown"  # not decided yet
     HTTP = "http"
+    HTTP2 = "http2"
     TLS = "tls"
     DNS = "dns"
     SMTP = "smtp"
     FAILED = "failed"  # decided: none of ours
+
+
+_HTTP_PROTOS = frozenset({AppProto.HTTP, AppProto.HTTP2})  # both give HttpEvents
+
+
+def file_stream_depth(file_depth: int) -> int:
+    """The stream depth a download of ``file_depth`` bytes needs: the body plus room for the
+    response headers, chunk framing and the other responses of the connection before it."""
+    return file_depth + file_depth // 8 + (64 << 10) if file_depth else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +62,22 @@ class AppSettings:
     http_request_body_limit: int = 100 * 1024
     http_response_body_limit: int = 100 * 1024
     http_decompress_layers: int = 2
-    enabled: frozenset[AppProto] = frozenset({AppProto.HTTP, AppProto.TLS, AppProto.DNS, AppProto.SMTP})
+    file_depth: int = 0  # the file engines' depth (Engine.file_depth): downloads followed this far past the body limit
+    enabled: frozenset[AppProto] = frozenset({AppProto.HTTP, AppProto.HTTP2, AppProto.TLS, AppProto.DNS, AppProto.SMTP})
 
 
 @dataclass(slots=True, eq=False)
 class AppState:
     proto: AppProto = AppProto.UNKNOWN
     parser: Any = None
-    seen: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
-    next_offset: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    # per direction, indexed by to_server (False 0, True 1): lists, half the size of a dict per flow
+    seen: list[int] = field(default_factory=lambda: [0, 0])
+    next_offset: list[int] = field(default_factory=lambda: [0, 0])
     early: list[tuple[bool, bytes]] = field(default_factory=list)  # bytes before detection (other side)
+    changed_from: AppProto | None = None  # the protocol before a protocol change (CONNECT, STARTTLS)
+    held: int = 0  # bytes this flow's parser held at the last count (AppLayer.held_total)
+    cut: bool = False  # parsing was stopped by the worker's memcap (AppLayer.cut)
+    eof: dict[bool, bool] = field(default_factory=lambda: {True: False, False: False})  # a side's FIN was handed on
 
 
 def _looks_http(to_server: bool, data: bytes) -> bool:
@@ -73,9 +98,13 @@ def flow_app_proto(flow: Any) -> str | None:
 class AppLayer:
     """Owns the per-flow app-layer state (in ``flow.engine_data['app']``)."""
 
-    def __init__(self, settings: AppSettings = AppSettings()) -> None:
+    def __init__(self, settings: AppSettings = AppSettings(), *, files: bool = True) -> None:
         self.settings = settings
+        self.files = files  # make FILE events (the pipeline turns this off when no engine takes them)
         self.counters: dict[str, int] = {}
+        self.held_total = 0  # bytes held by all flows' parsers (see held_bytes of each parser)
+        self.held_peak = 0
+        self._holders: dict[int, Any] = {}  # flow_id -> flow, for the flows whose parsers hold bytes
 
     def state(self, flow: Any) -> AppState:
         st = flow.engine_data.get("app")
@@ -85,8 +114,9 @@ class AppLayer:
 
     def on_chunk(self, flow: Any, to_server: bool, data: bytes, offset: int) -> list[tuple[Hook, Any]]:
         st = self.state(flow)
-        if st.proto is AppProto.FAILED or not data:
+        if st.proto is AppProto.FAILED or st.cut or not data:
             return []
+        self._release(st)
         expected = st.next_offset[to_server]
         st.next_offset[to_server] = offset + len(data)
         if offset > expected and flow.proto == PROTO_TCP:
@@ -109,18 +139,99 @@ class AppLayer:
 
     def on_gap(self, flow: Any, to_server: bool, length: int) -> None:
         st = flow.engine_data.get("app")
-        if st is not None and st.proto is AppProto.HTTP and hasattr(st.parser, "gap"):
+        if st is not None and st.proto in _HTTP_PROTOS and hasattr(st.parser, "gap"):
             st.parser.gap(to_server, length)
+
+    def on_eof(self, flow: Any, to_server: bool) -> list[tuple[Hook, Any]]:
+        """One side of a TCP flow closed (its FIN, all its bytes before it delivered): once per side."""
+        st = flow.engine_data.get("app")
+        if st is None or st.eof[to_server] or st.proto is AppProto.FAILED or st.cut:
+            return []
+        st.eof[to_server] = True
+        eof = getattr(st.parser, "eof", None)
+        if eof is None:
+            return []
+        return self._wrap(flow, st.proto, eof(to_server))
 
     def on_close(self, flow: Any) -> list[tuple[Hook, Any]]:
         st = flow.engine_data.get("app")
-        if st is None or st.parser is None or not hasattr(st.parser, "close"):
+        if st is None:
             return []
-        return self._wrap(st.proto, st.parser.close())
+        self._uncount(flow, st)  # what the parser holds goes with the flow (after these last events)
+        if st.parser is None or not hasattr(st.parser, "close"):
+            return []
+        return self._wrap(flow, st.proto, st.parser.close())
+
+    # -- memory ------------------------------------------------------------------------------
+    def inspected(self, flow: Any) -> None:
+        """The events of the last ``on_chunk`` went through the engines: release what only they
+        needed (decoded bodies of complete messages) and count what the flow's parser holds."""
+        st = flow.engine_data.get("app")
+        if st is None:
+            return
+        self._release(st)
+        self._account(flow, st)
+
+    @staticmethod
+    def _release(st: AppState) -> None:
+        release = getattr(st.parser, "release", None)
+        if release is not None:
+            release()
+
+    def _account(self, flow: Any, st: AppState) -> None:
+        held_bytes = getattr(st.parser, "held_bytes", None)
+        n = held_bytes() if held_bytes is not None else 0
+        if st.early:
+            n += sum(len(d) for _, d in st.early)
+        if n == st.held:
+            return
+        self.held_total += n - st.held
+        st.held = n
+        if self.held_total > self.held_peak:
+            self.held_peak = self.held_total
+        if n:
+            self._holders[flow.flow_id] = flow
+        else:
+            self._holders.pop(flow.flow_id, None)
+
+    def _uncount(self, flow: Any, st: AppState) -> None:
+        self.held_total -= st.held
+        st.held = 0
+        self._holders.pop(flow.flow_id, None)
+
+    def cut_largest(self, target: int) -> list[tuple[Any, int]]:
+        """Over the worker's memcap: stop parsing the flows that hold the most until all parsers
+        together hold at most ``target`` bytes. Returns the (flow, bytes it held) cut."""
+        out: list[tuple[Any, int]] = []
+        if self.held_total <= target:
+            return out
+        for flow in sorted(self._holders.values(), key=lambda f: -f.engine_data["app"].held):
+            if self.held_total <= target:
+                break
+            out.append((flow, self.cut(flow)))
+        return out
+
+    def cut(self, flow: Any) -> int:
+        """Stop app-layer parsing of ``flow`` for good and drop its parser state; returns the bytes
+        it held. The flow's packets and stream still go to the engines (no app-layer events)."""
+        st = self.state(flow)
+        held = st.held
+        self._uncount(flow, st)
+        st.cut, st.parser, st.early = True, None, []
+        self._count("app.memcap_cut")
+        return held
 
     # -- detection -------------------------------------------------------------------------
     def _detect(self, flow: Any, st: AppState, to_server: bool, data: bytes) -> bool:
         proto = self._guess(flow, to_server, data)
+        if to_server and flow.proto == PROTO_TCP and proto in (None, AppProto.FAILED):
+            # the HTTP/2 preface, also when it comes in several segments
+            head = b"".join(d for ts, d in st.early if ts) + data if st.early else data
+            h2 = preface_state(head[:len(PREFACE)])
+            if h2:
+                proto = AppProto.HTTP2
+            elif h2 is None and proto is AppProto.FAILED:
+                proto = None
         if proto is None:
             st.seen[to_server] += len(data)
             if len(st.early) < 16:
@@ -135,6 +246,9 @@ class AppLayer:
             return False
         st.proto = proto
         st.parser = self._parser(proto)
+        if proto in _HTTP_PROTOS and self.settings.file_depth and hasattr(flow, "toclient"):
+            # a flow that carries files: its downloads are reassembled as deep as the file engines need
+            flow.toclient.depth = max(flow.toclient.depth, file_stream_depth(self.settings.file_depth))
         self._count(f"app.{proto.value}")
         return True
 
@@ -156,16 +270,47 @@ class AppLayer:
     def _parser(self, proto: AppProto) -> Any:
         s = self.settings
         if proto is AppProto.HTTP:
-            return HttpParser(
+            parser = HttpParser(
                 request_body_limit=s.http_request_body_limit,
                 response_body_limit=s.http_response_body_limit,
                 decompress_layers=s.http_decompress_layers,
             )
+            parser.file_depth = s.file_depth
+            return parser
+        if proto is AppProto.HTTP2:
+            return self._http2_parser()
         if proto is AppProto.TLS:
             return TlsParser()
         if proto is AppProto.SMTP:
             return SmtpParser()
         return None  # DNS over UDP is stateless; TCP DNS gets a framing parser on first use
+
+    def _http2_parser(self, upgrade: Any = None, first_tx_id: int = 0) -> Http2Parser:
+        s = self.settings
+        parser = Http2Parser(
+            request_body_limit=s.http_request_body_limit,
+            response_body_limit=s.http_response_body_limit,
+            decompress_layers=s.http_decompress_layers,
+            upgrade=upgrade,
+            first_tx_id=first_tx_id,
+        )
+        parser.file_depth = s.file_depth
+        return parser
+
+    def _h2c_upgrade(self, st: AppState) -> Any:
+        """The HTTP/1 transaction whose 101 answer switched the flow to HTTP/2 (``Upgrade: h2c``
+        asked and granted), or None."""
+        if st.proto is not AppProto.HTTP or AppProto.HTTP2 not in self.settings.enabled:
+            return None
+        for tx in reversed(getattr(st.parser, "transactions", ())):
+            if not tx.response_headers_done:
+                continue
+            if tx.status_code != b"101":
+                return None
+            granted = (tx.header(b"upgrade", response=True) or b"").lower()
+            asked = (tx.header(b"upgrade") or b"").lower()
+            return tx if b"h2c" in granted and b"h2c" in asked else None
+        return None
 
     # -- parsing ---------------------------------------------------------------------------
     def _feed(self, flow: Any, st: AppState, to_server: bool, data: bytes) -> list[tuple[Hook, Any]]:
@@ -177,10 +322,52 @@ class AppLayer:
             log.exception("%s parser failed; no more app-layer parsing for flow %s", st.proto.value, flow.flow_id)
             self._count(f"errors.app.{st.proto.value}")
             st.proto = AppProto.FAILED
+            self._uncount(flow, st)
+            st.parser = None
             return []
+        if st.proto is AppProto.SMTP and getattr(st.parser, "encrypted", False):
+            return self._wrap(flow, st.proto, events) + self._change(flow, st, {})  # STARTTLS
         if getattr(st.parser, "encrypted", False):
             flow.encrypted = True
-        return self._wrap(st.proto, events)
+        tunnel = getattr(st.parser, "tunnel", None) if st.proto is AppProto.HTTP else None
+        if tunnel is not None:  # CONNECT accepted, or 101 Switching Protocols
+            return self._wrap(flow, st.proto, events) + self._change(flow, st, tunnel)
+        return self._wrap(flow, st.proto, events)
+
+    def _change(self, flow: Any, st: AppState, pending: dict[bool, bytes]) -> list[tuple[Hook, Any]]:
+        """A protocol change (HTTP CONNECT or Upgrade, SMTP STARTTLS), as Suricata makes one: the
+        old parser stops (rules for its protocol stop matching), the protocol of what follows is
+        detected afresh (TLS, most often) and its parser takes the bytes from there on."""
+        self._count(f"app.protocol_change.{st.proto.value}")
+        upgrade = self._h2c_upgrade(st)
+        next_tx = getattr(st.parser, "_next_id", 0)
+        st.changed_from = st.proto
+        self._uncount(flow, st)  # the old parser's held bytes leave the worker's budget with it
+        st.proto, st.parser = AppProto.UNKNOWN, None
+        st.seen = [0, 0]
+        st.early = []
+        out: list[tuple[Hook, Any]] = []
+        if upgrade is not None:  # Upgrade: h2c granted: HTTP/2 from here on, the request is stream 1
+            st.proto = AppProto.HTTP2
+            st.parser = self._http2_parser(upgrade, first_tx_id=max(next_tx, upgrade.tx_id + 1))
+            self._count("app.http2")
+            self._count("app.http2.upgrade")
+            for to_server in (True, False):
+                if pending.get(to_server):
+                    out += self._feed(flow, st, to_server, pending[to_server])
+            return out
+        for to_server in (True, False):
+            data = pending.get(to_server, b"")
+            if not data or st.proto is AppProto.FAILED:
+                continue
+            if st.proto is AppProto.UNKNOWN:
+                if not self._detect(flow, st, to_server, data):
+                    continue
+                early, st.early = st.early, []
+                for ts, d in early:
+                    out += self._feed(flow, st, ts, d)
+            out += self._feed(flow, st, to_server, data)
+        return out
 
     def _dns(self, flow: Any, st: AppState, to_server: bool, data: bytes) -> list[tuple[Hook, Any]]:
         if flow.proto == PROTO_UDP:
@@ -193,10 +380,30 @@ class AppLayer:
             st.parser = DnsTcpParser()
         return [(Hook.DNS, m) for m in st.parser.feed(to_server, data)]
 
-    @staticmethod
-    def _wrap(proto: AppProto, events: list[Any]) -> list[tuple[Hook, Any]]:
-        if proto is AppProto.HTTP:
-            return [(Hook.HTTP_REQUEST if e.to_server else Hook.HTTP_RESPONSE, e) for e in events]
+    def _wrap(self, flow: Any, proto: AppProto, events: list[Any]) -> list[tuple[Hook, Any]]:
+        if proto in _HTTP_PROTOS:
+            out: list[tuple[Hook, Any]] = []
+            for e in events:
+                out.append((Hook.HTTP_REQUEST if e.to_server else Hook.HTTP_RESPONSE, e))
+                if e.stage == "response_headers" and self.settings.file_depth and hasattr(flow, "toclient"):
+                    # each download of a kept-alive connection gets its own file depth from where it starts
+                    s = flow.toclient
+                    s.depth = max(s.depth, s.delivered + file_stream_depth(self.settings.file_depth))
+                if self.files and e.stage in _DONE_STAGES:
+                    try:
+                        files = http_files(flow, e)
+                    except Exception:  # a bug here must not stop the flow's HTTP events
+                        log.exception("file of HTTP transaction %d failed", e.tx.tx_id)
+                        self._count("errors.app.files")
+                        continue
+                    for file in files:
+                        self._count("app.files")
+                        if file.partial:
+                            self._count("app.files.partial")
+                        if file.truncated:
+                            self._count("app.files.truncated")
+                        out.append((Hook.FILE, file))
+            return out
         if proto is AppProto.TLS:
             return [(Hook.TLS_HELLO, e) for e in events]
         if proto is AppProto.SMTP:

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
-from filters.app import SmtpEvent
+from filters.app.events import SmtpEvent
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,13 @@ class SmtpParser:
     @property
     def encrypted(self) -> bool:
         return self._encrypted
+
+    def held_bytes(self) -> int:
+        """Bytes held now: partial command/reply lines, client bytes held for a reply, the message
+        being received (at most ``max_message``), pipelined commands and recipients."""
+        return (len(self._client_line) + len(self._server_line) + len(self._held) + len(self._message)
+                + len(self._carry) + 64 * (len(self._pending) + len(self.rcpt_to))
+                + sum(map(len, self.rcpt_to)))
 
     def feed(self, to_server: bool, data: bytes) -> list[SmtpEvent]:
         """Add in-order stream bytes of one direction; return the events they complete. Never raises."""

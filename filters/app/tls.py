@@ -1,11 +1,12 @@
-"""TLS handshake parsing: ClientHello/ServerHello/Certificate into TlsHello events, JA3, and a capped X.509 reader."""
+"""TLS handshake parsing: ClientHello/ServerHello/Certificate into TlsHello events, JA3/JA3S/JA4, and a capped X.509 reader."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 from dataclasses import dataclass, field
 
-from filters.app import TlsHello
+from filters.app.events import TlsHello
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +22,12 @@ MAX_RDN_ATTRS = 16  # attributes per RDN
 MAX_CERT_EXTENSIONS = 256
 MAX_OID = 64  # encoded OID bytes decoded
 MAX_ANOMALIES = 32
+HELLO_HELD = 4096  # what a parsed ServerHello waiting for its certificates costs, roughly
 
 CT_CHANGE_CIPHER_SPEC, CT_ALERT, CT_HANDSHAKE, CT_APPLICATION_DATA, CT_HEARTBEAT = 20, 21, 22, 23, 24
 HS_CLIENT_HELLO, HS_SERVER_HELLO, HS_CERTIFICATE = 1, 2, 11
 EXT_SERVER_NAME, EXT_SUPPORTED_GROUPS, EXT_EC_POINT_FORMATS, EXT_ALPN, EXT_SUPPORTED_VERSIONS = 0, 10, 11, 16, 43
+EXT_SIGNATURE_ALGORITHMS = 13
 TLS13 = 0x0304
 
 _HRR_RANDOM = bytes.fromhex("cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c")
@@ -110,7 +113,39 @@ class _Hello:
     supported_versions: list[int] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
     point_formats: list[int] = field(default_factory=list)
+    sig_algs: list[int] = field(default_factory=list)  # signature_algorithms, in the hello's order
     hrr: bool = False
+
+    def ja3s(self) -> str:
+        """JA3S of a ServerHello: version, the chosen cipher, the extensions (GREASE left out)."""
+        return ",".join([str(self.version), "-".join(str(c) for c in self.ciphers[:1]),
+                         "-".join(str(e) for e in self.extensions if not is_grease(e))])
+
+    def ja4(self) -> str:
+        """JA4 of a ClientHello over TCP (FoxIO's JA4 TLS client fingerprint, as Suricata's
+        ja4.hash): ``t`` + version + SNI (d/i) + cipher and extension counts + ALPN, then the
+        truncated SHA-256 of the sorted ciphers and of the sorted extensions (less SNI and ALPN)
+        with the signature algorithms in their order. GREASE values are left out."""
+        versions = [v for v in self.supported_versions if not is_grease(v)]
+        version = _JA4_VERSIONS.get(max(versions) if versions else self.version, "00")
+        ciphers = [c for c in self.ciphers if not is_grease(c)]
+        exts = [e for e in self.extensions if not is_grease(e)]
+        alpn = self.alpn[0] if self.alpn else b""
+        if not alpn:
+            alpn_code = "00"
+        elif chr(alpn[0]).isalnum() and chr(alpn[-1]).isalnum() and alpn[0] < 128 and alpn[-1] < 128:
+            alpn_code = chr(alpn[0]) + chr(alpn[-1])
+        else:  # a non-alphanumeric first or last byte: the first and last hex digit of the value
+            alpn_code = alpn.hex()[0] + alpn.hex()[-1]
+        a = f"t{version}{'d' if EXT_SERVER_NAME in exts else 'i'}{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{alpn_code}"
+        b = _ja4_hash(",".join(f"{c:04x}" for c in sorted(ciphers))) if ciphers else "000000000000"
+        rest = [e for e in exts if e not in (EXT_SERVER_NAME, EXT_ALPN)]
+        text = ",".join(f"{e:04x}" for e in sorted(rest))
+        sigs = [g for g in self.sig_algs if not is_grease(g)]
+        if sigs:
+            text += "_" + ",".join(f"{g:04x}" for g in sigs)
+        c = _ja4_hash(text) if rest else "000000000000"
+        return f"{a}_{b}_{c}"
 
     def ja3(self) -> str:
         parts = [
@@ -138,7 +173,17 @@ class _Hello:
             cert_sans=cert.sans,
             certs=certs,
             ja3=self.ja3() if self.to_server else "",
+            ja3s=self.ja3s() if not self.to_server else "",
+            ja4=self.ja4() if self.to_server else "",
         )
+
+
+_JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3", 0x0002: "s2",
+                 0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}
+
+
+def _ja4_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _ext_server_name(data: bytes, hello: _Hello) -> None:
@@ -166,6 +211,8 @@ def _parse_extension(ext_type: int, data: bytes, hello: _Hello) -> None:
         _ext_server_name(data, hello)
     elif ext_type == EXT_ALPN:
         _ext_alpn(data, hello)
+    elif ext_type == EXT_SIGNATURE_ALGORITHMS and hello.to_server:
+        hello.sig_algs = _u16_list(_Reader(data).vec16())
     elif ext_type == EXT_SUPPORTED_GROUPS:
         hello.groups = _u16_list(_Reader(data).vec16())
     elif ext_type == EXT_EC_POINT_FORMATS:
@@ -482,6 +529,12 @@ class TlsParser:
     @property
     def failed(self) -> bool:
         return self._failed
+
+    def held_bytes(self) -> int:
+        """Bytes held now: partial record headers, handshake messages being reassembled (each at
+        most MAX_HANDSHAKE), a ServerHello waiting for its certificates."""
+        n = sum(len(side.header) + len(side.handshake) for side in self._sides.values())
+        return n + (HELLO_HELD if self._server_pending is not None else 0)
 
     def feed(self, to_server: bool, data: bytes) -> list[TlsHello]:
         """Add in-order stream bytes of one direction; return the hellos completed by them. Never raises."""

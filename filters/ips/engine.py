@@ -2,45 +2,50 @@
 from __future__ import annotations
 
 import glob
+import hashlib
+import itertools
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
 
 from filters.app.layer import flow_app_proto
-from filters.engine import Action, ConfigError, Decision, Engine, EngineContext, Hook, Verdict
-from filters.flow import TcpState
-from filters.ips.detect import (
-    Detector,
-    RuleInfo,
-    dns_buffers,
-    header_matches,
-    http_buffer,
-    tls_buffers,
-)
-from filters.ips.match import MatchContext, match_packet_checks, match_section
-from filters.ips.model import BUFFERS, PKT, Action as RuleAction, BufDir, FlowbitCmd, Rule, Threshold, ThresholdType, Track
+from filters.engine import Action, BundleError, BundleLoad, ConfigError, Decision, Engine, EngineContext, Verdict
+from filters.ips.app_buffers import dns_buffers, http_buffer, tls_buffers
+from filters.ips.buffer_match import MatchContext, match_section
+from filters.ips.config import STREAM_TAIL, IpsConfig, IpsVars
 from filters.ips.netspec import Variables
-from filters.ips.rules import LoadResult, load_classification, load_files
+from filters.ips.packet_match import header_matches, match_packet_checks
+from filters.ips.reach import Reach
+from filters.ips.rule import BUFFERS, PKT, Action as RuleAction, BufDir, FlowbitCmd, Rule, Threshold, ThresholdType, Track
+from filters.ips.rule_groups import Detector, RuleInfo
+from filters.ips.rule_parser import LoadResult, load_classification, load_files
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
+from filters.stream import TcpState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from filters.app.events import DnsMessage, HttpEvent, TlsHello
 
 log = logging.getLogger(__name__)
 
-STREAM_TAIL = 4096  # bytes of a stream kept to find matches spanning two chunks
 MAX_THRESHOLD_ENTRIES = 100_000
 MAX_REPORTED_ERRORS = 20
-APPS_WITH_PARSER = frozenset({"http", "http1", "tls", "dns", "smtp"})
+_GENERATIONS = itertools.count(1)  # a number per Detector built in this process (_FlowState.detector)
+APPS_WITH_PARSER = frozenset({"http", "http1", "http2", "tls", "dns", "smtp"})
 VERDICT_ACTION = {
     RuleAction.ALERT: Action.ALERT, RuleAction.DROP: Action.DROP, RuleAction.PASS: Action.PASS,
     RuleAction.REJECT: Action.REJECT, RuleAction.REJECTSRC: Action.REJECT, RuleAction.REJECTDST: Action.REJECT,
     RuleAction.REJECTBOTH: Action.REJECT,
 }
-SECTION_KEYS = {"enabled", "rule_files", "vars", "classification", "stream_tail"}
 
 
+MAX_UNFILTERED_CACHE = 4096  # (addresses, port classes) whose unfiltered packet rules are kept
 MAX_HEADER_CACHE = 256  # rule headers remembered per TCP flow (bounds the memory of 100k flows)
+MAX_LIMIT_SIDS = 64  # rules whose bound hits are counted by sid (the rest under "sid:other")
+MAX_FIRED_TX = 1024  # (transaction, rule) pairs remembered per flow so a rule fires once per transaction
 MAX_TX_MEMOS = 4  # app-layer transactions per flow whose inspection state is kept (pipelining)
 _BODY_STAGES = frozenset({"request_body", "response_body"})
 _GROWING = frozenset({PKT, "file.data", "http.request_body", "http.response_body"})  # change within a body stage
@@ -63,6 +68,8 @@ class _TxMemo:
     checked: set[str] = field(default_factory=set)  # buffers compared during the current event
     stage: str | None = None  # the transaction's stage at the last event
     bufs: dict[str, list[bytes]] = field(default_factory=dict)  # buffers that cannot change in this stage
+    # (rule, buffer) -> the buffer in which that rule's required content was last found missing
+    absent: dict[tuple[int, str], bytes] = field(default_factory=dict)
 
     def begin(self) -> None:
         self.checked.clear()
@@ -80,22 +87,44 @@ class _TxMemo:
 
 @dataclass(slots=True, eq=False)
 class _FlowState:
-    flowbits: set[str] = field(default_factory=set)
-    flowints: dict[str, int] = field(default_factory=dict)
+    """The IPS's state of one flow. A worker holds one per flow (100,000 and more): containers
+    are made when first needed, most flows never need them."""
+
+    # The rule set (Detector) the caches below were filled for: they name rules by their index in
+    # it, so a flow living across a reload must not read them against the new one (see Ips._state).
+    detector: int = 0
+    flowbits: set[str] | None = None
+    flowints: dict[str, int] | None = None
     passed: bool = False
-    iponly_done: set[bool] = field(default_factory=set)
-    fired_tx: set[tuple[Any, int]] = field(default_factory=set)
-    tail: dict[bool, bytes] = field(default_factory=lambda: {True: b"", False: b""})
+    bypassed: bool = False  # counted once as a flow the IPS let go of (encrypted, or no rule can match it)
+    iponly_done: int = 0  # directions whose IP-only rules ran: 1 to_server, 2 to_client
+    fired_tx: dict[tuple[Any, int, int], None] | None = None  # (tx, gid, sid) that fired, oldest first
+    tail_ts: bytes = b""  # the end of each stream direction, for matches across two chunks
+    tail_tc: bytes = b""
     relevant: tuple[bool, bool, bool] | None = None  # could (iponly, packet, stream) rules apply at all
     # Rule headers (protocol, addresses, ports) judged once per flow and direction: 2 * rule + to_server.
-    headers: dict[int, bool] = field(default_factory=dict)
+    headers: dict[int, bool] | None = None
     headers_for: tuple[bytes, int] = (b"", -1)  # the flow's client when ``headers`` was filled
-    tx_memos: OrderedDict[Any, _TxMemo] = field(default_factory=OrderedDict)
+    tx_memos: OrderedDict[Any, _TxMemo] | None = None
     # Per direction: the packet group's rules without a fast pattern whose header fits this flow
     # (they are candidates for every packet; the header never changes within a direction).
-    unfiltered: dict[bool, frozenset[int]] = field(default_factory=dict)
+    unfiltered_ts: frozenset[int] | None = None
+    unfiltered_tc: frozenset[int] | None = None
+
+    def rebind(self, detector: int) -> None:
+        """A reload swapped the rule set: forget what names rules by index (header judgements,
+        unfiltered candidates, transactions' prefilter hits and evaluated rules, whether rules
+        could apply at all); keep what the flow earned (flowbits, flowints, a pass, IP-only rules
+        done, the stream tail, the rules that fired per transaction, by sid)."""
+        self.detector = detector
+        self.headers = None
+        self.unfiltered_ts = self.unfiltered_tc = None
+        self.tx_memos = None
+        self.relevant = None
 
     def tx_memo(self, key: Any) -> _TxMemo:
+        if self.tx_memos is None:
+            self.tx_memos = OrderedDict()
         memo = self.tx_memos.get(key)
         if memo is None:
             memo = self.tx_memos[key] = _TxMemo()
@@ -182,66 +211,85 @@ class _Site:
     app: str | None = None  # the flow's app-layer protocol as this site sees it
 
 
+def _bundle_rules(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.rules") if p.is_file())
+
+
+def rules_digest(files: Iterable[Path]) -> str:
+    """``sha256:`` and 16 hex digits of the rule files' contents (sorted by path), or "" without files."""
+    names = sorted({str(f) for f in files})
+    if not names:
+        return ""
+    h = hashlib.sha256()
+    for name in names:
+        try:
+            h.update(Path(name).read_bytes())
+        except OSError:
+            return ""
+    return "sha256:" + h.hexdigest()[:16]
+
+
 class Ips(Engine):
+    Config = IpsConfig
+    bundle_kinds = ("ips",)
     name: ClassVar[str] = "ips"
-    hooks: ClassVar[frozenset[Hook]] = frozenset(
-        {Hook.PACKET, Hook.PACKET_END, Hook.STREAM, Hook.HTTP_REQUEST, Hook.HTTP_RESPONSE, Hook.TLS_HELLO, Hook.DNS}
-    )
+    coalesce_http: ClassVar[bool] = True  # decisions wait for the packet's end anyway (_defer)
 
     def __init__(self) -> None:
         super().__init__()
         self.detector = Detector([])
+        self._generation = next(_GENERATIONS)  # changes with every Detector this engine runs
         self.load: LoadResult | None = None
         self.load_seconds = 0.0
         self.inert: dict[str, int] = {}
         self.thresholds = Thresholds()
         self.stream_tail = STREAM_TAIL
+        self.encryption_bypass = True  # engines.ips.encryption_handling: bypass (see needs_more)
+        self.unmatchable_bypass = True  # engines.ips.unmatchable_flows: bypass (see needs_more)
+        self._reach = Reach(self.detector)  # rebuilt with the detector in prepare()
         self.vars = Variables.suricata_defaults()
         self._pkt: Packet | None = None
         self._pkt_flow: Any = None  # the flow of the packet being processed (None between packets)
         self._pending: list[Decision] = []  # this packet's decisions so far (pass is applied at its end)
+        self._unfiltered_cache: tuple[Any, dict[tuple[Any, ...], frozenset[int]]] = (None, {})
+        self._interned: dict[frozenset[int], frozenset[int]] = {}  # distinct answers of _unfiltered
         self._app_before: str | None = None
         self._files: list[Path] = []
         self._classification: Mapping[str, tuple[str, int]] | None = None
+        self.pcre_limit_sids: dict[int, int] = {}  # sid -> pcre matches stopped by a PCRE2 bound
+        self.rules_digest = ""  # "sha256:<16 hex>" of the loaded rule files (the heartbeat's signature)
 
     # -- configuration -------------------------------------------------------------------
     def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
-        unknown = set(section) - SECTION_KEYS
-        if unknown:
-            raise ConfigError("unknown key", key=sorted(unknown)[0])
-        files = self._rule_files(section.get("rule_files", []))
-        self.vars = self._variables(section.get("vars") or {}, list(ctx.home_net))
+        conf = self.check_section(section)
+        files = self._rule_files(conf.rule_files)
+        self.vars = self._variables(conf.vars or IpsVars(), list(ctx.home_net))
         classification = None
-        if section.get("classification"):
+        if conf.classification:
             try:
-                classification = load_classification(section["classification"])
+                classification = load_classification(conf.classification)
             except OSError as exc:
                 raise ConfigError(f"cannot read: {exc.strerror}", key="classification") from None
-        tail = section.get("stream_tail", STREAM_TAIL)
-        if not isinstance(tail, int) or not 0 <= tail <= 1 << 20:
-            raise ConfigError("expected a byte count between 0 and 1048576", key="stream_tail")
-        self.stream_tail = tail
+        self.stream_tail = conf.stream_tail
+        self.encryption_bypass = conf.encryption_handling == "bypass"
+        self.unmatchable_bypass = conf.unmatchable_flows == "bypass"
         self._files, self._classification = files, classification
 
     def prepare(self) -> None:
         self.reload(self._files, self._classification)
 
-    def _rule_files(self, raw: Any) -> list[Path]:
-        if not isinstance(raw, list):
-            raise ConfigError("expected a list of rule files (globs allowed)", key="rule_files")
+    def _rule_files(self, patterns: list[str]) -> list[Path]:
         out: list[Path] = []
-        for i, item in enumerate(raw):
-            matches = sorted(glob.glob(str(item))) if isinstance(item, str) else []
+        for i, item in enumerate(patterns):
+            matches = sorted(glob.glob(item))
             if not matches:
                 raise ConfigError(f"no rule file matches {item!r}", key=f"rule_files[{i}]")
             out += [Path(m) for m in matches]
         return out
 
-    def _variables(self, raw: Any, home_net: list[str] | None) -> Variables:
-        if not isinstance(raw, dict) or set(raw) - {"address-groups", "port-groups"}:
-            raise ConfigError("expected a mapping with address-groups and port-groups", key="vars")
-        addrs = {k: str(v) for k, v in (raw.get("address-groups") or {}).items()}
-        ports = {k: str(v) for k, v in (raw.get("port-groups") or {}).items()}
+    def _variables(self, conf: IpsVars, home_net: list[str] | None) -> Variables:
+        addrs = dict(conf.address_groups or {})
+        ports = dict(conf.port_groups or {})
         if home_net and "HOME_NET" not in addrs:
             addrs["HOME_NET"] = "[" + ",".join(home_net) + "]"
         return Variables.suricata_defaults().with_overrides(address_groups=addrs, port_groups=ports)
@@ -258,7 +306,10 @@ class Ips(Engine):
                 continue
             usable.append(rule)
         detector = Detector(usable)
-        self.detector, self.load, self.inert = detector, result, inert
+        reach = Reach(detector)  # built with the rules, not on the first packet after the reload
+        self.detector, self._reach, self.load, self.inert = detector, reach, result, inert
+        self._generation = next(_GENERATIONS)
+        self.rules_digest = rules_digest(files)
         self.load_seconds = time.monotonic() - t0
         for err in result.errors[:MAX_REPORTED_ERRORS]:
             log.warning("rule skipped (bad syntax): %s", err)
@@ -282,18 +333,61 @@ class Ips(Engine):
             "inert_no_parser": self.inert,
             "groups": self.detector.counts,
             "load_seconds": round(self.load_seconds, 2),
+            "pcre_limit_hits": self.counters.get("pcre.limit_hits", 0),
+            "pcre_limit_sids": dict(sorted(self.pcre_limit_sids.items(), key=lambda kv: -kv[1])[:MAX_REPORTED_ERRORS]),
+            "signatures": {"ips": self.rules_digest} if self.rules_digest else {},
         }
 
+    # -- integration with the box: the ips signature bundle ----------------------------------
+    @classmethod
+    def apply_bundle(cls, section: Mapping[str, Any], kind: str, folder: Path) -> dict[str, Any]:
+        """The bundle's rule files join ``rule_files`` (the config's own local rules stay) and its
+        classification.config replaces the configured one."""
+        own = section.get("rule_files") or []
+        own = list(own) if isinstance(own, list) else [own]
+        # a config that already names the bundle's files (by a glob over current/) keeps them once
+        named = {os.path.realpath(f) for pat in own if isinstance(pat, str) for f in glob.glob(pat)}
+        rules = [str(p) for p in _bundle_rules(folder) if str(p) not in named]
+        if not rules:
+            return dict(section)
+        out = {**section, "rule_files": own + rules}
+        if (folder / "classification.config").is_file():
+            out["classification"] = str(folder / "classification.config")
+        return out
+
+    @classmethod
+    def load_bundle(cls, kind: str, folder: Path, manifest: Mapping[str, Any], section: Mapping[str, Any],
+                    ctx: EngineContext) -> BundleLoad:
+        """Compile the bundle's rules with a new engine configured as the running one."""
+        rules = _bundle_rules(folder)
+        if not rules:
+            raise BundleError("the bundle has no .rules file")
+        staged: dict[str, Any] = {k: section[k] for k in ("vars", "stream_tail", "classification") if k in section}
+        staged["rule_files"] = [str(p) for p in rules]
+        if (folder / "classification.config").is_file():
+            staged["classification"] = str(folder / "classification.config")
+        engine = cls()
+        try:
+            engine.configure(staged, ctx)
+            engine.prepare()
+        except (ConfigError, OSError, ValueError) as exc:
+            raise BundleError(f"IPS rules do not load: {exc}") from None
+        summary = engine.summary()
+        return BundleLoad(int(summary.get("rules_loaded", 0)),
+                          {k: summary.get(k) for k in ("rules_active", "rules_loaded", "rules_unsupported", "rules_bad")},
+                          engine, counts_manifest_rules=True)
+
     # -- per-flow state ------------------------------------------------------------------
-    @staticmethod
-    def _state(flow: Any) -> _FlowState:
+    def _state(self, flow: Any) -> _FlowState:
         st = flow.engine_data.get("ips")
         if st is None:
-            st = flow.engine_data["ips"] = _FlowState()
+            st = flow.engine_data["ips"] = _FlowState(detector=self._generation)
             st.headers_for = (flow.client_addr, flow.client_port)
+        elif st.detector != self._generation:
+            st.rebind(self._generation)
         elif st.headers and st.headers_for[0] is not flow.client_addr and st.headers_for != (flow.client_addr, flow.client_port):
             st.headers.clear()  # the flow was turned around (midstream pickup): directions changed
-            st.unfiltered.clear()
+            st.unfiltered_ts = st.unfiltered_tc = None
             st.headers_for = (flow.client_addr, flow.client_port)
         return st
 
@@ -304,29 +398,93 @@ class Ips(Engine):
         if not len(det):
             return False
         st = self._state(flow)
-        if st.passed or flow.encrypted or (flow.toserver.depth_reached and flow.toclient.depth_reached):
+        if st.passed or (flow.toserver.depth_reached and flow.toclient.depth_reached):
             return False
-        if st.relevant is None:
-            st.relevant = (
-                det.could_apply("iponly", flow),
-                det.could_apply("packet", flow),
-                flow.proto == PROTO_TCP and det.could_apply("stream", flow),
-            )
-        iponly, packet, stream = st.relevant
-        if packet or stream or (iponly and len(st.iponly_done) < 2):
+        if flow.encrypted:
+            if self.encryption_bypass:
+                self._bypassed(st, "flows.bypassed_encrypted")
+                return False
+            # full: only packet and stream rules can read what follows (app parsing stopped)
+            iponly, packet, stream = self._relevance(st, flow)
+            return packet or stream
+        if not self.unmatchable_bypass:
+            return True  # unmatchable_flows: inspect (until the flow ends or its stream depth)
+        if self._matchable(st, flow):
+            return True
+        self._bypassed(st, "flows.bypassed_unmatchable")
+        return False
+
+    def _matchable(self, st: _FlowState, flow: Any) -> bool:
+        """Could a loaded rule still match a packet of ``flow``: a packet, stream or IP-only rule
+        that fits its header (and flowbits, see filters/ips/reach.py), or an app-layer rule of its
+        app protocol (while that is not known yet, of any)."""
+        det = self.detector
+        iponly, packet, stream = self._relevance(st, flow)
+        if packet or stream or (iponly and st.iponly_done != 3):
             return True
         app = flow_app_proto(flow)
         if app in (None, "unknown"):
             return bool(det.app_protos) and flow.proto in (PROTO_TCP, PROTO_UDP)
-        return app != "failed" and ("*" in det.app_protos or app in det.app_protos)
+        if app in _CAN_CHANGE and any(app not in _aliases(p) for p in det.app_protos) and not _changed(flow):
+            return True  # HTTP CONNECT/Upgrade, SMTP STARTTLS: another protocol may follow
+        return app != "failed" and ("*" in det.app_protos or any(app in _aliases(p) for p in det.app_protos))
+
+    def _bypassed(self, st: _FlowState, counter: str) -> None:
+        if not st.bypassed:
+            st.bypassed = True
+            self.count(counter)
+
+    def needs_empty_acks(self) -> bool:
+        """Some loaded rule could match an empty ACK (rule_groups.could_match_empty_ack); before
+        the rules are loaded: unknown, so yes."""
+        return self.load is None or bool(self.detector.empty_ack_rules)
+
+    def _relevance(self, st: _FlowState, flow: Any) -> tuple[bool, bool, bool]:
+        """Could (iponly, packet, stream) rules apply to the flow at all, by their headers (and,
+        for packet and stream rules, the flowbits they need: filters/ips/reach.py)."""
+        if st.relevant is None:
+            reach = self._reach
+            rel = (
+                self.detector.could_apply("iponly", flow),
+                reach.could_apply("packet", flow, st.flowbits),
+                flow.proto == PROTO_TCP and reach.could_apply("stream", flow, st.flowbits),
+            )
+            st.relevant = _RELEVANCE.setdefault(rel, rel)  # eight possible answers, one tuple each
+        return st.relevant
 
     # -- hooks -----------------------------------------------------------------------------
     def on_packet(self, pkt: Packet, flow: Any) -> Iterable[Decision] | None:
+        if flow is None:
+            return self._flowless(pkt)
         self._pkt, self._pkt_flow, self._pending = pkt, flow, []
         # TCP: app-protocol-only rules apply from the packet after detection (Suricata detects on
         # the acknowledged stream); UDP: from the detecting packet itself (see on_packet_end).
         self._app_before = flow_app_proto(flow) if flow.proto == PROTO_TCP else None
         return None
+
+    def _flowless(self, pkt: Packet) -> list[Decision]:
+        """A packet with a decoded IP layer but no flow: a fragment (inspected on its own before
+        its datagram is reassembled), a packet whose transport header is invalid, a packet the
+        flow table had no room for. As in Suricata, IP-only rules match it (every such packet, as
+        there is no flow to remember them by); a fragment also meets the per-packet header rules
+        (fragbits, fragoffset, ttl, ip_proto...) that need no payload. Its L4 header is not
+        trusted: no ports, so rules with ports do not match, and flow-state keywords do not either."""
+        nf = _NoFlow(pkt.proto)
+        st = _FlowState()
+        site = _Site(nf, True, pkt.src_addr, 0, pkt.dst_addr, 0, False, pkt, lambda name: [], pkt.ts, None)
+        infos = self.detector.infos
+        addrs = (pkt.src_addr, pkt.dst_addr)
+        found = self.detector.groups["iponly"].candidates(site.buffers, infos, addrs)
+        if pkt.is_fragment and pkt.anomaly is None:
+            group = self.detector.groups["packet"]
+            wide = group.index.lookup(*addrs) if group.index is not None else group.always
+            found += sorted((infos[i] for i in wide if not infos[i].rule.sections and infos[i].app_proto is None),
+                            key=lambda r: r.order)
+        found = [i for i in found if _stateless(i.rule)]
+        out = self._run(found, site, st, tx_key=None)
+        if any(d.action is Action.PASS for d in out):
+            return [d for d in out if d.action is Action.PASS]
+        return out
 
     def _defer(self, flow: Any, decisions: list[Decision]) -> list[Decision] | None:
         """Inside a packet, hold decisions until its end, where pass rules are applied."""
@@ -338,7 +496,7 @@ class Ips(Engine):
     def on_packet_end(self, pkt: Packet, flow: Any) -> Iterable[Decision] | None:
         pending, self._pending, self._pkt_flow = self._pending, [], None
         st = self._state(flow)
-        if st.passed and not any(d.action is Action.PASS for d in pending):
+        if st.passed and not (pending and any(d.action is Action.PASS for d in pending)):
             return None
         to_server = flow.to_server(pkt)
         site = _Site(flow, to_server, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, pkt.has_ports, pkt,
@@ -346,23 +504,54 @@ class Ips(Engine):
                      self._app_before if flow.proto == PROTO_TCP else flow_app_proto(flow))
         out = pending
         addrs = (pkt.src_addr, pkt.dst_addr)
-        if not st.passed and to_server not in st.iponly_done:
-            st.iponly_done.add(to_server)
+        bit = 1 if to_server else 2
+        if not st.passed and not st.iponly_done & bit:
+            st.iponly_done |= bit
             out += self._run(self.detector.groups["iponly"].candidates(site.buffers, self.detector.infos, addrs),
                              site, st, tx_key=None)
-        if not any(d.action is Action.PASS for d in out):
+        if not (out and any(d.action is Action.PASS for d in out)):
             group = self.detector.groups["packet"]
-            base = st.unfiltered.get(to_server)
-            if base is None:
-                infos = self.detector.infos
-                wide = group.index.lookup(*addrs) if group.index is not None else group.always
-                base = frozenset(i for i in wide if header_matches(infos[i].rule, flow.proto, pkt.src_addr, pkt.sport,
-                                                                   pkt.dst_addr, pkt.dport, pkt.has_ports))
-                st.unfiltered[to_server] = base  # a flow's addresses (and ports) are fixed per direction
-            out += self._run(group.candidates(site.buffers, self.detector.infos, base=base), site, st, tx_key=None)
-        if any(d.action is Action.PASS for d in out):
+            base = st.unfiltered_ts if to_server else st.unfiltered_tc
+            if base is None:  # fixed per direction
+                base = self._unfiltered(flow.proto, pkt)
+                if to_server:
+                    st.unfiltered_ts = base
+                else:
+                    st.unfiltered_tc = base
+            found = group.candidates(site.buffers, self.detector.infos, base=base)
+            if flow.proto == PROTO_TCP and getattr(flow, "no_session", False):
+                # No TCP session, so no stream to inspect: the stream rules meet the packet's
+                # payload instead (Suricata inspects the payload of packets not added to a stream).
+                found += self.detector.groups["stream"].candidates(site.buffers, self.detector.infos, addrs)
+                found.sort(key=lambda r: r.order)
+            out += self._run(found, site, st, tx_key=None, header_ok=base)
+        if out and any(d.action is Action.PASS for d in out):
             return [d for d in out if d.action is Action.PASS]  # a pass rule silences the packet
         return out
+
+    def _unfiltered(self, proto: int, pkt: Packet) -> frozenset[int]:
+        """The packet group's rules without a fast pattern whose header fits the packet's
+        direction of its flow. Many flows share the answer (a client's connections to one
+        service differ only in the source port): it is kept by addresses and port class."""
+        det = self.detector
+        has_ports = pkt.has_ports
+        key = (proto, pkt.src_addr, pkt.dst_addr, has_ports,
+               det.port_class(pkt.sport) if has_ports else 0, det.port_class(pkt.dport) if has_ports else 0)
+        cache = self._unfiltered_cache
+        if cache[0] is not det:  # a reload: the new rules answer afresh
+            cache = self._unfiltered_cache = (det, {})
+            self._interned = {}
+        got = cache[1].get(key)
+        if got is None:
+            group, infos = det.groups["packet"], det.infos
+            wide = group.index.lookup(pkt.src_addr, pkt.dst_addr) if group.index is not None else group.always
+            got = frozenset(i for i in wide if header_matches(infos[i].rule, proto, pkt.src_addr, pkt.sport,
+                                                              pkt.dst_addr, pkt.dport, has_ports))
+            got = self._interned.setdefault(got, got)  # one copy for the many flows it is the answer of
+            if len(cache[1]) >= MAX_UNFILTERED_CACHE:
+                del cache[1][next(iter(cache[1]))]
+            cache[1][key] = got
+        return got
 
     def on_stream(self, flow: Any, to_server: bool, data: bytes, offset: int) -> Iterable[Decision] | None:
         if flow.proto != PROTO_TCP:
@@ -370,34 +559,50 @@ class Ips(Engine):
         st = self._state(flow)
         if st.passed:
             return None
-        tail = st.tail[to_server]
+        tail = st.tail_ts if to_server else st.tail_tc
         window = tail + data
-        st.tail[to_server] = window[-self.stream_tail:] if self.stream_tail else b""
+        keep = window[-self.stream_tail:] if self.stream_tail else b""
+        if to_server:
+            st.tail_ts = keep
+        else:
+            st.tail_tc = keep
         site = self._flow_site(flow, to_server, lambda name: [window] if name == PKT else [])
         found = self.detector.groups["stream"].candidates(site.buffers, self.detector.infos, (site.src, site.dst))
         if tail:  # a match wholly inside the old tail was reported with the earlier chunk
+            # the window first: most candidates fail there (their header, their other contents),
+            # and only those that match it are looked for in the old tail alone
             old = self._flow_site(flow, to_server, lambda name: [tail] if name == PKT else [])
-            found = [i for i in found if not self._matches(i, old, st, check_bits=False)]
+            found = [i for i in found if self._matches(i, site, st, check_bits=False)
+                     and not self._matches(i, old, st, check_bits=False)]
         return self._defer(flow, self._run(found, site, st, tx_key=None))
 
-    def on_event(self, hook: Hook, flow: Any, event: Any) -> Iterable[Decision] | None:
+    def on_http_request(self, flow: Any, ev: HttpEvent) -> Iterable[Decision] | None:
         st = self._state(flow)
         if st.passed:
             return None
-        return self._defer(flow, self._event(hook, flow, st, event))
+        return self._defer(flow, self._http(flow, st, ev))
 
-    def _event(self, hook: Hook, flow: Any, st: _FlowState, event: Any) -> list[Decision]:
-        if hook in (Hook.HTTP_REQUEST, Hook.HTTP_RESPONSE):
-            return self._http(flow, st, event)
-        if hook is Hook.TLS_HELLO:
-            site = self._flow_site(flow, event.to_server, self._with_pkt(lambda n: tls_buffers(event, n)))
-            return self._app(site, st, ("tls", event.to_server), {"tls"}, {"tls": {"sni": event.sni.decode("latin-1")}})
-        if hook is Hook.DNS:
-            site = self._flow_site(flow, event.to_server, self._with_pkt(lambda n: dns_buffers(event, n)))
-            extra = {"dns": {"type": "query" if event.to_server else "answer", "id": event.txid,
-                             "queries": [q.name.decode("latin-1") for q in event.questions]}}
-            return self._app(site, st, ("dns", event.txid, event.to_server, id(event)), {"dns"}, extra)
-        return []
+    def on_http_response(self, flow: Any, ev: HttpEvent) -> Iterable[Decision] | None:
+        st = self._state(flow)
+        if st.passed:
+            return None
+        return self._defer(flow, self._http(flow, st, ev))
+
+    def on_tls_hello(self, flow: Any, hello: TlsHello) -> Iterable[Decision] | None:
+        st = self._state(flow)
+        if st.passed:
+            return None
+        site = self._flow_site(flow, hello.to_server, self._with_pkt(lambda n: tls_buffers(hello, n)))
+        return self._defer(flow, self._app(site, st, ("tls", hello.to_server), {"tls"}, {"tls": _tls_eve(hello)}))
+
+    def on_dns(self, flow: Any, msg: DnsMessage) -> Iterable[Decision] | None:
+        st = self._state(flow)
+        if st.passed:
+            return None
+        site = self._flow_site(flow, msg.to_server, self._with_pkt(lambda n: dns_buffers(msg, n)))
+        extra = {"dns": {"type": "query" if msg.to_server else "answer", "id": msg.txid,
+                         "queries": [q.name.decode("latin-1") for q in msg.questions]}}
+        return self._defer(flow, self._app(site, st, ("dns", msg.txid, msg.to_server, id(msg)), {"dns"}, extra))
 
     # -- app layer ---------------------------------------------------------------------------
     def _with_pkt(self, fn: Callable[[str], list[bytes]]) -> Callable[[str], list[bytes]]:
@@ -423,22 +628,30 @@ class Ips(Engine):
         memo.stage = ev.stage
         fresh: dict[str, list[bytes]] = {}
         kept = memo.bufs
+        pkt = self._pkt
+        fresh[PKT] = [pkt.payload] if pkt is not None and pkt.payload else []
 
         def buffers(name: str) -> list[bytes]:
             cache = fresh if name in _GROWING else kept
             got = cache.get(name)
             if got is None:
-                info = BUFFERS.get(name)
-                side = to_server if info is None or info.direction is BufDir.BOTH else info.direction is BufDir.TO_SERVER
-                value = http_buffer(tx, name, side)
+                side = _BUFFER_SIDE.get(name)
+                value = http_buffer(tx, name, to_server if side is None else side)
                 got = cache[name] = [value] if value is not None else []
             return got
 
-        site = self._flow_site(flow, to_server, self._with_pkt(buffers))
-        extra = {"http": _http_eve(tx)}
-        out = self._app(site, st, tx_key, {"http", "http1"}, extra, memo=memo, changing=_GROWING if steady else None)
-        if ev.stage == "response_done":
-            st.tx_memos.pop(tx_key, None)  # the transaction's last event: its buffers need not be kept
+        site = self._flow_site(flow, to_server, buffers)
+        # Suricata: "http" rules (and their http.* buffers) match HTTP/1 and HTTP/2, "http1" and
+        # "http2" rules only their own version
+        h2 = tx.protocol == b"HTTP/2"
+        extra = {"app_proto": "http2" if h2 else "http", "http": _http_eve(tx)}
+        protos = _HTTP2_RULES if h2 else _HTTP1_RULES
+        out = self._app(site, st, tx_key, protos, extra, memo=memo, changing=_GROWING if steady else None)
+        if ev.stage in ("request_done", "response_done"):
+            # a message's last event: its body is not inspected again, and the memo would hold it
+            # (the parser releases it now); a later event of the transaction starts a new memo
+            if st.tx_memos is not None:
+                st.tx_memos.pop(tx_key, None)
         return out
 
     def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any],
@@ -446,7 +659,8 @@ class Ips(Engine):
         infos = [
             i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos, (site.src, site.dst),
                                                               memo=memo.prefilter if memo is not None else None,
-                                                              changing=changing)
+                                                              changing=changing, app=_BUFFER_APP.get(min(protos)),
+                                                              to_server=site.to_server)
             if site.to_server in i.dirs and (i.app_proto is None or i.app_proto in protos)
         ]
         return self._run(infos, site, st, tx_key=tx_key, extra={"app_proto": sorted(protos)[0], **extra}, memo=memo)
@@ -463,10 +677,12 @@ class Ips(Engine):
 
     # -- evaluation ----------------------------------------------------------------------------
     def _run(self, infos: list[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
-             extra: dict[str, Any] | None = None, memo: _TxMemo | None = None) -> list[Decision]:
+             extra: dict[str, Any] | None = None, memo: _TxMemo | None = None,
+             header_ok: frozenset[int] = frozenset()) -> list[Decision]:
+        """Evaluate the candidate rules in order; ``header_ok``: rules whose header is known to fit."""
         out: list[Decision] = []
         for info in infos:
-            if tx_key is not None and (tx_key, info.idx) in st.fired_tx:
+            if tx_key is not None and st.fired_tx is not None and (tx_key, info.rule.gid, info.rule.sid) in st.fired_tx:
                 continue
             seen = None
             r = info.rule
@@ -475,12 +691,20 @@ class Ips(Engine):
                 seen = tuple(memo.version(n, site.buffers) for n in info.app_buffers)
                 if memo.evaluated.get(info.idx) == seen:
                     continue
-            if not self._matches(info, site, st):
+            if memo is not None and info.required and _still_absent(info, site.buffers, memo):
+                if seen is not None:
+                    memo.evaluated[info.idx] = seen
+                continue
+            if not self._matches(info, site, st, header_known=info.idx in header_ok):
                 if seen is not None:
                     memo.evaluated[info.idx] = seen
                 continue
             if tx_key is not None:
-                st.fired_tx.add((tx_key, info.idx))
+                if st.fired_tx is None:
+                    st.fired_tx = {}
+                st.fired_tx[(tx_key, info.rule.gid, info.rule.sid)] = None
+                if len(st.fired_tx) > MAX_FIRED_TX:  # a long flow of alerting transactions: forget the oldest
+                    del st.fired_tx[next(iter(st.fired_tx))]
             v = self._fire(info, site, st, extra)
             if v is not None:
                 out.append(v)
@@ -493,17 +717,25 @@ class Ips(Engine):
                 return [d for d in out if d.action is Action.PASS]
         return out
 
-    def _matches(self, info: RuleInfo, site: _Site, st: _FlowState, *, check_bits: bool = True) -> bool:
+    def _matches(self, info: RuleInfo, site: _Site, st: _FlowState, *, check_bits: bool = True,
+                 header_known: bool = False) -> bool:
         r = info.rule
         flow = site.flow
-        if flow.proto == PROTO_TCP:  # long flows: judge each rule's header once per direction
+        if header_known:
+            ok = True
+        elif flow.proto == PROTO_TCP or flow.pkts_toserver + flow.pkts_toclient > 3:
+            # long flows: judge each rule's header once per direction (not for a flow of one or
+            # two packets, most UDP and ICMP flows: there a cache would cost memory for nothing)
             key = 2 * info.idx + site.to_server
-            ok = st.headers.get(key)
+            headers = st.headers
+            if headers is None:
+                headers = st.headers = {}
+            ok = headers.get(key)
             if ok is None:
                 ok = header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports)
-                if len(st.headers) < MAX_HEADER_CACHE:
-                    st.headers[key] = ok
-        else:  # mostly one or two packets: a cache would cost memory for nothing
+                if len(headers) < MAX_HEADER_CACHE:
+                    headers[key] = ok
+        else:
             ok = header_matches(r, flow.proto, site.src, site.sport, site.dst, site.dport, site.has_ports)
         if not ok:
             return False
@@ -522,10 +754,30 @@ class Ips(Engine):
         if check_bits and not self._bits_ok(r, st):
             return False
         ctx = MatchContext()
-        for sec in r.sections:
-            if not any(match_section(sec, data, ctx) for data in site.buffers(sec.buffer)):
-                return False
-        return True
+        ok = all(any(match_section(sec, data, ctx) for data in site.buffers(sec.buffer)) for sec in r.sections)
+        if ctx.pcre_limit is not None or ctx.limit_hit:
+            self._bound_hit(r, ctx)
+        return ok
+
+    def _bound_hit(self, r: Rule, ctx: MatchContext) -> None:
+        """A rule's evaluation ran into a bound (a PCRE2 match limit, the inspection recursion
+        limit): it counted as no match. Counted in total and per sid (in the stats), logged once per sid."""
+        if ctx.limit_hit:
+            self.count("inspection.recursion_limit")
+        exc = ctx.pcre_limit
+        if exc is None:
+            return
+        kind = "pcre.limit_hits" if exc.is_limit else "pcre.match_errors"
+        self.count(kind)
+        sids = self.pcre_limit_sids
+        if r.sid not in sids and len(sids) >= MAX_LIMIT_SIDS:
+            self.count(f"{kind}.sid:other")
+            return
+        self.count(f"{kind}.sid:{r.sid}")
+        if r.sid not in sids:
+            log.warning("IPS rule sid %d: pcre %s (%s); counted as no match", r.sid,
+                        "hit a PCRE2 bound" if exc.is_limit else "failed", exc.what)
+        sids[r.sid] = sids.get(r.sid, 0) + 1
 
     @staticmethod
     def _flow_ok(r: Rule, site: _Site) -> bool:
@@ -543,16 +795,21 @@ class Ips(Engine):
         for op in r.flowbits:
             if not op.cmd.is_check:
                 continue
-            hits = [(n in st.flowbits) == (op.cmd is FlowbitCmd.ISSET) for n in op.names]
+            bits = st.flowbits or ()
+            hits = [(n in bits) == (op.cmd is FlowbitCmd.ISSET) for n in op.names]
             if not (any(hits) if op.any_of else all(hits)):
                 return False
         for fi in r.flowints:
-            if fi.is_check and not _flowint_check(fi, st.flowints):
+            if fi.is_check and not _flowint_check(fi, st.flowints or {}):
                 return False
         return True
 
     def _fire(self, info: RuleInfo, site: _Site, st: _FlowState, extra: dict[str, Any] | None) -> Verdict | None:
         r = info.rule
+        if r.flowbits and st.flowbits is None:
+            st.flowbits = set()
+        if r.flowints and st.flowints is None:
+            st.flowints = {}
         for op in r.flowbits:
             for n in op.names:
                 if op.cmd is FlowbitCmd.SET:
@@ -579,8 +836,78 @@ class Ips(Engine):
                        severity=r.severity, metadata=meta)
 
 
+@dataclass(slots=True, eq=False)
+class _NoFlow:
+    """Stands in for the flow of a packet that has none (see Ips._flowless)."""
+
+    proto: int
+    flow_id: int = 0
+    midstream: bool = False
+    state: TcpState = TcpState.NONE
+    prev_state: TcpState = TcpState.NONE
+    pkts_toserver: int = 0
+    pkts_toclient: int = 0
+    engine_data: dict = field(default_factory=dict)
+
+
+def _stateless(rule: Rule) -> bool:
+    """Whether a rule can match a packet without a flow (no direction or state, no flowbits checks)."""
+    f = rule.flow
+    if f is not None and (f.to_server or f.to_client or f.established or f.not_established or f.only_stream):
+        return False
+    return not any(op.cmd.is_check for op in rule.flowbits) and not rule.flowints and rule.app_layer_protocol is None
+
+
+_RELEVANCE: dict[tuple[bool, bool, bool], tuple[bool, bool, bool]] = {}
+_CAN_CHANGE = frozenset({"http", "smtp"})  # app protocols a flow can leave for another (a protocol change)
+# the side a buffer is taken from whatever the event's direction (None: the event's own)
+_BUFFER_SIDE = {name: None if info.direction is BufDir.BOTH else info.direction is BufDir.TO_SERVER
+                for name, info in BUFFERS.items()}
+_BUFFER_APP = {"http": "http", "http1": "http", "http2": "http", "tls": "tls", "dns": "dns"}  # rule.BUFFERS' app names
+_HTTP1_RULES = {"http", "http1"}  # rule protocols that inspect an HTTP/1 transaction
+_HTTP2_RULES = {"http", "http2"}  # ... an HTTP/2 one
+
+
+def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _TxMemo) -> bool:
+    """Whether one of the rule's required contents (RuleInfo.required) is not in its buffer, so
+    the rule cannot match. A buffer that grew from the one the content was last missing from (a
+    body in progress) is searched from the end of that one only, less the content's length."""
+    for name, needle, nocase in info.required:
+        datas = buffers(name)
+        if len(datas) != 1:
+            continue
+        data = datas[0]
+        key = (info.idx, name)
+        ref = memo.absent.get(key)
+        start = 0
+        if ref is not None:
+            if data is ref:
+                return True
+            if len(data) > len(ref) and data.startswith(ref):
+                start = max(0, len(ref) - len(needle) + 1)
+        if nocase:
+            missing = needle not in (data[start:] if start else data).lower()
+        else:
+            missing = data.find(needle, start) < 0
+        if missing:
+            memo.absent[key] = data
+            return True
+        if ref is not None:
+            del memo.absent[key]
+    return False
+
+
+def _changed(flow: Any) -> bool:
+    st = flow.engine_data.get("app")
+    return st is not None and getattr(st, "changed_from", None) is not None
+
+
 def _aliases(name: str) -> set[str]:
-    return {"http", "http1"} if name in ("http", "http1") else {name}
+    """The flow app protocols a rule protocol (or app-layer-protocol value) matches: "http" both
+    HTTP versions (flows say "http" for HTTP/1, "http2" for HTTP/2), "http1" and "http2" one."""
+    if name == "http":
+        return {"http", "http1", "http2"}
+    return {"http", "http1"} if name == "http1" else {name}
 
 
 def _flowint_check(fi: Any, ints: dict[str, int]) -> bool:
@@ -603,6 +930,17 @@ def _flowint_apply(fi: Any, ints: dict[str, int]) -> None:
         ints[fi.name] = ints.get(fi.name, 0) + val
     elif fi.op == "-":
         ints[fi.name] = ints.get(fi.name, 0) - val
+
+
+def _tls_eve(hello: Any) -> dict[str, Any]:
+    """The alert's ``tls`` object: SNI and, as Suricata writes them, the JA3/JA3S/JA4 fingerprints."""
+    out: dict[str, Any] = {"sni": hello.sni.decode("latin-1")}
+    for key, text in (("ja3", hello.ja3), ("ja3s", hello.ja3s)):
+        if text:
+            out[key] = {"hash": hashlib.md5(text.encode(), usedforsecurity=False).hexdigest(), "string": text}
+    if hello.ja4:
+        out["ja4"] = hello.ja4
+    return out
 
 
 def _http_eve(tx: Any) -> dict[str, Any]:

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal
 
-from filters.engine import Action, ConfigError, EngineContext, Inject, InjectKind, Scope, Verdict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from filters.app.dns import normalize_name
+from filters.app.layer import flow_app_proto
+from filters.engine import Action, EngineContext, Inject, InjectKind, Scope, Verdict
+from filters.packet import PROTO_TCP, PROTO_UDP
 
 RR_A, RR_AAAA = 1, 28
 RCODE_NXDOMAIN = 3
@@ -33,29 +38,43 @@ class Sinkhole:
         return Inject(InjectKind.DNS_ANSWER, {"rcode": 0, "answers": answers, "ttl": self.ttl})
 
 
-def config_bool(section: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = section.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError("expected true or false", key=key)
-    return value
+class SinkholeConfig(BaseModel):
+    """The section keys of an engine that answers blocked DNS queries itself (web filter, ATP)."""
 
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-def parse_sinkhole(section: Mapping[str, Any], ctx: EngineContext) -> Sinkhole:
-    """``dns_action``, ``sinkhole_ipv4`` and ``sinkhole_ipv6`` of an engine section (the box's
-    management addresses by default; NXDOMAIN when there is none)."""
-    action = section.get("dns_action", "sinkhole")
-    if action not in ("sinkhole", "nxdomain"):
-        raise ConfigError("expected sinkhole or nxdomain", key="dns_action")
-    v4 = section.get("sinkhole_ipv4", ctx.management_ipv4)
-    v6 = section.get("sinkhole_ipv6", ctx.management_ipv6)
-    for key, value, version in (("sinkhole_ipv4", v4, 4), ("sinkhole_ipv6", v6, 6)):
+    dns_action: Literal["sinkhole", "nxdomain"] = Field(
+        "sinkhole", description="answer a blocked name with the sinkhole address (the box's own, where the block "
+                                "page is served) or with NXDOMAIN")
+    sinkhole_ipv4: str | None = Field(None, description="A answer for blocked names; default: the box's management "
+                                                        "address (none: NXDOMAIN)")
+    sinkhole_ipv6: str | None = Field(None, description="AAAA answer for blocked names; default: the box's IPv6 "
+                                                        "management address")
+
+    @field_validator("sinkhole_ipv4", "sinkhole_ipv6")
+    @classmethod
+    def _address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        version = 4 if info.field_name == "sinkhole_ipv4" else 6
         if value:
             try:
-                if not isinstance(value, str) or ipaddress.ip_address(value).version != version:
+                if ipaddress.ip_address(value).version != version:
                     raise ValueError
             except ValueError:
-                raise ConfigError(f"expected an IPv{version} address", key=key) from None
-    return Sinkhole(v4 or "", v6 or "", nxdomain=action == "nxdomain" or not (v4 or v6))
+                raise ValueError(f"expected an IPv{version} address") from None
+        return value
+
+
+# The box's name on block pages (any scalar; empty: the host name).
+BoxName = Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))]
+
+
+def parse_sinkhole(conf: SinkholeConfig, ctx: EngineContext) -> Sinkhole:
+    """The sinkhole of a validated section (the box's management addresses unless the section
+    names its own, NXDOMAIN when there is none)."""
+    given = conf.model_fields_set
+    v4 = conf.sinkhole_ipv4 if "sinkhole_ipv4" in given else ctx.management_ipv4
+    v6 = conf.sinkhole_ipv6 if "sinkhole_ipv6" in given else ctx.management_ipv6
+    return Sinkhole(v4 or "", v6 or "", nxdomain=conf.dns_action == "nxdomain" or not (v4 or v6))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +106,11 @@ def block_dns_response(alarm: Alarm, *, monitor: bool = False) -> Verdict:
     return _verdict(alarm, Action.DROP, Scope.PACKET, (), monitor)
 
 
-def block_http(alarm: Alarm, page_html: str, *, monitor: bool = False) -> Verdict:
-    """Block page to the client, reset to the server, rest of the flow dropped in the kernel."""
+def block_http(alarm: Alarm, page_html: str, *, monitor: bool = False, http2: bool = False) -> Verdict:
+    """Block page to the client, reset to the server, rest of the flow dropped in the kernel.
+    On HTTP/2 (``http2``) an HTTP/1 page would be a broken frame to the client: both sides are reset."""
+    if http2:
+        return _verdict(alarm, Action.DROP, Scope.FLOW, (Inject(InjectKind.TCP_RESET, {"sender": True, "receiver": True}),), monitor)
     return _verdict(alarm, Action.DROP, Scope.FLOW, (Inject(InjectKind.HTTP_BLOCK_PAGE, {"html": page_html}),), monitor)
 
 
@@ -99,3 +121,28 @@ def block_tls(alarm: Alarm, *, monitor: bool = False) -> Verdict:
 
 def block_flow(alarm: Alarm, *, monitor: bool = False) -> Verdict:
     return _verdict(alarm, Action.DROP, Scope.FLOW, (), monitor)
+
+
+# -- what the name-based engines (web filter, ATP) share about a flow ----------------------------
+def client_sni(seen: dict[str, Any], hello: Any) -> str | None:
+    """A client hello: noted in the engine's ``seen`` (its ``flow.engine_data`` entry); its SNI
+    normalized, or None when it has none."""
+    seen["client_hello"] = True
+    if not hello.sni:
+        return None
+    seen["sni"] = True
+    return normalize_name(hello.sni)
+
+
+def needs_name(engine_name: str, flow: Any) -> bool:
+    """Whether a name-based engine still waits for a name on ``flow``: an HTTP host not judged yet,
+    a DNS message or application protocol not known yet, or a TLS SNI (or certificate)."""
+    app = flow_app_proto(flow) or "unknown"
+    if app in ("http", "http2"):
+        return not flow.engine_data.get(engine_name, {}).get("http_judged")
+    if app in ("unknown", "dns"):
+        return flow.proto in (PROTO_TCP, PROTO_UDP)
+    if app == "tls":
+        seen = flow.engine_data.get(engine_name, {})
+        return not seen.get("sni") and not flow.encrypted
+    return False

@@ -6,18 +6,20 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Mapping
 
-from filters.app import DnsMessage, HttpEvent, TlsHello
+from pydantic import Field
+
+from filters.app.events import DnsMessage, HttpEvent, TlsHello
 from filters.app.dns import normalize_name
 from filters.app.layer import flow_app_proto
-from filters.engine import (Action, ConfigError, Decision as EngineDecision, Engine, EngineContext, Hold, Hook, IORequest,
-                            Verdict)
-from filters.packet import PROTO_TCP, PROTO_UDP, Packet
+from filters.engine import (Action, BlockPage, BundleError, BundleLoad, Decision as EngineDecision, Engine, EngineConfig,
+                            EngineContext, Hold, IORequest, LocalService, Verdict)
+from filters.packet import PROTO_TCP, PROTO_UDP, Packet, Side
 from filters.webfilter import page
-from filters.webfilter.blocking import (Alarm, Sinkhole, block_dns_query, block_dns_response, block_flow, block_http,
-                                        block_tls, config_bool, parse_sinkhole)
+from filters.webfilter.blocking import (Alarm, BoxName, Sinkhole, SinkholeConfig, block_dns_query, block_dns_response,
+                                        block_flow, block_http, block_tls, client_sni, needs_name, parse_sinkhole)
 from filters.webfilter.categories import CategoryDB
-from filters.webfilter.lookup import LookupCache, LookupSettings, parse_lookup
-from filters.webfilter.policy import Decision, WebPolicy, WebVerdict, decide, parse_policy
+from filters.webfilter.lookup import LookupCache, LookupConfig, LookupSettings
+from filters.webfilter.policy import DEFAULT_BLOCKED, POLICY_KEYS, Decision, WebPolicy, WebVerdict, decide, parse_policy
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +31,32 @@ SID_DOT = 9_300_012
 SID_LOOKUP_FAILED = 9_300_020
 CATEGORY = "Web filter"
 DOH_CANARY = "use-application-dns.net"
-KEYS = {"enabled", "database", "blocked", "allow", "deny", "dns_action", "sinkhole_ipv4", "sinkhole_ipv6",
-        "block_quic", "doh_canary", "block_dot", "block_doh", "monitor_only", "box_name", "lookup"}
+
+
+class WebFilterConfig(SinkholeConfig, EngineConfig):
+    """``engines.webfilter``: URL categories and the customer's lists, enforced without decryption."""
+
+    database: str | None = Field(None, description="the category database: a UT1-layout folder (one folder per "
+                                                   "category); arrives with signature sync (bundle kind webcat)")
+    blocked: list[str] | None = Field(sorted(DEFAULT_BLOCKED), description="category names blocked; missing: "
+                                      "the security categories; empty: none")
+    allow: list[str] | None = Field(None, description="always allowed, wins over everything: example.co.jp (with its "
+                                                      "subdomains), 192.0.2.1, example.com/path")
+    deny: list[str] | None = Field(None, description="the customer's own block list, entries like allow")
+    block_quic: bool = Field(True, description="drop QUIC (UDP/443) so browsers use TLS over TCP, where the SNI shows")
+    doh_canary: bool = Field(True, description="answer use-application-dns.net with NXDOMAIN (Firefox then keeps "
+                                               "using the system's DNS)")
+    block_dot: bool = Field(True, description="block DNS over TLS (port 853)")
+    block_doh: bool = Field(True, description="block known DNS-over-HTTPS endpoints (category doh)")
+    monitor_only: bool = Field(False, description="raise alarms instead of blocking")
+    box_name: BoxName = Field("", description="the box's name on the block page; default: the host name")
+    lookup: LookupConfig | None = Field(None, description="ask the operations center for names the lists do not have")
 
 
 class WebFilter(Engine):
+    Config = WebFilterConfig
+    bundle_kinds = ("webcat",)
     name: ClassVar[str] = "webfilter"
-    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START, Hook.DNS, Hook.HTTP_REQUEST, Hook.TLS_HELLO})
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,31 +73,22 @@ class WebFilter(Engine):
 
     # -- configuration -------------------------------------------------------------------
     def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
-        unknown = set(section) - KEYS
-        if unknown:
-            raise ConfigError("unknown key", key=sorted(unknown)[0])
-        db = section.get("database")
-        if db is not None and not isinstance(db, str):
-            raise ConfigError("expected the path of a UT1-layout category folder", key="database")
+        conf = self.check_section(section)
         known = None
-        if db:
-            path = Path(db)
+        if conf.database:
+            path = Path(conf.database)
             # A missing bundle is not a config error: the box must start and pass traffic until
             # signature sync delivers it (summary() says "database missing").
             known = {p.name for p in path.iterdir() if p.is_dir()} if path.is_dir() else None
             self.database = path
-        self.policy = parse_policy({k: section[k] for k in ("blocked", "allow", "deny") if k in section}, known_categories=known)
-        self.sinkhole = parse_sinkhole(section, ctx)
-        self.block_quic = config_bool(section, "block_quic", True)
-        self.doh_canary = config_bool(section, "doh_canary", True)
-        self.block_dot = config_bool(section, "block_dot", True)
-        self.block_doh = config_bool(section, "block_doh", True)
-        self.monitor = config_bool(section, "monitor_only", False)
-        self.box = str(section.get("box_name", "") or os.uname().nodename)
-        try:
-            self.lookup = parse_lookup(section.get("lookup"))
-        except ConfigError as exc:
-            raise exc.within(prefix="lookup") from None
+        self.policy = parse_policy({k: getattr(conf, k) for k in POLICY_KEYS if k in conf.model_fields_set},
+                                   known_categories=known)
+        self.sinkhole = parse_sinkhole(conf, ctx)
+        self.block_quic, self.doh_canary = conf.block_quic, conf.doh_canary
+        self.block_dot, self.block_doh = conf.block_dot, conf.block_doh
+        self.monitor = conf.monitor_only
+        self.box = conf.box_name or os.uname().nodename
+        self.lookup = (conf.lookup or LookupConfig()).settings()
         self.cache = LookupCache(self.lookup.cache_size)
 
     def prepare(self) -> None:
@@ -98,7 +110,35 @@ class WebFilter(Engine):
             "monitor_only": self.monitor,
             "database_missing": self.missing,
             "lookup": {"enabled": self.lookup.enabled, "cached": len(self.cache)},
+            "signatures": {"webcat": self.db.version} if self.db.version else {},
         }
+
+    # -- integration with the box ----------------------------------------------------------
+    @classmethod
+    def apply_bundle(cls, section: Mapping[str, Any], kind: str, folder: Path) -> dict[str, Any]:
+        """The live webcat bundle becomes the category database."""
+        return {**section, "database": str(folder)}
+
+    @classmethod
+    def load_bundle(cls, kind: str, folder: Path, manifest: Mapping[str, Any], section: Mapping[str, Any],
+                    ctx: EngineContext) -> BundleLoad:
+        try:
+            db = CategoryDB.load(folder)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"web categories do not load: {exc}") from None
+        st = db.stats()
+        n = int(st.get("domain_keys", 0)) + int(st.get("ip_keys", 0)) + int(st.get("url_hosts", 0))
+        return BundleLoad(n, {"categories": st.get("categories"), "entries": n}, db)
+
+    def local_services(self) -> tuple[LocalService, ...]:
+        """The block page where sinkholed names land."""
+        return (BlockPage(self.describe_block, self.box),)
+
+    def describe_block(self, host: str) -> tuple[list[str], str]:
+        """What the block page shows for ``host``: the blocked categories (or all its categories) and
+        the reason ("deny list" or "category")."""
+        d = self.decide_host(host)
+        return sorted(d.categories & self.policy.blocked) or sorted(d.categories), "deny list" if d.reason == "deny list" else "category"
 
     # -- decisions -------------------------------------------------------------------------
     def decide_host(self, host: str, path: str = "") -> Decision:
@@ -129,26 +169,21 @@ class WebFilter(Engine):
 
     # -- hooks -------------------------------------------------------------------------------
     def on_flow_start(self, flow: Any, pkt: Packet) -> Iterable[EngineDecision] | None:
-        if self.block_quic and flow.proto == PROTO_UDP and flow.server_port == 443:
+        # The internet side's port: the server's, or the "client's" when the flow's first packet
+        # here came from the internet side (a reply seen first because the worker did not see the
+        # flow start: its sender, the server, became the flow's client).
+        port = flow.client_port if getattr(flow, "client_side", None) is Side.WAN else flow.server_port
+        if self.block_quic and flow.proto == PROTO_UDP and port == 443:
             self.count("blocked.quic")
             return [block_flow(Alarm(self.name, SID_QUIC, "VCR webfilter: QUIC blocked (browsers fall back to TLS over TCP)",
                                      CATEGORY, 3, {"where": "quic"}), monitor=self.monitor)]
-        if self.block_dot and flow.server_port == 853 and flow.proto in (PROTO_TCP, PROTO_UDP):
+        if self.block_dot and port == 853 and flow.proto in (PROTO_TCP, PROTO_UDP):
             self.count("blocked.dot")
             return [block_flow(Alarm(self.name, SID_DOT, "VCR webfilter: DNS over TLS blocked", CATEGORY, 3,
                                      {"where": "dot"}), monitor=self.monitor)]
         return None
 
-    def on_event(self, hook: Hook, flow: Any, event: Any) -> Iterable[EngineDecision] | None:
-        if hook is Hook.DNS:
-            return self._dns(flow, event)
-        if hook is Hook.HTTP_REQUEST:
-            return self._http(flow, event)
-        if hook is Hook.TLS_HELLO:
-            return self._tls(flow, event)
-        return None
-
-    def _dns(self, flow: Any, msg: DnsMessage) -> list[EngineDecision]:
+    def on_dns(self, flow: Any, msg: DnsMessage) -> list[EngineDecision]:
         if msg.to_server:
             for q in msg.questions:
                 name = normalize_name(q.name)
@@ -173,7 +208,7 @@ class WebFilter(Engine):
                         return [block_dns_response(self._alarm(d, name, "dns_answer"), monitor=self.monitor)]
         return []
 
-    def _http(self, flow: Any, ev: HttpEvent) -> list[EngineDecision]:
+    def on_http_request(self, flow: Any, ev: HttpEvent) -> list[EngineDecision]:
         if ev.stage != "request_headers":
             return []
         # Judged once per connection: later requests on it go to the same server (the flow is
@@ -188,16 +223,15 @@ class WebFilter(Engine):
                                 path=path, host=host)
             return [hold] if hold is not None else []
         url = f"http://{host}{path}"
-        return [block_http(self._alarm(d, host, "http", url), self._page(d, host + path), monitor=self.monitor)]
+        return [block_http(self._alarm(d, host, "http", url), self._page(d, host + path), monitor=self.monitor,
+                           http2=tx.protocol == b"HTTP/2")]
 
-    def _tls(self, flow: Any, hello: TlsHello) -> list[EngineDecision]:
+    def on_tls_hello(self, flow: Any, hello: TlsHello) -> list[EngineDecision]:
         seen = flow.engine_data.setdefault(self.name, {})
         if hello.to_server:
-            seen["client_hello"] = True
-            if not hello.sni:
+            name = client_sni(seen, hello)
+            if name is None:
                 return []
-            seen["sni"] = True
-            name = normalize_name(hello.sni)
             d = self._decide(name)
             if d.blocks:
                 return [block_tls(self._alarm(d, name, "tls_sni"), monitor=self.monitor)]
@@ -259,22 +293,15 @@ class WebFilter(Engine):
         if where == "http":
             host = ctx.get("host", name)
             alarm = self._alarm(d, host, "http", f"http://{host}{path}")
-            return [block_http(alarm, self._page(d, host + path), monitor=self.monitor)]
+            return [block_http(alarm, self._page(d, host + path), monitor=self.monitor,
+                               http2=flow_app_proto(flow) == "http2")]
         return []
 
     def on_io_late(self, request: IORequest, result: Any, error: str | None) -> None:
         self._learn(str(request.args.get("name", "")), result, error)
 
     def needs_more(self, flow: Any) -> bool:
-        app = flow_app_proto(flow) or "unknown"
-        if app == "http":
-            return not flow.engine_data.get(self.name, {}).get("http_judged")
-        if app in ("unknown", "dns"):
-            return flow.proto in (PROTO_TCP, PROTO_UDP)
-        if app == "tls":
-            seen = flow.engine_data.get(self.name, {})
-            return not seen.get("sni") and not flow.encrypted
-        return False
+        return needs_name(self.name, flow)
 
 
 def _cn(subject: bytes) -> bytes:

@@ -7,26 +7,23 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from tests.shared_data import SharedData
 
-UT1 = Path(__file__).resolve().parents[3] / "shared" / "data" / "ut1"
 
-
-def first_entry(category: str) -> str:
-    for line in (UT1 / category / "domains").read_text().splitlines():
+def first_entry(db: Path, category: str) -> str:
+    for line in (db / category / "domains").read_text().splitlines():
         if line.count(".") >= 1 and not line.replace(".", "").isdigit():
             return line.strip()
     raise AssertionError(category)
 
 
 @pytest.fixture
-def db() -> Path:
-    if not UT1.is_dir():
-        pytest.skip(f"CATEGORY CLI TEST SKIPPED: the UT1 lists are not at {UT1}")
-    return UT1
+def db(shared_data: SharedData) -> Path:
+    return shared_data.path("data", "ut1")
 
 
 def test_json_output_per_input(db: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path):
-    bad, game = first_entry("phishing"), first_entry("games")
+    bad, game = first_entry(db, "phishing"), first_entry(db, "games")
     cfg = tmp_path / "none.yaml"
     assert main(["category", "--db", str(db), "--json", bad, f"https://sub.{bad}/login", game, "notlisted.example", "-c", str(_cfg(cfg))]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab
-from agent.labrun import LabAgent
+from lab.netns import Lab
+from lab.agentrun import LabAgent
 
 LOOKUP_SERVER = Path(__file__).with_name("lookup_server.py")
 
@@ -35,12 +35,7 @@ def agent(office: Lab, tmp_path: Path, request: pytest.FixtureRequest):
     """A running agent; parametrize with indirect overrides (dict) to change its config."""
     overrides = getattr(request, "param", None) or {}
     a = LabAgent(office, tmp_path, overrides=overrides)
-    a.bridge_up()
-    try:
-        a.start()
+    with a.running():
         yield a
-    finally:
-        a.kill()
-        a.bridge_down()
 
 

@@ -1,17 +1,15 @@
 """End to end: threat protection (C&C) on the lab bridge with real feeds, a real DNS server and a C&C host."""
 from __future__ import annotations
 
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.demo import connect_result, curl
-from agent.lab import Lab
-from agent.labrun import LabAgent
+from lab.demo import connect_result, curl
+from lab.netns import Lab
+from lab.agentrun import LabAgent, serve_lab_dns
 
 pytestmark = pytest.mark.lab
 
@@ -27,12 +25,8 @@ first_seen_utc,dst_ip,dst_port,c2_status,last_online,malware
 
 @pytest.fixture(scope="module")
 def cnc_office(office: Lab) -> Lab:
-    cnc = office.add_internet_host("cnc", CNC_V4)
-    office.add_internet_host("dns", "198.51.100.53")
-    web = office.hosts["web"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    office.popen("dns", [sys.executable, "-m", "agent.labdns", "53", f"{CNC_DOMAIN}={cnc.ipv4},{cnc.ipv6}",
-                         f"www.example.org={web.ipv4},{web.ipv6}"], name="dns", env=env)
+    office.add_internet_host("cnc", CNC_V4)
+    serve_lab_dns(office, {CNC_DOMAIN: "cnc", "www.example.org": "web"}, center=False)
     office.start_tcp_listener("cnc", 4443)
     office.start_tcp_listener("cnc", 443)
     office.start_http_server("cnc", 80)

@@ -24,30 +24,23 @@ from typing import Any
 
 import pytest
 
-from agent.center import load_state
-from agent.lab import Lab
-from agent.labrun import CENTER_NAME, REPO, LabAgent, center_overrides, start_lab_center, utm_resolv_conf
+from agent.link.center import load_state
+from lab.netns import Lab
+from lab.agentrun import (
+    CENTER_NAME, NTP_NAME, LabAgent, center_overrides, serve_lab_dns, start_lab_center, utm_resolv_conf)
 from tests.waiting import wait
 
 pytestmark = pytest.mark.lab
-testing = pytest.importorskip("opscenter.testing", reason="CENTER E2E SKIPPED: the reference center (opscenter/) is missing")
+testing = pytest.importorskip("lab.center", reason="CENTER E2E SKIPPED: the reference center (opscenter/) is missing")
 
-NTP_NAME = "ntp.vcr.example"
 TELNET_SIG = "VCR firewall: block outbound telnet"
 
 
 @pytest.fixture(scope="module")
 def center(office: Lab, tmp_path_factory: pytest.TempPathFactory):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    dns = office.add_internet_host("dns", "198.51.100.53")
-    ntp = office.add_internet_host("ntp", "198.51.100.123")
-    ops = office.hosts["ops"]
-    names = [f"{CENTER_NAME}={ops.ipv4},{ops.ipv6}", f"{NTP_NAME}={ntp.ipv4},{ntp.ipv6}"]
-    office.popen("dns", [sys.executable, "-m", "agent.labdns", "53", *names], name="dns", env=env)
-    office.popen("ntp", [sys.executable, "-m", "agent.ntp", "serve"], name="ntp", env=env)
+    serve_lab_dns(office, ntp=True)
     for port in (80, 22, 6060, 6061):  # the other endpoints of table 4
         office.start_tcp_listener("ops", port)
-    assert dns.ipv4 == "198.51.100.53"
     c = start_lab_center(office, tmp_path_factory.mktemp("center"), heartbeat_interval=2)
     yield c
     c.close()
@@ -169,8 +162,10 @@ def test_activation_heartbeat_and_alarm_from_blocked_traffic(box: Box, office: L
     assert ev["src_ip"] == office.hosts["pc1"].ipv4 and ev["dest_port"] == 23 and ev["alert"]["action"] == "blocked"
     assert got[0]["severity"] == ev["alert"]["severity"]
     assert_exactly_once(box, device_id)
-    st = box.link()
-    assert st["activated"] and st["device_id"] == device_id and st["last_checkin_ok"] and st["state"] == "ok"
+    # status.json is rewritten every few seconds: wait for one written after a successful check-in
+    st = wait(lambda: (s := box.link()) and s.get("state") == "ok" and s.get("last_checkin_ok") and s,
+              what="link state ok in the status")
+    assert st["activated"] and st["device_id"] == device_id
     assert st["license"]["term_end"]
 
 

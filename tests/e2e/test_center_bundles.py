@@ -5,15 +5,13 @@ and the heartbeat shows the live version at the center; a tampered bundle is ref
 reaches the center, and the old rules stay."""
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.lab import Lab
-from agent.labrun import CENTER_NAME, REPO, LabAgent, center_overrides, start_lab_center, utm_resolv_conf
+from lab.netns import Lab
+from lab.agentrun import CENTER_NAME, LabAgent, center_overrides, serve_lab_dns, start_lab_center, utm_resolv_conf
 from tests.waiting import wait as _wait
 
 
@@ -21,7 +19,7 @@ def wait(pred, timeout: float = 60.0, what: str = "condition"):
     return _wait(pred, timeout, what, 0.3)
 
 pytestmark = pytest.mark.lab
-testing = pytest.importorskip("opscenter.testing", reason="BUNDLE E2E SKIPPED: the reference center (opscenter/) is missing")
+testing = pytest.importorskip("lab.center", reason="BUNDLE E2E SKIPPED: the reference center (opscenter/) is missing")
 
 
 def canary(sid: int, path: str) -> str:
@@ -42,10 +40,7 @@ def center(office: Lab, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("center")
     repo = TufRepo(work / "tuf", work / "tuf-keys")
     repo.init()
-    office.add_internet_host("dns", "198.51.100.53")
-    ops = office.hosts["ops"]
-    office.popen("dns", [sys.executable, "-m", "agent.labdns", "53", f"{CENTER_NAME}={ops.ipv4},{ops.ipv6}"],
-                 name="dns", env={**os.environ, "PYTHONPATH": str(REPO)})
+    serve_lab_dns(office)
     c = start_lab_center(office, work, heartbeat_interval=2,
                          settings={"checkin_rate": 0, "alarm_rate": 0, "tuf_repo": str(repo.dir)})
     c.tuf = repo

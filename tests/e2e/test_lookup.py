@@ -3,19 +3,17 @@ and activation installs the center's signed-update root (issue 6 §1), over real
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.center import load_state
-from agent.lab import Lab
-from agent.labrun import CENTER_NAME, REPO, LabAgent, center_overrides, start_lab_center, utm_resolv_conf
+from agent.link.center import load_state
+from lab.netns import Lab
+from lab.agentrun import CENTER_NAME, LabAgent, center_overrides, serve_lab_dns, start_lab_center, utm_resolv_conf
 
 pytestmark = pytest.mark.lab
-testing = pytest.importorskip("opscenter.testing", reason="LOOKUP E2E SKIPPED: the reference center (opscenter/) is missing")
+testing = pytest.importorskip("lab.center", reason="LOOKUP E2E SKIPPED: the reference center (opscenter/) is missing")
 
 FRESH_PHISH = "fresh-phish.example"  # only the center's (newer) lists have it
 PLAIN_NEW = "plain-new.example"  # nobody has it: uncategorised, allowed
@@ -33,11 +31,7 @@ def center(office: Lab, tmp_path_factory: pytest.TempPathFactory):
     (cats / "news" / "domains").write_text("daily-news.example\n")
     repo = work / "tuf"
     TufRepo(repo, work / "tuf-keys").init()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    office.add_internet_host("dns", "198.51.100.53")
-    ops, web = office.hosts["ops"], office.hosts["web"]
-    names = [f"{CENTER_NAME}={ops.ipv4},{ops.ipv6}"] + [f"{n}={web.ipv4},{web.ipv6}" for n in (FRESH_PHISH, PLAIN_NEW)]
-    office.popen("dns", [sys.executable, "-m", "agent.labdns", "53", *names], name="dns", env=env)
+    serve_lab_dns(office, {FRESH_PHISH: "web", PLAIN_NEW: "web"})
     c = start_lab_center(office, work, heartbeat_interval=2,
                          settings={"checkin_rate": 0, "alarm_rate": 0, "categories": str(cats), "tuf_repo": str(repo)})
     c.repo = repo
@@ -57,16 +51,8 @@ def agent(office: Lab, center: Any, tmp_path: Path):
                                      "ca_file": str(center.ca), "auth_file": str(state), "timeout": 1.0},
     }
     a = LabAgent(office, tmp_path, overrides=overrides)
-    a.bridge_up()
-    serial = "VCR116W-LOOKUP1"
-    res = a.cli("activate", center.issue_code("C-LOOKUP", serial=serial), "--serial", serial)
-    assert res.returncode == 0, res.stderr
-    try:
-        a.start()
+    with a.running(activate=(center, "C-LOOKUP", "VCR116W-LOOKUP1")):
         yield a
-    finally:
-        a.kill()
-        a.bridge_down()
 
 
 def dig(lab: Lab, name: str) -> str:

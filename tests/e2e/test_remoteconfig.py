@@ -26,15 +26,15 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from agent.center import load_state
-from agent.lab import Lab
-from agent.labrun import CENTER_NAME, REPO, LabAgent, center_overrides, start_lab_center, utm_resolv_conf
+from agent.link.center import load_state
+from lab.netns import Lab
+from lab.agentrun import (
+    CENTER_NAME, NTP_NAME, REPO, LabAgent, center_overrides, serve_lab_dns, start_lab_center, utm_resolv_conf)
 from tests.waiting import wait
 
 pytestmark = pytest.mark.lab
-testing = pytest.importorskip("opscenter.testing", reason="CENTER E2E SKIPPED: the reference center (opscenter/) is missing")
+testing = pytest.importorskip("lab.center", reason="CENTER E2E SKIPPED: the reference center (opscenter/) is missing")
 
-NTP_NAME = "ntp.vcr.example"
 OFFICE_DNS = "192.0.2.12"  # pc2
 CONFIRM_WINDOW = 20
 
@@ -63,12 +63,7 @@ while True:
 @pytest.fixture(scope="module")
 def center(office: Lab, tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    office.add_internet_host("dns", "198.51.100.53")
-    ntp = office.add_internet_host("ntp", "198.51.100.123")
-    ops = office.hosts["ops"]
-    names = [f"{CENTER_NAME}={ops.ipv4},{ops.ipv6}", f"{NTP_NAME}={ntp.ipv4},{ntp.ipv6}"]
-    office.popen("dns", [sys.executable, "-m", "agent.labdns", "53", *names], name="dns", env=env)
-    office.popen("ntp", [sys.executable, "-m", "agent.ntp", "serve"], name="ntp", env=env)
+    serve_lab_dns(office, ntp=True)
     office.popen("pc2", [sys.executable, "-c", FORWARDER, "198.51.100.53"], name="officedns", env=env)
     c = start_lab_center(office, tmp_path_factory.mktemp("center"), heartbeat_interval=2)
     yield c

@@ -9,22 +9,18 @@ HTTP static server (the reference center mounts the same folder at /tuf/); the b
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from agent.lab import Lab
-from agent.labrun import LabAgent
-from opscenter.tufrepo import TufRepo
+from lab.netns import Lab
+from lab.agentrun import LabAgent, serve_tuf_repo, updates_overrides
+from tests import shared_data as shared
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parents[2]
-ET_SCAN = REPO.parent / "shared" / "peer" / "et-open" / "rules" / "emerging-scan.rules"
 OPS = "198.51.100.80"
 PORT = 8090
 
@@ -37,9 +33,8 @@ def canary(sid: int, path: str) -> str:
 def bundle(tmp: Path, name: str, rules: str) -> Path:
     d = tmp / "src" / name
     d.mkdir(parents=True)
-    et = ""
-    if ET_SCAN.exists():
-        et = "\n".join([ln for ln in ET_SCAN.read_text().splitlines() if ln.startswith(("alert ", "drop "))][:60]) + "\n"
+    et_scan = shared.require("peer", "et-open", "rules", "emerging-scan.rules")  # real ET Open rules beside the canary
+    et = "\n".join([ln for ln in et_scan.read_text().splitlines() if ln.startswith(("alert ", "drop "))][:60]) + "\n"
     (d / "bundle.rules").write_text(et + rules)
     return d
 
@@ -57,18 +52,10 @@ def check(agent: LabAgent) -> dict:
 
 
 def test_published_bundle_changes_live_rules_without_restart(office: Lab, tmp_path: Path) -> None:
-    repo = TufRepo(tmp_path / "center" / "repo")
-    repo.init()
-    server = office.popen("ops", [sys.executable, "-m", "http.server", str(PORT), "--bind", OPS,
-                                  "--directory", str(repo.dir)], name="tuf-repo")
+    repo, server = serve_tuf_repo(office, tmp_path / "center" / "repo", PORT)
     box = tmp_path / "box"
-    box.mkdir()
-    shutil.copy(repo.root_path, box / "root.json")
-    a = LabAgent(office, tmp_path / "agent", overrides={"updates": {
-        "enabled": True, "repository_url": f"http://{OPS}:{PORT}/", "trusted_root": str(box / "root.json"),
-        "metadata_dir": str(box / "tuf" / "metadata"), "download_dir": str(box / "tuf" / "downloads"),
-        "bundles_dir": str(box / "bundles"), "ntp_servers": [], "timeout": 10,
-    }})
+    a = LabAgent(office, tmp_path / "agent", overrides={
+        "updates": {"enabled": True, **updates_overrides(repo, f"http://{OPS}:{PORT}/", box)}})
     a.bridge_up()
     iperf = office.popen("web", ["iperf3", "-s"], name="iperf3-s")
     try:

@@ -5,15 +5,15 @@ import io
 import json
 import random
 import socket
-import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.bench import Capture, TcpConversation, tls_client_hello
+from lab.bench.capture import Capture, TcpConversation, tls_client_hello
 from agent.config import parse_config
-from agent.offline import OfflineOptions, run_pcap
+from agent.offline.replay import OfflineOptions, run_pcap
+from filters.app.dns import build_query, build_response, encode_name
 from filters.atp import SID_DNS, SID_DNS_ANSWER, SID_HTTP_HOST, SID_IP, SID_TLS, SID_URL, Atp
 from filters.engine import ConfigError, EngineContext
 
@@ -33,20 +33,11 @@ URLS = "||malware-host.example/payload/^\n"
 
 
 def dns_query(name: str, txid: int = 0x1234, rrtype: int = 1) -> bytes:
-    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-    return struct.pack("!HHHHHH", txid, 0x0100, 1, 0, 0, 0) + q + struct.pack("!HH", rrtype, 1)
+    return build_query(name, rrtype, txid=txid)
 
 
 def dns_answer(name: str, records: list[tuple[int, bytes]], txid: int = 0x1234) -> bytes:
-    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-    out = struct.pack("!HHHHHH", txid, 0x8180, 1, len(records), 0, 0) + q + struct.pack("!HH", 1, 1)
-    for rrtype, rdata in records:
-        out += b"\xc0\x0c" + struct.pack("!HHIH", rrtype, 1, 60, len(rdata)) + rdata
-    return out
-
-
-def encode_name(name: str) -> bytes:
-    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return build_response(build_query(name, txid=txid), answers=records, ttl=60)
 
 
 @pytest.fixture
@@ -207,3 +198,17 @@ def test_bad_config_names_the_key(section: dict[str, Any], key: str):
     with pytest.raises(ConfigError) as exc:
         Atp().configure(section)
     assert exc.value.key == key
+
+
+def test_c2_channel_is_found_when_the_servers_packet_comes_first(tmp_path: Path, feeds: Path):
+    """A flow whose start was not seen (a bypassed queue, a forgotten flow) begins here with the
+    server's packet, so its 'client' is the C&C server: its listed ip:port channel is still found,
+    and the alarm names the LAN host, not the server."""
+    rng = random.Random(3)
+    cap = Capture()
+    conv = TcpConversation(cap, (PC, 50001), (socket.inet_aton("198.51.100.77"), 8080), 1.0, 0.01, rng)
+    conv.segment(False, 0x18, b"tasks")  # PSH+ACK from the server, no handshake seen
+    records, _ = run(tmp_path, cap, feeds)
+    (a,) = alerts(records)
+    assert a["alert"]["signature_id"] == SID_IP and a["atp"]["indicator"] == "198.51.100.77:8080"
+    assert a["atp"]["lan_host"] == "192.0.2.11" and a["atp"]["seen"] == "198.51.100.77:8080"

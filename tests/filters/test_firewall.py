@@ -87,3 +87,51 @@ def test_bad_services(text, problem):
 
 def test_blocklist_sid_distinct():
     assert BLOCKLIST_SID != SID_BASE
+
+
+def _fw_pipeline(emitted: list, midstream: bool = True):
+    from filters.flow import FlowTable
+    from filters.pipeline import Pipeline, PipelinePolicy
+
+    f = fw()  # the shipped defaults: LAN out allowed, WAN in denied
+    return Pipeline([f], FlowTable(midstream=midstream), PipelinePolicy(kernel_offload=True), emit=emitted.append)
+
+
+@pytest.mark.parametrize("midstream", [True, False])
+def test_only_new_connections_are_judged_by_the_policy(midstream):
+    """A LAN client's connection whose start the worker never saw (a server reply first: the SYN
+    passed a full queue, or the flow table forgot it) is no new inbound connection: no
+    "default deny wan_to_lan" alarm, no drop. A real inbound SYN still is."""
+    from filters.packet import ACK, PSH, SYN
+    from filters.pipeline import Outcome
+    from tests.filters.factories import tpacket
+
+    emitted: list = []
+    pipe = _fw_pipeline(emitted, midstream)
+    (rel,) = pipe.process(tpacket(reply=True, tcp_flags=ACK | PSH, payload=b"HTTP/1.1 200 OK\r\n", ts=1.0), "reply")
+    assert rel.outcome is Outcome.ACCEPT and emitted == []
+    assert pipe.engines[0].counters["flows.out_of_state"] == 1
+    (rel,) = pipe.process(tpacket(src="203.0.113.66", dst="192.0.2.11", sport=40000, dport=22, tcp_flags=SYN,
+                                  side=Side.WAN, ts=2.0), "scan")
+    assert rel.outcome is Outcome.DROP
+    assert [r["alert"]["signature"] for r in emitted if r["event_type"] == "alert"] == ["VCR firewall: default deny wan_to_lan"]
+
+
+def test_late_reply_after_the_offload_grace_is_not_a_new_inbound_flow():
+    """Inline, a passed flow lives in the kernel; a server's packet that still reaches the worker
+    well after the pass (conntrack found it INVALID: out of window after a reset, a late
+    retransmission) belongs to the passed connection: it is accepted, not judged as a new flow
+    from the internet (before the fix: 'default deny wan_to_lan', and the drop saved to the
+    connection's mark)."""
+    from filters.packet import ACK, SYN
+    from filters.pipeline import Outcome
+    from tests.filters.factories import tpacket
+
+    emitted: list = []
+    pipe = _fw_pipeline(emitted)
+    (first,) = pipe.process(tpacket(tcp_flags=SYN, ts=1.0), "syn")
+    assert first.outcome is Outcome.ACCEPT and first.offload
+    for i, ts in enumerate((10.0, 30.0, 300.0)):
+        (late,) = pipe.process(tpacket(reply=True, tcp_flags=ACK, ts=ts), f"late{i}")
+        assert late.outcome is Outcome.ACCEPT
+    assert emitted == []

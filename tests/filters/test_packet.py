@@ -1,6 +1,7 @@
 """Tests for filters.packet: parsed fields against scapy, truncation and malformed-header anomalies."""
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
@@ -32,9 +33,11 @@ from filters.packet import (
     SYN,
     Packet,
     Side,
+    inet_checksum,
     parse_ethernet,
     parse_ip,
     parse_linktype,
+    pseudo_header,
 )
 
 TCP_OPTS = [("MSS", 1460), ("NOP", None), ("WScale", 7), ("SAckOK", b""), ("Timestamp", (1, 2))]
@@ -197,10 +200,15 @@ def test_ipv4_fragments() -> None:
             assert not pkt.has_ports
 
 
-def test_ipv4_tiny_first_fragment_is_tcp_truncated() -> None:
+def test_ipv4_tiny_first_fragment_is_not_malformed() -> None:
+    """The TCP header continues in the next fragment: defragmentation joins them (filters.defrag);
+    a first fragment cut inside its L4 header is not a malformed packet."""
     data = bytes(IP(**V4, flags="MF", proto=6) / struct.pack("!HHI", 1234, 80, 5))  # 8 bytes of TCP header
     pkt = parse_ip(data)
-    assert (pkt.anomaly, pkt.sport, pkt.dport, pkt.more_fragments) == ("tcp.truncated", 1234, 80, True)
+    assert (pkt.anomaly, pkt.sport, pkt.dport, pkt.more_fragments) == (None, 1234, 80, True)
+    cut = parse_ip(data[:-4])  # the capture cut it, not the fragmentation
+    whole = bytes(IP(**V4, proto=6) / struct.pack("!HHI", 1234, 80, 5))  # not a fragment: truncated TCP
+    assert parse_ip(whole).anomaly == "tcp.truncated" and cut.truncated
 
 
 def test_ipv6_fragments() -> None:
@@ -522,3 +530,16 @@ def test_linktype_problems() -> None:
     assert parse_linktype(sll_arp, 113).anomaly == "eth.not_ip"
     sll_vlan = bytes(CookedLinux(proto=0x8100) / Dot1Q(vlan=12) / IP(tcp4()))
     assert parse_linktype(sll_vlan, 113).vlan == (12,)
+
+
+def test_inet_checksum_and_the_pseudo_header() -> None:
+    assert inet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D  # RFC 1071's example (sum ddf2)
+    assert inet_checksum(b"\x01") == ~0x0100 & 0xFFFF  # odd length: padded with a zero byte
+    for ip, family in ((IP(**V4), socket.AF_INET), (IPv6(**V6), socket.AF_INET6)):
+        for l4, proto, at in ((TCP(sport=1, dport=2, flags="PA"), PROTO_TCP, 16), (UDP(sport=1, dport=2), PROTO_UDP, 6)):
+            wire = bytes(ip / l4 / b"abc")  # scapy fills in the checksum
+            segment = bytearray(wire[20 if family == socket.AF_INET else 40:])
+            want = int.from_bytes(segment[at:at + 2], "big")
+            segment[at:at + 2] = b"\0\0"
+            src, dst = (socket.inet_pton(family, ip.src), socket.inet_pton(family, ip.dst))
+            assert inet_checksum(pseudo_header(src, dst, proto, len(segment)) + bytes(segment)) == want

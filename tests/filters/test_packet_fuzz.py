@@ -16,6 +16,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
 
 from filters.packet import Packet, parse_ethernet, parse_ip, parse_linktype
+from tests.filters.factories import mutated
 
 FUZZ = settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 LINKTYPES = [0, 1, 12, 14, 101, 108, 113, 228, 229, 276, 147, 65535]
@@ -56,24 +57,6 @@ def check(pkt: object) -> None:
         assert pkt.l4_offset >= (20 if pkt.version == 4 else 40)
 
 
-@st.composite
-def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
-    """A seed with a few byte overwrites, insertions, deletions and maybe a cut."""
-    data = bytearray(draw(st.sampled_from(seeds)))
-    for _ in range(draw(st.integers(0, 6))):
-        op = draw(st.sampled_from(["set", "insert", "delete"]))
-        pos = draw(st.integers(0, max(len(data) - 1, 0)))
-        if op == "set" and data:
-            data[pos] = draw(st.integers(0, 255))
-        elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
-        elif data:
-            del data[pos : pos + draw(st.integers(1, 8))]
-    if draw(st.booleans()):
-        data = data[: draw(st.integers(0, len(data)))]
-    return bytes(data)
-
-
 @FUZZ
 @given(st.binary(max_size=256))
 def test_random_bytes(data: bytes) -> None:
@@ -91,13 +74,13 @@ def test_random_ip_with_valid_version(low: int, rest: bytes) -> None:
 
 
 @settings(FUZZ, max_examples=2000)
-@given(mutated(IP_SEEDS))
+@given(mutated(IP_SEEDS, edits=6, span=8, cut=True))
 def test_mutated_ip_packets(data: bytes) -> None:
     check(parse_ip(data))
 
 
 @settings(FUZZ, max_examples=1200)
-@given(st.sampled_from(FRAME_SEEDS).flatmap(lambda s: st.tuples(st.just(s[0]), mutated([s[1]]))), st.sampled_from(LINKTYPES))
+@given(st.sampled_from(FRAME_SEEDS).flatmap(lambda s: st.tuples(st.just(s[0]), mutated([s[1]], edits=6, span=8, cut=True))), st.sampled_from(LINKTYPES))
 def test_mutated_frames(seed: tuple[int, bytes], other_linktype: int) -> None:
     linktype, frame = seed
     check(parse_linktype(frame, linktype))

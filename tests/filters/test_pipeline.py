@@ -15,7 +15,6 @@ from tests.filters.factories import tpacket
 class Fixed(Engine):
     """Returns the same action for every new flow (NONE: nothing)."""
 
-    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START})
 
     def __init__(self, name: str, action: Action, *, more: bool = False, scope: Scope = Scope.FLOW) -> None:
         super().__init__()
@@ -33,7 +32,6 @@ class Fixed(Engine):
 
 class Boom(Engine):
     name: ClassVar[str] = "boom"
-    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.PACKET})
 
     def on_packet(self, pkt, flow):
         raise RuntimeError("engine bug")
@@ -43,7 +41,6 @@ class Holder(Engine):
     """Holds every new flow to port 8080 until told; the answer decides."""
 
     name: ClassVar[str] = "holder"
-    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.FLOW_START})
 
     def __init__(self, on_timeout: Action = Action.PASS) -> None:
         super().__init__()
@@ -66,7 +63,6 @@ class Streamer(Engine):
     """Wants stream data; alerts on 'EVIL' in the client's bytes."""
 
     name: ClassVar[str] = "streamer"
-    hooks: ClassVar[frozenset[Hook]] = frozenset({Hook.STREAM})
 
     def __init__(self) -> None:
         super().__init__()
@@ -219,6 +215,48 @@ class TestHolds:
         assert p.io_done(hold_id, "block") == []  # a late answer changes nothing
         assert p.counters["hold.late_results"] == 1
 
+    def test_holds_of_two_engines_on_one_packet_run_in_turn(self):
+        class Second(Holder):
+            name: ClassVar[str] = "second"
+
+        first, second = Holder(), Second()
+        p, eve = make(first, second)
+        assert p.process(syn(8080), "syn", 1.0) == []
+        ((h1, r1),) = p.take_io()  # only the first engine's hold runs
+        assert p.io_done(h1, "allow", None, 1.1) == []  # ...then the second one's: still held
+        ((h2, r2),) = p.take_io()
+        assert first.results == [("allow", None)] and second.results == []
+        rels = p.io_done(h2, "block", None, 1.2)
+        assert [(r.token, r.outcome) for r in rels] == [("syn", Outcome.DROP)]
+        assert eve[-1]["alert"]["signature"] == "held and blocked"
+
+    def test_first_hold_blocking_skips_the_next(self):
+        class Second(Holder):
+            name: ClassVar[str] = "second"
+
+        second = Second()
+        p, _ = make(Holder(), second)
+        p.process(syn(8080), "syn", 1.0)
+        ((h1, _),) = p.take_io()
+        rels = p.io_done(h1, "block", None, 1.1)
+        assert [(r.token, r.outcome) for r in rels] == [("syn", Outcome.DROP)]
+        assert p.take_io() == [] and second.results == []
+
+    def test_late_result_alarm_is_recorded_against_the_flow(self):
+        class Retro(Holder):
+            def on_io_late(self, request, result, error):
+                return [Verdict(Action.ALERT, self.name, rule_id=77, signature=f"late {result}")]
+
+        p, eve = make(Retro())
+        p.process(syn(8080), "syn", 1.0)
+        rels = p.tick(3.1)
+        assert [(r.token, r.outcome) for r in rels] == [("syn", Outcome.ACCEPT)]
+        (hold_id, _), = p.take_io()
+        assert p.io_done(hold_id, "bad", None, 9.0) == []  # nothing to release...
+        alert = eve[-1]  # ...but the alarm names the flow the late answer was about
+        assert alert["alert"]["signature"] == "late bad" and alert["dest_port"] == 8080
+        assert p.counters["hold.late_alarms"] == 1
+
     def test_held_packets_are_bounded(self):
         p, _ = make(Holder(), hold_max_packets=3)
         p.process(syn(8080), 0, 1.0)
@@ -259,3 +297,66 @@ def test_fuzzed_packets_never_break_the_pipeline():
                 p.io_done(hold_id, rnd.choice(["allow", "block", None]), None, i * 0.001)
             p.tick(i * 0.001)
     assert p.counters["packets"] == 5000
+
+
+class EveryPacket(Engine):
+    """Gives ``action`` (flow-wide) on every packet it sees; counts them."""
+
+    name = "every"
+
+    def __init__(self, action: Action) -> None:
+        super().__init__()
+        self.action, self.seen = action, 0
+
+    def on_packet(self, pkt, flow):
+        if flow is None:
+            return None
+        self.seen += 1
+        return [Verdict(self.action, self.name, rule_id=7, signature="every")] if self.action is not Action.NONE else None
+
+
+def test_kernel_offload_pass_grace_and_dropped_flows_stay_dropped() -> None:
+    """Inline, packets queued before a flow's verdict reached the kernel still come to the worker:
+    within ``offload_grace`` of a pass they take it; a later SYN (the kernel forgot the verdict: a
+    new connection on the same ports) is decided afresh, a later non-SYN keeps the pass. A dropped flow is never decided afresh: its packets stay dropped."""
+    pipe = Pipeline([Fixed("f", Action.NONE)], FlowTable(), PipelinePolicy(kernel_offload=True, offload_grace=2.0))
+    (first,) = pipe.process(tpacket(tcp_flags=SYN, ts=1.0), "a")
+    assert first.offload and first.outcome is Outcome.ACCEPT
+    (queued,) = pipe.process(tpacket(tcp_flags=ACK, ts=1.5), "b")
+    assert queued.outcome is Outcome.ACCEPT and pipe.counters.get("flows.redecided", 0) == 0
+    # a late non-SYN packet (conntrack found it out of window, or forgot the connection) keeps the
+    # pass: it is no new connection, and its sender must not become a new flow's client
+    (late,) = pipe.process(tpacket(reply=True, tcp_flags=ACK, ts=10.0), "c")
+    assert late.outcome is Outcome.ACCEPT and pipe.counters.get("flows.redecided", 0) == 0
+    pipe.process(tpacket(tcp_flags=SYN, ts=20.0), "d")  # a new connection on the same ports
+    assert pipe.counters["flows.redecided"] == 1
+    eng = EveryPacket(Action.DROP)
+    dropper = Pipeline([eng], FlowTable(), PipelinePolicy(kernel_offload=True))
+    outs = [dropper.process(tpacket(tcp_flags=SYN if i == 0 else ACK, ts=1.0 + 100 * i), i)[0] for i in range(3)]
+    assert [r.outcome for r in outs] == [Outcome.DROP] * 3 and dropper.counters.get("flows.redecided", 0) == 0
+    assert eng.seen == 1 and dropper.counters["packets.decided"] == 2
+
+
+def test_ids_mode_flow_drop_ends_inspection() -> None:
+    """IDS mode blocks nothing, but a flow-wide drop ends the flow's inspection (no more alerts)."""
+    emitted: list[dict] = []
+    eng = EveryPacket(Action.DROP)
+    pipe = Pipeline([eng], FlowTable(), PipelinePolicy(ips=False), emit=emitted.append)
+    outs = [pipe.process(tpacket(tcp_flags=SYN if i == 0 else ACK, ts=1.0 + i), i)[0] for i in range(4)]
+    assert {r.outcome for r in outs} == {Outcome.ACCEPT} and eng.seen == 1
+    assert [r["alert"]["action"] for r in emitted if r["event_type"] == "alert"] == ["allowed"]
+
+
+def test_only_the_last_http_stage_of_a_chunk_counts_for_coalescing_engines() -> None:
+    """The IPS (coalesce_http) gets only the last of the HTTP events one chunk raises for a
+    message; other engines get every stage (a web filter may act on the request headers)."""
+    from types import SimpleNamespace
+
+    from filters.pipeline import _superseded
+
+    tx1, tx2 = object(), object()
+    ev = lambda tx, stage, to_server=True: SimpleNamespace(tx=tx, stage=stage, to_server=to_server)  # noqa: E731
+    events = [(Hook.HTTP_REQUEST, ev(tx1, "request_headers")), (Hook.HTTP_REQUEST, ev(tx1, "request_done")),
+              (Hook.HTTP_REQUEST, ev(tx2, "request_headers")), (Hook.HTTP_RESPONSE, ev(tx2, "response_headers", False)),
+              (Hook.HTTP_RESPONSE, ev(tx2, "response_body", False)), (Hook.HTTP_RESPONSE, ev(tx2, "response_done", False))]
+    assert [_superseded(events, n) for n in range(len(events))] == [True, False, False, True, True, False]

@@ -1,10 +1,12 @@
 """Tests for filters.threatintel: annotated samples, the real abuse.ch/URLhaus feeds, look-ups, fuzz."""
 from __future__ import annotations
 
+import csv
+import ipaddress
 import re
-import time
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,12 +31,12 @@ from filters.threatintel import (
     parse_threatfox_csv,
     parse_urlhaus_csv,
 )
+from tests.shared_data import SharedData
 
 SAMPLES = Path(__file__).parent / "threatintel_samples"
-DATA = Path("/work/shared/data")
-FEODO = DATA / "abusech" / "feodotracker-ipblocklist.csv"
-URLHAUS_CSV = DATA / "abusech" / "urlhaus-csv-online.csv"
-URLHAUS_ABP = DATA / "urlhaus" / "urlhaus-filter-online.txt"
+FEODO = ("data", "abusech", "feodotracker-ipblocklist.csv")  # under the shared test data
+URLHAUS_CSV = ("data", "abusech", "urlhaus-csv-online.csv")
+URLHAUS_ABP = ("data", "urlhaus", "urlhaus-filter-online.txt")
 PARSERS = {
     "plain": parse_plain, "maltrail": parse_maltrail, "feodo_csv": parse_feodo_csv,
     "urlhaus_csv": parse_urlhaus_csv, "threatfox_csv": parse_threatfox_csv, "abp": parse_abp,
@@ -59,12 +61,6 @@ def annotations(path: Path) -> tuple[set[tuple[str, str]], Counter[str]]:
     return expected, skips
 
 
-def real(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"REAL-DATA TEST SKIPPED: {path} is absent (needs /work/shared/data)")
-    return path
-
-
 def kinds(result: ParseResult) -> Counter[str]:
     return Counter(ind.kind.value for ind in result.indicators)
 
@@ -75,8 +71,57 @@ def sample_intel() -> ThreatIntel:
 
 
 @pytest.fixture(scope="module")
-def real_intel() -> ThreatIntel:
-    return ThreatIntel.build([load_feed(real(FEODO)), load_feed(real(URLHAUS_CSV)), load_feed(real(URLHAUS_ABP))])
+def feodo(shared_data: SharedData) -> Path:
+    return shared_data.path(*FEODO)
+
+
+@pytest.fixture(scope="module")
+def urlhaus_csv(shared_data: SharedData) -> Path:
+    return shared_data.path(*URLHAUS_CSV)
+
+
+@pytest.fixture(scope="module")
+def urlhaus_abp(shared_data: SharedData) -> Path:
+    return shared_data.path(*URLHAUS_ABP)
+
+
+@pytest.fixture(scope="module")
+def real_intel(feodo: Path, urlhaus_csv: Path, urlhaus_abp: Path) -> ThreatIntel:
+    return ThreatIntel.build([load_feed(feodo), load_feed(urlhaus_csv), load_feed(urlhaus_abp)])
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    """The data rows of an abuse.ch CSV, read here with the csv module (banner and END lines aside)."""
+    return list(csv.DictReader(ln for ln in lines_of(path) if ln.strip() and not ln.startswith("#")))
+
+
+def abp_rules(path: Path) -> dict[str, list[str]]:
+    """The rule lines of the URLhaus ABP list by what they name, classified here: "url" (host/path),
+    "ip" (an address) or "domain" (a host name, bare or ``||host^``)."""
+    out: dict[str, list[str]] = {"url": [], "ip": [], "domain": []}
+    for line in lines_of(path):
+        if not line.strip() or line.startswith("!"):
+            continue
+        value = line[2:].split("^")[0] if line.startswith("||") else line.strip()
+        if "/" in value:
+            out["url"].append(value)
+        else:
+            try:
+                ipaddress.ip_address(value)
+                out["ip"].append(value)
+            except ValueError:
+                out["domain"].append(value)
+    return out
+
+
+def url_key(url: str) -> tuple[str, str]:
+    """(host, path and query) of a feed URL, as a request would present them."""
+    u = urlsplit(url)
+    return u.hostname or "", (u.path or "/") + (f"?{u.query}" if u.query else "")
 
 
 # --- annotated samples ----------------------------------------------------------------------------
@@ -318,31 +363,47 @@ def test_detect_format_by_name_when_the_head_says_nothing() -> None:
 
 # --- the real feeds -------------------------------------------------------------------------------
 
-def test_real_feodo_blocklist() -> None:
-    result = load_feed(real(FEODO))
-    assert result.total_lines == 760  # 8 banner + header + 750 rows + "# END 750 entries"
+# Each real feed is one snapshot of a changing list: the tests derive what to expect from the files
+# (read here independently of the parsers), not from the numbers of one snapshot.
+
+
+def test_real_feodo_blocklist(feodo: Path) -> None:
+    rows = csv_rows(feodo)
+    online = [r for r in rows if r["c2_status"] == "online"]
+    result = load_feed(feodo)
+    assert rows and online and result.total_lines == len(lines_of(feodo))
     assert not result.skipped
-    assert kinds(result) == Counter({"ip_port": 750, "ip": 316})  # every row; online rows also as IP
+    # every row as ip:port, the online ones also as the whole IP
+    assert kinds(result) == Counter({"ip_port": len(rows), "ip": len(online)})
     assert Counter(i.threat for i in result.indicators if i.kind is IndicatorKind.IP_PORT) == Counter(
-        {"BazarLoader": 192, "TrickBot": 185, "QakBot": 169, "Dridex": 148, "Emotet": 56})
-    online = load_feed(FEODO, include_offline=False)
-    assert kinds(online) == Counter({"ip_port": 316, "ip": 316})
-    assert online.skipped == Counter({"offline": 434})
+        r["malware"] for r in rows)
+    only_online = load_feed(feodo, include_offline=False)
+    assert kinds(only_online) == Counter({"ip_port": len(online), "ip": len(online)})
+    assert only_online.skipped == Counter({"offline": len(rows) - len(online)})
     intel = ThreatIntel.build([result])
-    assert intel.stats().by_kind["ip"] == 311 and intel.stats().by_kind["ip_port"] == 750
-    assert intel.match_ip("59.6.7.83", 61200).threat == "QakBot"  # last row, no trailing newline
-    assert intel.match_ip("87.120.8.91", 443).threat == "BazarLoader"  # offline
-    assert intel.match_ip("87.120.8.91") is None
+    assert intel.stats().by_kind["ip"] == len({r["dst_ip"] for r in online})
+    assert intel.stats().by_kind["ip_port"] == len({(r["dst_ip"], r["dst_port"]) for r in rows})
+    last = rows[-1]  # the file may end without a newline
+    threats = {r["malware"] for r in rows if (r["dst_ip"], r["dst_port"]) == (last["dst_ip"], last["dst_port"])}
+    assert intel.match_ip(last["dst_ip"], int(last["dst_port"])).threat in threats
+    online_ips = {r["dst_ip"] for r in online}
+    for gone in [r for r in rows if r["dst_ip"] not in online_ips][:5]:  # offline: that port only
+        assert intel.match_ip(gone["dst_ip"], int(gone["dst_port"])) is not None
+        assert intel.match_ip(gone["dst_ip"]) is None
 
 
-def test_real_urlhaus_csv() -> None:
-    result = load_feed(real(URLHAUS_CSV))
-    assert result.total_lines == 11126 and not result.skipped
-    assert kinds(result) == Counter({"url": 11125})
-    assert {i.threat for i in result.indicators} == {"malware_download"}
-    first = result.indicators[0]
-    assert (first.value, first.port, first.tags) == ("117.209.87.242/bin.sh", 60905, ("32-bit", "elf", "mips", "Mozi"))
-    text = URLHAUS_CSV.read_text(encoding="utf-8")
+def test_real_urlhaus_csv(urlhaus_csv: Path) -> None:
+    rows = csv_rows(urlhaus_csv)
+    result = load_feed(urlhaus_csv)
+    assert rows and result.total_lines == len(lines_of(urlhaus_csv)) and not result.skipped
+    assert kinds(result) == Counter({"url": len(rows)})  # one URL indicator a row
+    assert {i.threat for i in result.indicators} == {r["threat"] or "malware_download" for r in rows}
+    intel = ThreatIntel.build([result])
+    for row in rows[:: max(1, len(rows) // 50)]:
+        host, path = url_key(row["url"])
+        hit = intel.match_url(host, path)
+        assert hit is not None and hit.source == urlhaus_csv.stem, row["url"]
+    text = urlhaus_csv.read_text(encoding="utf-8")
     banner = "#" * 64 + "\n# abuse.ch URLhaus Database Dump (CSV - online URLs only)\n" + "#" * 64 + "\n#\n# "
     with_banner = parse_urlhaus_csv(banner + text, "urlhaus")
     assert not with_banner.skipped
@@ -350,43 +411,57 @@ def test_real_urlhaus_csv() -> None:
         Indicator(i.kind, i.value, i.threat, "urlhaus", i.port, i.tags) for i in result.indicators]
 
 
-def test_real_urlhaus_abp_list() -> None:
-    result = load_feed(real(URLHAUS_ABP))
-    assert result.total_lines == 6260 and not result.skipped  # 6 "!" header lines
+def test_real_urlhaus_abp_list(urlhaus_abp: Path) -> None:
+    rules = abp_rules(urlhaus_abp)
+    result = load_feed(urlhaus_abp)
+    assert result.total_lines == len(lines_of(urlhaus_abp)) and not result.skipped  # "!" header lines too
     assert result.url_match is UrlMatch.ABP
-    assert kinds(result) == Counter({"url": 3345, "ip": 2307, "domain": 602})  # 601 bare hosts + 1 ||host^
+    assert kinds(result) == Counter({kind: len(values) for kind, values in rules.items()}) and result.indicators
 
 
-def test_real_feeds_lookups(real_intel: ThreatIntel) -> None:
-    assert real_intel.match_ip("51.178.161.32").threat == "Dridex"
-    assert real_intel.match_ip("51.178.161.33") is None
-    assert real_intel.match_ip("1.1.104.12").source == "urlhaus-filter-online"
-    assert real_intel.match_ip("1.1.104.13") is None
-    assert real_intel.match_domain("www.123.ywxww.net").value == "123.ywxww.net"
-    assert real_intel.match_domain("ywxww.net") is None
-    assert real_intel.match_domain("wegrowcoaching.com") is not None
-    assert real_intel.match_domain("notwegrowcoaching.com") is None
-    hit = real_intel.match_url("117.209.87.242", "/bin.sh")
-    assert hit is not None and "Mozi" in hit.tags
-    assert real_intel.match_url("117.209.87.242", "/bin.shell") is None
-    exact = real_intel.match_url("windatem.com", "/MainWindow.dll")  # in both: case-exact CSV entry first
-    assert exact is not None and exact.source == "urlhaus-csv-online"
-    folded = real_intel.match_url("windatem.com", "/MAINWINDOW.DLL")  # the lower-cased ABP entry
-    assert folded is not None and folded.source == "urlhaus-filter-online"
-    assert real_intel.match_url("windatem.com", "/MainWindow.dllx") is None
+def test_real_feeds_lookups(real_intel: ThreatIntel, feodo: Path, urlhaus_csv: Path, urlhaus_abp: Path) -> None:
+    online = [r for r in csv_rows(feodo) if r["c2_status"] == "online"]
+    rules = abp_rules(urlhaus_abp)
+    listed_ips = {r["dst_ip"] for r in online} | set(rules["ip"])
+    for ip in [online[0]["dst_ip"], rules["ip"][0]]:
+        hit = real_intel.match_ip(ip)
+        assert hit is not None and hit.kind is IndicatorKind.IP
+        near = str(ipaddress.ip_address(ip) + 1)
+        assert near in listed_ips or real_intel.match_ip(near) is None
+    assert real_intel.match_ip(online[0]["dst_ip"]).threat in {r["malware"] for r in online if r["dst_ip"] == online[0]["dst_ip"]}
+    assert real_intel.match_ip(rules["ip"][0]).source in (feodo.stem, urlhaus_abp.stem)
+    domains = set(rules["domain"])
+    deep = next(d for d in rules["domain"] if d.count(".") >= 2 and d.partition(".")[2] not in domains)
+    assert real_intel.match_domain("www." + deep).value == deep
+    assert real_intel.match_domain(deep.partition(".")[2]) is None  # a parent is not listed by its child
+    assert real_intel.match_domain("not" + deep) is None or "not" + deep in domains  # label-wise, not a suffix
+    host, path = url_key(csv_rows(urlhaus_csv)[0]["url"])
+    assert real_intel.match_url(host, path) is not None
+    assert real_intel.match_url(host, path + "ell") is None or path.endswith("/")
+    # a URL in both lists, in a case the CSV keeps and the ABP list lower-cases: the case-exact CSV
+    # entry first, the folded ABP one for other cases of it
+    abp_urls = set(rules["url"])
+    both = [(h, p) for h, p in (url_key(r["url"]) for r in csv_rows(urlhaus_csv))
+            if p != p.lower() and f"{h}{p}".lower() in abp_urls and "?" not in p]
+    for h, p in both[:5]:
+        assert real_intel.match_url(h, p).source == urlhaus_csv.stem
+        assert real_intel.match_url(h, p.swapcase()).source == urlhaus_abp.stem
     v4, v6 = real_intel.ipset_entries()
-    assert len(v4) == 2618 and v6 == []
-    assert "1.1.104.12" in v4 and "51.178.161.32" in v4
+    listed = {i.value for i in load_feed(feodo).indicators + load_feed(urlhaus_abp).indicators
+              if i.kind is IndicatorKind.IP}
+    assert set(v4) | set(v6) == listed  # the feeds list no networks: every listed IP, nothing else
+    assert all(":" in a for a in v6) and not any(":" in a for a in v4)
 
 
-def test_real_feeds_build_and_look_up_whole() -> None:
+def test_real_feeds_build_and_look_up_whole(feodo: Path, urlhaus_csv: Path, urlhaus_abp: Path) -> None:
     """All three real feeds merge into one intel that answers for each of them. (Speed is in the
-    filter benchmark, `vcr-agent bench --suite filter`, not here.)"""
-    paths = [real(FEODO), real(URLHAUS_CSV), real(URLHAUS_ABP)]
-    start = time.perf_counter()
-    intel = ThreatIntel.build(load_feed(p) for p in paths)
-    print(f"\nparse + build of the real feeds: {time.perf_counter() - start:.2f} s, {len(intel)} indicators")
-    assert intel.match_ip("51.178.161.32") is not None and intel.match_domain("wegrowcoaching.com") is not None
+    filter benchmark, `python -m lab bench --suite filter`, not here.)"""
+    feeds = [load_feed(p) for p in (feodo, urlhaus_csv, urlhaus_abp)]
+    intel = ThreatIntel.build(feeds)
+    assert {i.source for i in (intel.match_ip(csv_rows(feodo)[0]["dst_ip"], int(csv_rows(feodo)[0]["dst_port"])),
+                                intel.match_url(*url_key(csv_rows(urlhaus_csv)[0]["url"])),
+                                intel.match_domain(abp_rules(urlhaus_abp)["domain"][0]))} == \
+        {feodo.stem, urlhaus_csv.stem, urlhaus_abp.stem}
     assert intel.match_ip("203.0.0.1", 443) is None and intel.match_domain("host1.sub.example.com") is None
     assert intel.match_url("github.com", "/user1/repo/releases/download/v1/x.zip") is None
 

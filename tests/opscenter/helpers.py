@@ -6,11 +6,13 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from agent.link.center import auth_headers as bearer  # noqa: F401  (the box's own header: what the center gets)
 from opscenter.app import create_app
 from opscenter.settings import Settings
 
 # Limits loose enough that only the tests about limits hit them.
-TEST_SETTINGS: dict[str, Any] = {"checkin_rate": 0, "alarm_rate": 0, "activate_rate": 0}
+TEST_SETTINGS: dict[str, Any] = {"checkin_rate": 0, "alarm_rate": 0, "activate_rate": 0,
+                                 "sandbox_workers": 0}  # the sandbox tests drive the queue themselves
 
 
 def checkin_body(**extra: Any) -> dict[str, Any]:
@@ -63,5 +65,25 @@ def activate(client: Any, code: str, serial: str, base: str = "") -> Any:
                        json={"serial": serial, "activation_code": code, "agent_version": "0.1.0", "hostname": serial})
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+def activate_box(center: Any, contract: str, serial: str, hostname: str = "box") -> dict[str, Any]:
+    """A box activated over HTTPS at a running center (lab/center.py) with a code issued for it: the
+    center's answer (device_id, token...)."""
+    import requests
+
+    code = center.issue_code(contract, serial)
+    r = requests.post(f"{center.url}/api/v1/activate", verify=center.ca, timeout=10,
+                      json={"serial": serial, "activation_code": code, "agent_version": "0.1.0", "hostname": hostname})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def deliver_config(client: Any, box: dict[str, Any], *revisions: int) -> list[int]:
+    """Queue a config task per revision for ``box`` and deliver them with a check-in (the center then
+    accepts backups of those revisions from that box)."""
+    from opscenter.fleet import add_task
+
+    ids = [add_task(client.app.state.db, box["device_id"], "config", {"revision": r, "config": "{}"})
+           for r in revisions]
+    r = client.post("/api/v1/checkin", json=checkin_body(), headers=bearer(box["token"]))
+    assert r.status_code == 200, r.text
+    return ids

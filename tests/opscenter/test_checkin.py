@@ -45,7 +45,7 @@ def test_checkin_is_stored_and_shown(db_url: str):
                                    "signatures": {"ips": "2026.11.25.1", "webcat": "2026.11.20"}}
 
 
-def test_unknown_fields_are_kept_and_bad_types_are_400(db_url: str):
+def test_unknown_fields_are_kept_bad_types_are_422_and_bad_json_is_400(db_url: str):
     with make_client(db_url) as c:
         box = _enrolled(c)
         ok = c.post("/api/v1/checkin", json=checkin_body(newer_field={"x": 1}), headers=bearer(box["token"]))
@@ -53,9 +53,10 @@ def test_unknown_fields_are_kept_and_bad_types_are_400(db_url: str):
         with c.app.state.db.read() as conn:
             assert conn.execute(select(health.c.body)).scalar_one()["newer_field"] == {"x": 1}
         bad = c.post("/api/v1/checkin", json={"config_revision": "three"}, headers=bearer(box["token"]))
-        assert bad.status_code == 400
+        assert bad.status_code == 422
         err = bad.json()
-        assert err["error"] == "bad_request" and "config_revision" in err["message"] and "server_time" in err
+        assert err["error"] == "invalid" and "config_revision" in err["message"] and "server_time" in err
+        assert err["field"] == "config_revision"
         notjson = c.post("/api/v1/checkin", content=b"{nope", headers={**bearer(box["token"]),
                                                                        "Content-Type": "application/json"})
         assert notjson.status_code == 400 and notjson.json()["error"] == "bad_request"
@@ -73,7 +74,7 @@ def test_tasks_are_delivered_until_the_box_reports(db_url: str):
         stolen = c.post(f"/api/v1/tasks/{tid}/status", json={"status": "done"}, headers=bearer(other["token"]))
         assert stolen.status_code == 404 and stolen.json()["error"] == "not_found"
         assert c.post(f"/api/v1/tasks/{tid}/status", json={"status": "bogus"},
-                      headers=bearer(box["token"])).status_code == 400
+                      headers=bearer(box["token"])).status_code == 422
         r = c.post(f"/api/v1/tasks/{tid}/status", json={"status": "running", "detail": "applying"},
                    headers=bearer(box["token"]))
         assert r.status_code == 200 and r.json() == {}

@@ -8,7 +8,7 @@ import threading
 from opscenter import enroll
 from opscenter.db import Database
 from opscenter.errors import CenterError
-from tests.opscenter.helpers import activate, bearer, checkin_body, issue, make_client
+from tests.opscenter.helpers import activate, bearer, checkin_body, deliver_config, issue, make_client
 
 
 def test_activation_gives_token_license_and_interval(db_url: str):
@@ -77,6 +77,7 @@ def test_second_box_gets_409_without_using_up_the_code(db_url: str):
 def test_replacement_moves_contract_revokes_old_token_and_restores_backup(db_url: str):
     with make_client(db_url) as c:
         old = activate(c, issue(c, "C-9"), "OLD-BOX").json()
+        deliver_config(c, old, 1, 2)
         for rev, blob in ((1, b"\x00enc-r1"), (2, b"\x01enc-r2")):
             r = c.post("/api/v1/backups", json={"revision": rev, "blob": base64.b64encode(blob).decode()},
                        headers=bearer(old["token"]))

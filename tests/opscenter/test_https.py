@@ -13,8 +13,8 @@ from typing import Iterator
 import pytest
 import requests
 
-from opscenter.testing import Center, start_center
-from tests.opscenter.helpers import TEST_SETTINGS, batch, bearer, checkin_body
+from lab.center import Center, start_center
+from tests.opscenter.helpers import TEST_SETTINGS, activate_box, batch, bearer, checkin_body
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,6 @@ def center(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Center]:
     c.close()
 
 
-def _activate(center: Center, contract: str, serial: str) -> dict:  # type: ignore[type-arg]
-    code = center.issue_code(contract, serial)
-    r = requests.post(f"{center.url}/api/v1/activate", verify=center.ca, timeout=10,
-                      json={"serial": serial, "activation_code": code, "agent_version": "0.1.0", "hostname": "box"})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
 def test_tls_is_verified_against_the_lab_ca(center: Center):
     r = requests.get(f"{center.url}/api/v1/time", verify=center.ca, timeout=10)
     assert r.status_code == 200 and r.json()["server_time"].endswith("Z")
@@ -41,12 +33,14 @@ def test_tls_is_verified_against_the_lab_ca(center: Center):
         requests.get(f"{center.url}/api/v1/time", timeout=10)  # the system store does not know the lab CA
     localhost = center.url.replace("127.0.0.1", "localhost")  # the name is in the certificate too
     assert requests.get(f"{localhost}/api/v1/time", verify=center.ca, timeout=10).status_code == 200
-    schema = requests.get(f"{center.url}/openapi.json", verify=center.ca, timeout=10).json()
+    # the schema is served on the operator listener, to an operator (tests/opscenter/test_operator.py)
+    schema = requests.get(f"{center.operator_url}/openapi.json", verify=center.ca, timeout=10,
+                          auth=center.operator_auth).json()
     assert schema["info"]["title"] == "vcr-agent operations center" and "/api/v1/alarms" in schema["paths"]
 
 
 def test_activation_checkin_and_alarm_dedup_under_concurrent_resends(center: Center):
-    box = _activate(center, "C-HTTP", "VCR-H1")
+    box = activate_box(center, "C-HTTP", "VCR-H1")
     s = center.session()
     s.headers.update(bearer(box["token"]))
     r = s.post(f"{center.url}/api/v1/checkin", json=checkin_body(), timeout=10)
@@ -81,7 +75,7 @@ def test_401_has_date_header_and_server_time(center: Center):
 
 
 def test_413_reaches_the_client_for_big_and_chunked_bodies(center: Center):
-    box = _activate(center, "C-BIG", "VCR-BIG")
+    box = activate_box(center, "C-BIG", "VCR-BIG")
     big = json.dumps({"events": [{"event_id": "a", "event": {"p": "x" * (300 * 1024)}}]}).encode()
     r = requests.post(f"{center.url}/api/v1/alarms", data=big, verify=center.ca, timeout=10,
                       headers={**bearer(box["token"]), "Content-Type": "application/json"})
@@ -102,7 +96,7 @@ def test_413_reaches_the_client_for_big_and_chunked_bodies(center: Center):
 
 
 def test_restart_keeps_devices_tokens_and_alarms(center: Center):
-    box = _activate(center, "C-RESTART", "VCR-R1")
+    box = activate_box(center, "C-RESTART", "VCR-R1")
     tok = bearer(box["token"])
     b = batch(20)
     assert requests.post(f"{center.url}/api/v1/alarms", json=b, headers=tok, verify=center.ca,
@@ -120,7 +114,7 @@ def test_restart_keeps_devices_tokens_and_alarms(center: Center):
 
 
 def test_operator_cli_and_page(center: Center):
-    box = _activate(center, "C-CLI", "VCR-CLI")
+    box = activate_box(center, "C-CLI", "VCR-CLI")
     requests.post(f"{center.url}/api/v1/checkin", json=checkin_body(), headers=bearer(box["token"]),
                   verify=center.ca, timeout=10)
     requests.post(f"{center.url}/api/v1/alarms", json=batch(2), headers=bearer(box["token"]),
@@ -138,13 +132,14 @@ def test_operator_cli_and_page(center: Center):
     out = subprocess.run(cli + ["alarms", "--device", box["device_id"], "--limit", "5"] + cfg,
                          capture_output=True, text=True, check=True).stdout
     assert out.count("VCR outbound telnet") == 2 and "2 中 / medium" in out
-    page = requests.get(f"{center.url}/", verify=center.ca, timeout=10).text
+    page = requests.get(f"{center.operator_url}/", verify=center.ca, timeout=10, auth=center.operator_auth).text
     assert "運用センター / Operations center" in page and box["device_id"] in page
+    assert requests.get(f"{center.url}/", verify=center.ca, timeout=10).status_code == 404  # not on the device side
 
 
 def test_two_workers_share_one_socket(tmp_path: Path):
     with start_center(tmp_path / "mw", "127.0.0.1:0", workers=2, settings=TEST_SETTINGS) as c:
-        box = _activate(c, "C-MW", "VCR-MW")
+        box = activate_box(c, "C-MW", "VCR-MW")
         for _ in range(40):  # fresh connections spread over the workers
             r = requests.post(f"{c.url}/api/v1/alarms", json=batch(5), headers=bearer(box["token"]),
                               verify=c.ca, timeout=10)

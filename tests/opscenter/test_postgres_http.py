@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from opscenter.testing import start_center
+from lab.center import start_center
 from tests.opscenter.helpers import TEST_SETTINGS, batch, bearer, checkin_body
 
 

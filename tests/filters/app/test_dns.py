@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR, DNSRRMX
 
-from filters.app import DnsMessage, dns
+from filters.app import dns
+from filters.app.events import DnsMessage
 from filters.app.dns import (
     DnsMalformed,
     DnsTcpParser,
     DnsTruncated,
+    build_query,
     build_response,
     encode_name,
     normalize_name,
@@ -22,10 +23,9 @@ from filters.app.dns import (
     parse_dns,
     read_name,
 )
+from tests.shared_data import SharedData
 
 FUZZ = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-PEER = Path(__file__).resolve().parents[4] / "shared" / "peer" / "suricata-verify"  # beside the repo, as in CI
-QUERY_PCAP = PEER / "dns-detect-query-01/input.pcap"
 
 QUERY = bytes(DNS(id=0x1234, rd=1, qd=DNSQR(qname="www.Example.com", qtype="A")))
 RESPONSE = bytes(
@@ -281,6 +281,19 @@ def test_build_response_errors() -> None:
         build_response(QUERY, answers=[(16, b"x" * 70000)])
 
 
+def test_build_query_is_a_standard_recursive_query() -> None:
+    assert build_query("www.Example.com", txid=0x1234) == QUERY  # scapy's: id, RD, one A question, class IN
+    aaaa = build_query("ads.example.", dns.TYPE_AAAA, txid=0x12345)
+    assert aaaa == bytes(DNS(id=0x2345, rd=1, qd=DNSQR(qname="ads.example", qtype="AAAA")))
+    msg = parse_dns(aaaa, True)
+    assert msg is not None and msg.txid == 0x2345 and [(q.name, q.rrtype) for q in msg.questions] == [(b"ads.example", 28)]
+    answer = build_response(build_query("a.example", txid=7), answers=[(1, b"\xc6\x33\x64\x14")], ttl=300)
+    assert answer[:4] == b"\x00\x07\x81\x80"
+    assert answer.endswith(b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x01\x2c\x00\x04\xc6\x33\x64\x14")
+    with pytest.raises(ValueError):
+        build_query("a" * 64 + ".com")
+
+
 def test_encode_name() -> None:
     assert encode_name("a.bc.") == b"\x01a\x02bc\x00"
     assert encode_name(b"") == b"\x00"
@@ -318,11 +331,11 @@ def test_normalize_name_invalid_idn_label_still_normalizes() -> None:
 # --- real capture ----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not QUERY_PCAP.exists(), reason="suricata-verify sample not present")
-def test_suricata_verify_dns_detect_query() -> None:
-    from agent.pcapfile import open_packets
+def test_suricata_verify_dns_detect_query(shared_data: SharedData) -> None:
+    from agent.offline.pcapfile import open_packets
 
-    messages = [parse_dns(p.payload, p.dport == 53) for p in open_packets(QUERY_PCAP) if p.sport == 53 or p.dport == 53]
+    pcap = shared_data.path("peer", "suricata-verify", "dns-detect-query-01", "input.pcap")
+    messages = [parse_dns(p.payload, p.dport == 53) for p in open_packets(pcap) if p.sport == 53 or p.dport == 53]
     # rule: alert dns any any -> any any (dns_query; content:"google"; nocase; sid:1;) must match once
     hits = [m for m in messages if m is not None for q in m.questions if b"google" in q.name.lower()]
     assert len(hits) == 1

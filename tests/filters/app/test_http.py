@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from filters.app import HttpEvent, HttpTransaction
+from filters.app.events import HttpEvent, HttpTransaction
 from filters.app.http import HttpParser, normalize_uri, parse_chunk_length, parse_content_length
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filters.app import SmtpEvent, smtp
+from filters.app import smtp
+from filters.app.events import SmtpEvent
 from filters.app.smtp import SmtpMessageEvent, SmtpParser, looks_like_smtp
 
 FUZZ = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

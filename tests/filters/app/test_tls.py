@@ -9,12 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from filters.app import TlsHello, tls
+from filters.app import tls
+from filters.app.events import TlsHello
 from filters.app.tls import TlsError, TlsParser, looks_like_tls, parse_certificate
+from tests.shared_data import SharedData
 
 FUZZ = settings(max_examples=1000, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-PEER = Path(__file__).resolve().parents[4] / "shared" / "peer" / "suricata-verify"  # beside the repo, as in CI
-FRAG_PCAP = PEER / "tls-client-hello-frag-01/dump_mtu300.pcap"
 
 
 # --- builders ------------------------------------------------------------------------------------
@@ -191,6 +191,34 @@ def test_ja3_of_hello_without_extensions() -> None:
     [hello] = TlsParser().feed(True, record(22, handshake(1, body)))
     assert hello.ja3 == "769,47-53,,,"
     assert hello.sni == b"" and hello.extensions == ()
+
+
+def test_ja4_of_foxio_reference_hello() -> None:
+    """The ClientHello of FoxIO's JA4 example: 15 ciphers, 16 extensions (SNI and ALPN h2 among
+    them), TLS 1.3 in supported_versions; GREASE values are ignored, the order on the wire too."""
+    ciphers = (GREASE_CIPHER, 0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC013, 0xC014,
+               0x009C, 0x009D, 0x002F, 0x0035)
+    sigs = (0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601)
+    extra = ext(13, vec16(b"".join(u16(a) for a in sigs)))
+    for e in (0x0005, 0x0012, 0x0015, 0x0017, 0x001B, 0x0023, 0x002D, 0x0033, 0x4469, 0xFF01):
+        extra += ext(e, b"")
+    body = client_hello_body(ciphers=ciphers, alpn=(b"h2", b"http/1.1"), versions=(0x0A0A, 0x0304, 0x0303), extra=extra)
+    [hello] = TlsParser().feed(True, record(22, handshake(1, body)))
+    assert hello.ja4 == "t13d1516h2_8daaf6152771_e5627efa2ab1"
+
+
+def test_ja4_without_sni_alpn_or_extensions() -> None:
+    body = u16(0x0303) + bytes(32) + vec8(b"") + vec16(u16(0x002F) + u16(0x0035)) + vec8(b"\x00")
+    [hello] = TlsParser().feed(True, record(22, handshake(1, body)))
+    # TLS 1.2 from the legacy version, no SNI ("i"), no ALPN ("00"), no extensions to hash
+    assert hello.ja4 == "t12i020000_" + __import__("hashlib").sha256(b"002f,0035").hexdigest()[:12] + "_000000000000"
+
+
+def test_ja3s_of_server_hello() -> None:
+    p = TlsParser()
+    p.feed(True, CLIENT_HELLO)
+    [server] = p.feed(False, record(22, handshake(2, server_hello_body(tls13=True)), 0x0303))
+    assert server.ja3s == "771,49199,16-43" and server.ja3 == "" and server.ja4 == ""
 
 
 def test_is_grease() -> None:
@@ -468,18 +496,17 @@ def test_certificate_garbage_raises_tls_error(der_bytes: bytes) -> None:
 # --- real capture ----------------------------------------------------------------------------------
 
 
-def _frag_pcap_streams() -> tuple[list[bytes], list[bytes]]:
-    from agent.pcapfile import open_packets
+def _frag_pcap_streams(pcap: Path) -> tuple[list[bytes], list[bytes]]:
+    from agent.offline.pcapfile import open_packets
 
-    packets = [p for p in open_packets(FRAG_PCAP) if p.payload]
+    packets = [p for p in open_packets(pcap) if p.payload]
     client = sorted((p for p in packets if p.dport == 443), key=lambda p: p.seq)
     server = sorted((p for p in packets if p.sport == 443), key=lambda p: p.seq)
     return [p.payload for p in client], [p.payload for p in server]
 
 
-@pytest.mark.skipif(not FRAG_PCAP.exists(), reason="suricata-verify sample not present")
-def test_suricata_verify_tls_client_hello_frag() -> None:
-    client, server = _frag_pcap_streams()
+def test_suricata_verify_tls_client_hello_frag(shared_data: SharedData) -> None:
+    client, server = _frag_pcap_streams(shared_data.path("peer", "suricata-verify", "tls-client-hello-frag-01", "dump_mtu300.pcap"))
     p = TlsParser()
     events: list[TlsHello] = []
     for segment in client[:3]:  # the ClientHello spans three segments

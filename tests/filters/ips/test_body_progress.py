@@ -8,48 +8,34 @@ import json
 from pathlib import Path
 
 from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
-from agent import offline
+from hypothesis import given, settings, strategies as st
 
-CLIENT, SERVER = "192.168.10.5", "198.51.100.7"
+from agent.offline import replay as offline
+from filters.ips.engine import _still_absent, _TxMemo
+from filters.ips.netspec import Variables
+from filters.ips.rule_groups import RuleInfo, classify
+from filters.ips.rule_parser import parse_rule
+from tests.filters.ips.scapyflow import SERVER, TcpConversation, timed
+
 SEG = 100
 
 
 def http_flow(body: bytes, uri: bytes = b"/dl/file.bin", sport: int = 40000) -> list:
     """Handshake, one GET, a 200 response whose body comes in SEG-byte segments, then FIN."""
-    c, s = 1000, 5000
-    pkts = []
-
-    def add(src: str, flags: str, data: bytes = b"") -> None:
-        nonlocal c, s
-        if src == CLIENT:
-            ip, tcp = IP(src=CLIENT, dst=SERVER), TCP(sport=sport, dport=80, flags=flags, seq=c, ack=s)
-            c += len(data) + (1 if "S" in flags or "F" in flags else 0)
-        else:
-            ip, tcp = IP(src=SERVER, dst=CLIENT), TCP(sport=80, dport=sport, flags=flags, seq=s, ack=c)
-            s += len(data) + (1 if "S" in flags or "F" in flags else 0)
-        pkts.append(Ether() / ip / tcp / data if data else Ether() / ip / tcp)
-
-    add(CLIENT, "S")
-    pkts[-1][TCP].ack = 0
-    add(SERVER, "SA")
-    add(CLIENT, "A")
-    add(CLIENT, "PA", b"GET " + uri + b" HTTP/1.1\r\nHost: files.example\r\nUser-Agent: test/1\r\n\r\n")
-    add(SERVER, "A")
+    t = TcpConversation(80, sport)
+    t.open()
+    t.add(True, "PA", b"GET " + uri + b" HTTP/1.1\r\nHost: files.example\r\nUser-Agent: test/1\r\n\r\n")
+    t.add(False, "A")
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % len(body)
-    add(SERVER, "PA", head)
+    t.add(False, "PA", head)
     for i in range(0, len(body), SEG):
-        add(SERVER, "PA", body[i:i + SEG])
+        t.add(False, "PA", body[i:i + SEG])
         if i // SEG % 2:
-            add(CLIENT, "A")
-    add(CLIENT, "FA")
-    add(SERVER, "FA")
-    add(CLIENT, "A")
-    for i, p in enumerate(pkts):
-        p.time = 1_700_000_000 + i * 0.001
-    return pkts
+            t.add(True, "A")
+    t.close()
+    return timed(t.packets)
 
 
 RULES = r'''
@@ -61,11 +47,11 @@ alert http any any -> any any (msg:"pcre late"; http.stat_code; content:"200"; f
 '''
 
 
-def run(tmp_path: Path, pkts: list) -> list[dict]:
+def run(tmp_path: Path, pkts: list, rules_text: str | None = None) -> list[dict]:
     pcap = tmp_path / "body.pcap"
     wrpcap(str(pcap), pkts)
     rules = tmp_path / "test.rules"
-    rules.write_text(RULES)
+    rules.write_text(RULES if rules_text is None else rules_text)
     cfg = offline.offline_config(None, [], rule_files=[str(rules)])
     out = io.StringIO()
     offline.run_pcap(offline.OfflineOptions(pcap=pcap), cfg, out=out)
@@ -115,3 +101,71 @@ def test_two_transactions_of_one_flow_are_inspected_apart(tmp_path: Path) -> Non
     alerts = run(tmp_path, pkts)
     assert sorted((a["src_port"], a["alert"]["signature_id"]) for a in alerts) == [(80, 1), (80, 1)]
     assert {a["dest_port"] for a in alerts} == {40000, 40001}
+
+
+# A rule whose fast pattern comes early in the body and another of its contents late: every body
+# event re-runs it, and the engine searches only the new bytes for the late content
+# (engine._still_absent). It must fire at the packet that completes the late content, whether
+# that content lies across two segments (one byte of it in the second), is matched without case or belongs to a rule that sets a
+# flowbit (not memoized), and never when the content only appears outside its buffer.
+LATE_RULES = r'''
+alert http any any -> any any (msg:"late across"; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"needle-late-across"; sid:11; rev:1;)
+alert http any any -> any any (msg:"late nocase"; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"MiXeD-CaSe-LaTe"; nocase; sid:12; rev:1;)
+alert http any any -> any any (msg:"late flowbit"; flowbits:set,late.seen; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"flowbit-late"; sid:13; rev:1;)
+alert http any any -> any any (msg:"only in a header"; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"octet-stream"; sid:14; rev:1;)
+alert http any any -> any any (msg:"relative late"; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"rel-one"; content:"rel-two"; distance:0; sid:15; rev:1;)
+'''
+LATE_MARKS = {100: b"FASTPAT-EARLY", 10_001 - 18: b"needle-late-across", 15_000 - 5: b"mixed-case-late",
+              18_000 - 3: b"flowbit-late", 12_000: b"rel-two", 12_500: b"rel-one", 19_000 - 2: b"rel-two"}
+
+
+def test_late_contents_fire_at_the_completing_packet(tmp_path: Path) -> None:
+    pkts = http_flow(body_with(LATE_MARKS))
+    alerts = run(tmp_path, pkts, LATE_RULES)
+    at = {a["alert"]["signature_id"]: a["pcap_cnt"] for a in alerts}
+    assert sorted(at) == [11, 12, 13, 15] and len(alerts) == 4  # 14: "octet-stream" is in a header only
+    assert at[11] == packet_of(pkts, b"needle-late-across", 10_001 - 18)
+    assert at[12] == packet_of(pkts, b"mixed-case-late", 15_000 - 5)
+    assert at[13] == packet_of(pkts, b"flowbit-late", 18_000 - 3)
+    assert at[15] == packet_of(pkts, b"rel-two", 19_000 - 2)  # the rel-two before rel-one does not count
+
+
+def test_late_contents_alert_as_a_full_evaluation_does(tmp_path: Path, monkeypatch) -> None:
+    """The oracle: the same captures with the shortcut off (every candidate rule evaluated in full)."""
+    from filters.ips import engine
+
+    captures = [http_flow(body_with(LATE_MARKS)),
+                http_flow(body_with({50: b"FASTPAT-EARLY", 99: b"needle-late-across"})),  # across the first segment
+                http_flow(body_with({19_950: b"FASTPAT-EARLY", 19_970: b"MIXED-CASE-LATE"})),
+                http_flow(body_with({3_000: b"flowbit-late", 9_000: b"FASTPAT-EARLY"}))]
+    rules = LATE_RULES + RULES
+    got = [[(a["pcap_cnt"], a["alert"]["signature_id"]) for a in run(tmp_path, p, rules)] for p in captures]
+    monkeypatch.setattr(engine, "_still_absent", lambda info, buffers, memo: False)
+    want = [[(a["pcap_cnt"], a["alert"]["signature_id"]) for a in run(tmp_path, p, rules)] for p in captures]
+    assert got == want
+    assert all(got)  # every capture alerts: the comparison is not between two empty lists
+
+
+def test_required_content_search_of_new_bytes_agrees_with_a_whole_search() -> None:
+    """engine._still_absent over a body growing chunk by chunk (and sometimes replaced by one that
+    is no continuation) answers at every step as a search of the whole body does."""
+    def rule(needle: bytes, nocase: bool) -> RuleInfo:
+        text = (f'alert http any any -> any any (msg:"t"; file.data; content:"FP"; fast_pattern; '
+                f'content:"|{needle.hex(" ")}|";{" nocase;" if nocase else ""} sid:1; rev:1;)')
+        return classify(0, parse_rule(text, vars=Variables.suricata_defaults()))
+
+    @settings(max_examples=300, deadline=None)
+    @given(needle=st.binary(min_size=1, max_size=6).map(lambda b: bytes(c % 4 + 0x61 for c in b)),
+           nocase=st.booleans(),
+           steps=st.lists(st.tuples(st.booleans(), st.binary(max_size=12).map(
+               lambda b: bytes((0x41 if c & 8 else 0x61) + c % 4 for c in b))), min_size=1, max_size=12))
+    def check(needle: bytes, nocase: bool, steps: list[tuple[bool, bytes]]) -> None:
+        info = rule(needle, nocase)
+        assert info.required == (("file.data", needle, nocase),)
+        memo, body = _TxMemo(), b""
+        for restart, chunk in steps:
+            body = chunk if restart else body + chunk
+            whole = needle not in (body.lower() if nocase else body)
+            assert _still_absent(info, lambda name: [body] if body else [], memo) == (whole and bool(body))
+
+    check()

@@ -1,0 +1,406 @@
+"""One NFQUEUE worker process: binds a queue, runs the pipeline, gives verdicts and connmark offloads."""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import queue as _queue
+import select
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from agent.dataplane.bridge import port_sides
+from agent.config import AgentConfig
+from agent.engines import build_engines
+from agent.dataplane.inject import Injector
+from agent.dataplane.nfq import QueueSocket
+from agent.dataplane.performers import SLOW_KINDS, perform
+from agent.dataplane.ruleset import MARK_ACCEPT, MARK_CT_REPLY, MARK_DROP, MARK_MASK, MARK_REJECT
+from filters import registry
+from filters.app.layer import AppLayer, AppSettings
+from filters.defrag import DefragSettings, Defragmenter
+from filters.engine import Action, Engine
+from filters.flow import FlowTable
+from filters.packet import Side, parse_ip
+from filters.pipeline import Outcome, Pipeline, PipelinePolicy, Release
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY = 2.0
+
+
+def pipeline_from_config(
+    cfg: AgentConfig,
+    emit: Callable[[dict[str, Any]], None],
+    *,
+    ips: bool = True,
+    engines: list[Engine] | None = None,
+    kernel_offload: bool = False,
+) -> Pipeline:
+    """The pipeline for ``cfg``; ``engines`` prepared ahead (e.g. before forking workers) are reused."""
+    dp = cfg.dataplane
+    fl = dp.flows
+    flows = FlowTable(
+        max_flows=fl.max_flows,
+        stream_depth=fl.stream_depth,
+        max_pending_bytes=fl.max_pending_bytes,
+        timeouts=dict(fl.timeouts) or None,
+        midstream=fl.midstream,
+        memcap=fl.memcap,
+        memcap_policy=fl.memcap_policy,
+    )
+    policy = PipelinePolicy(
+        on_engine_error=Action.DROP if dp.on_engine_error == "drop" else Action.NONE,
+        on_malformed=Action.DROP if dp.on_malformed == "drop" else Action.NONE,
+        hold_max_packets=dp.hold.max_packets_per_flow,
+        hold_max_bytes=dp.hold.max_bytes,
+        hold_overflow=Action.DROP if dp.hold.overflow == "drop" else Action.PASS,
+        ips=ips,
+        kernel_offload=kernel_offload,
+        defrag_timeout=Action.DROP if dp.defrag.timeout_action == "drop" else Action.PASS,
+    )
+    df = dp.defrag
+    defrag = Defragmenter(DefragSettings(policy=df.policy, timeout=df.timeout, max_trackers=df.max_trackers,
+                                         max_frags=df.max_frags, memcap=df.memcap))
+    http = cfg.app_layer.http
+    if engines is None:
+        engines = build_engines(cfg)
+    app = AppLayer(
+        AppSettings(
+            http_request_body_limit=http.request_body_limit,
+            http_response_body_limit=http.response_body_limit,
+            http_decompress_layers=http.decompress_layers,
+            file_depth=registry.file_depth(engines),  # the file engines' own limits (av max_size, sandbox)
+        )
+    )
+    return Pipeline(engines, flows, policy, emit, app, defrag)
+
+
+@dataclass
+class WorkerSpec:
+    index: int
+    queue_num: int
+    config_path: str = ""
+    generation: int = 0  # the daemon's configuration generation this worker's engines were built for
+    successor: bool = False  # built for a reload: takes the queue over from the running worker
+
+
+BIND_RETRY = 0.002  # a successor's bind attempts while the worker it replaces still holds the queue
+MAX_FORK_SIGNALS = 24  # SIGRTMIN + i asks a worker to fork a replacement for queue index i
+
+
+def fork_signal(index: int) -> int:
+    """The signal that asks a running worker to fork a worker for queue ``index`` (its own died)."""
+    return signal.SIGRTMIN + index
+
+
+class Worker:
+    """Runs in its own process. Talks to the parent only through ``out`` (a multiprocessing queue)."""
+
+    def __init__(self, cfg: AgentConfig, spec: WorkerSpec, out: Any, engines: list[Engine] | None = None) -> None:
+        self.cfg = cfg
+        self.spec = spec
+        self.out = out
+        self.sides = port_sides(cfg)
+        self.pipeline = pipeline_from_config(cfg, self._emit, engines=engines, kernel_offload=True)
+        self.injector = Injector()
+        self.io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"io-w{spec.index}")
+        # I/O that may wait minutes (a sandbox verdict) has its own threads: scans and lookups never queue behind it
+        self.slow_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"io-slow-w{spec.index}")
+        self.io_done: _queue.SimpleQueue[tuple[int, Any, str | None]] = _queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.running = True
+        self.fork_for: list[int] = []  # queue indexes whose worker died: fork a copy of this one for them
+        self._nfq_fd = -1
+        self.callback_errors = 0
+        self.verdicts: dict[str, int] = {}
+        self.large_packets = 0  # packets over 1500 bytes: GSO packets queued whole (agent/dataplane/nfq.py)
+        self.qsock: QueueSocket | None = None
+
+    def _emit(self, rec: dict[str, Any]) -> None:
+        self.out.put(("eve", rec))
+
+    # -- verdicts --------------------------------------------------------------------------
+    def _apply(self, rel: Release) -> None:
+        nfpkt = rel.token
+        key = rel.outcome.name.lower() + ("+offload" if rel.offload else "")
+        self.verdicts[key] = self.verdicts.get(key, 0) + 1
+        if rel.inject and rel.packet is not None:
+            for inj in rel.inject:
+                self.injector.send(rel.packet, inj)
+        try:
+            if not rel.offload:
+                nfpkt.accept() if rel.outcome is Outcome.ACCEPT else nfpkt.drop()
+                return
+            mark = {Outcome.ACCEPT: MARK_ACCEPT, Outcome.DROP: MARK_DROP, Outcome.REJECT: MARK_REJECT}[rel.outcome]
+            nfpkt.set_mark((nfpkt.get_mark() & ~MARK_MASK) | mark)
+            nfpkt.repeat()  # re-enter FORWARD: VCR-FWD saves the mark to the connmark and acts on it
+        except Exception:
+            log.exception("verdict failed")
+
+    def _fail_verdict(self, nfpkt: Any) -> None:
+        try:
+            nfpkt.drop() if self.pipeline.policy.on_engine_error.blocks else nfpkt.accept()
+        except Exception:
+            log.exception("fail verdict failed")
+
+    def on_packet(self, nfpkt: Any) -> None:
+        """NFQUEUE callback: never raises (an exception here would stop the queue loop)."""
+        try:
+            data = nfpkt.get_payload()
+            if len(data) > 1500:
+                self.large_packets += 1
+            side = self.sides.get(nfpkt.physindev, Side.UNKNOWN)
+            pkt = parse_ip(data, time.time(), side)
+            if nfpkt.get_mark() & MARK_CT_REPLY:
+                pkt.ct_reply = True
+            releases = self.pipeline.process(pkt, nfpkt)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("packet processing failed; applying the fail verdict")
+            self._fail_verdict(nfpkt)
+            return
+        for rel in releases:
+            self._apply(rel)
+
+    # -- I/O for holds -------------------------------------------------------------------
+    def _submit_io(self) -> None:
+        for hold_id, req in self.pipeline.take_io():
+            fut = (self.slow_pool if req.kind in SLOW_KINDS else self.io_pool).submit(perform, req)
+            fut.add_done_callback(lambda f, h=hold_id: self._io_finished(h, f))
+
+    def _io_finished(self, hold_id: int, fut: "Future[tuple[Any, str | None]]") -> None:
+        result, error = fut.result()
+        self.io_done.put((hold_id, result, error))
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _drain_io(self) -> None:
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                hold_id, result, error = self.io_done.get_nowait()
+            except _queue.Empty:
+                return
+            for rel in self.pipeline.io_done(hold_id, result, error, time.time()):
+                self._apply(rel)
+
+    # -- main loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        from netfilterqueue import NetfilterQueue
+
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are new worker processes (the daemon's)
+        for i in range(min(MAX_FORK_SIGNALS, signal.SIGRTMAX - signal.SIGRTMIN + 1)):
+            signal.signal(fork_signal(i), self._fork_request)
+        nfq = NetfilterQueue()
+        if not self._bind(nfq):
+            return
+        fd = self._nfq_fd = nfq.get_fd()
+        self.qsock = QueueSocket(fd, self.spec.queue_num)
+        self.qsock.configure(gso=True, fail_open=self.cfg.dataplane.fail_mode == "open")
+        # what the kernel may keep from this worker (the daemon installs the ruleset for it)
+        self.out.put(("needs", self.spec.index, self.spec.generation, registry.dataplane_needs(self.pipeline.engines)))
+        self.out.put(("ready", self.spec.index, self.spec.generation, os.getpid()))
+        if self.spec.successor:
+            summary = {e.name: e.summary() for e in self.pipeline.engines}
+            self.out.put(("reloaded", self.spec.index, summary, self.spec.generation))
+        log.info("worker %d bound to queue %d (generation %d)", self.spec.index, self.spec.queue_num, self.spec.generation)
+        last_stats = last_tick = time.monotonic()
+        try:
+            while self.running:
+                deadline = self.pipeline.next_deadline()
+                wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.time()))
+                try:
+                    ready, _, _ = select.select([fd, self.wake_r], [], [], wait)
+                except InterruptedError:
+                    continue
+                if fd in ready:
+                    self._run_queue(nfq)
+                if self.wake_r in ready:
+                    self._drain_io()
+                self._submit_io()
+                while self.fork_for:
+                    self._fork_sibling(self.fork_for.pop(0))
+                now = time.monotonic()
+                if now - last_tick >= 0.2 or deadline is not None:
+                    for rel in self.pipeline.tick(time.time()):
+                        self._apply(rel)
+                    last_tick = now
+                if now - last_stats >= STATS_EVERY:
+                    self._send_stats()
+                    last_stats = now
+            self._handover(nfq, fd)
+        finally:
+            self._send_stats()
+            if self.qsock is not None:
+                self.qsock.close()
+            nfq.unbind()
+            self.io_pool.shutdown(wait=False, cancel_futures=True)
+            self.slow_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- a replacement for a dead sibling: a copy of this worker, engines and all -----------------
+    def _fork_request(self, signum: int, _frame: Any) -> None:
+        index = signum - signal.SIGRTMIN
+        if index != self.spec.index and index not in self.fork_for:
+            self.fork_for.append(index)
+        try:
+            os.write(self.wake_w, b"f")
+        except OSError:
+            pass
+
+    def _fork_sibling(self, index: int) -> None:
+        """The daemon's answer to a dead worker after a reload: rather than a new process that
+        builds the engines from the configuration (seconds, minutes with ET Open) before it binds
+        its queue, a copy of this worker (same generation, same engines, its pages shared) that
+        binds the dead one's queue at once. Forked twice, so the copy is the daemon's child (the
+        daemon is a child subreaper) and not this worker's."""
+        queue_num = self.spec.queue_num - self.spec.index + index
+        log.info("worker %d: forking a worker for queue %d (index %d)", self.spec.index, queue_num, index)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.error("worker %d: cannot fork a worker for index %d: %s", self.spec.index, index, exc)
+            return
+        if pid == 0:  # the intermediate child: fork the copy and go, so the daemon adopts it
+            code = 0
+            try:
+                if os.fork() == 0:
+                    code = 1
+                    try:
+                        self._become(index, queue_num)
+                        code = 0
+                    except BaseException:  # noqa: BLE001 - nothing may unwind into the sibling's loop
+                        log.exception("forked worker %d failed", index)
+                    try:  # what is still buffered for the daemon (alarms) goes out before the exit
+                        self.out.close()
+                        self.out.join_thread()
+                    except Exception:  # noqa: BLE001
+                        pass
+            finally:
+                os._exit(code)
+        os.waitpid(pid, 0)
+
+    def _become(self, index: int, queue_num: int) -> None:
+        """In the forked copy: drop the sibling's queue, flows and threads; keep its engines; serve
+        queue ``queue_num``."""
+        if self.qsock is not None:
+            self.qsock.sock.close()  # this process's copies of the sibling's queue socket, not the
+        os.close(self._nfq_fd)      # socket itself: the sibling keeps its queue
+        self.qsock = None
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        self.out._after_fork()  # the multiprocessing queue's feeder thread did not come along
+        for h in logging.getLogger().handlers:
+            h.setFormatter(logging.Formatter(f"%(asctime)s w{index} %(levelname)s %(name)s: %(message)s"))
+        engines = self.pipeline.engines
+        self.spec = WorkerSpec(index, queue_num, self.spec.config_path, generation=self.spec.generation)
+        self.pipeline = pipeline_from_config(self.cfg, self._emit, engines=engines, kernel_offload=True)
+        self.injector = Injector()
+        self.io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"io-w{index}")
+        self.io_done = _queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.running = True
+        self.fork_for = []
+        self.callback_errors = 0
+        self.verdicts = {}
+        self.large_packets = 0
+        self.run()
+
+    def _stop(self, *_: Any) -> None:
+        """SIGTERM: a successor is ready to take the queue (or the agent stops): leave the loop now."""
+        self.running = False
+        try:
+            os.write(self.wake_w, b"s")
+        except OSError:
+            pass
+
+    def _handover(self, nfq: Any, fd: int) -> None:
+        """Before unbinding, give a verdict to every packet already queued to this worker: the
+        kernel drops what is still queued when a queue is unbound (its successor binds next)."""
+        for _ in range(64):
+            try:
+                ready, _, _ = select.select([fd], [], [], 0)
+            except InterruptedError:
+                continue
+            if not ready:
+                return
+            self._run_queue(nfq)
+
+    def _bind(self, nfq: Any) -> bool:
+        """Bind the queue. A successor waits here while the worker it replaces still holds it (the
+        daemon has just told that one to stop): the kernel refuses a second listener."""
+        maxlen = self.cfg.dataplane.queue_maxlen
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                nfq.bind(self.spec.queue_num, self.on_packet, max_len=maxlen)
+                return True
+            except OSError:
+                if not self.spec.successor or time.monotonic() > deadline:
+                    raise
+            if not self.running:
+                return False
+            time.sleep(BIND_RETRY)
+
+    def _run_queue(self, nfq: Any) -> None:
+        try:
+            nfq.run_socket(self.qsock)  # every waiting message, whole (see agent/dataplane/nfq.py)
+        except OSError as exc:
+            log.warning("queue recv failed: %s", exc)
+
+    def _send_stats(self) -> None:
+        stats = self.pipeline.stats()
+        stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid(),
+                           "large_packets": self.large_packets}
+        if self.qsock is not None:  # the kernel's answer to the queue settings (agent/dataplane/nfq.py)
+            answer = self.qsock.answer
+            stats["worker"]["queue_settings"] = ("no answer" if answer is None else "taken" if answer == 0
+                                                 else f"refused: {os.strerror(answer)}")
+        self.out.put(("stats", self.spec.index, stats))
+
+
+def worker_main(cfg: AgentConfig, spec: WorkerSpec, out: Any, log_level: int, engines: list[Engine] | None = None) -> None:
+    """A worker process. A successor (a reload) builds its engines here, in its own process, while
+    the running worker keeps serving the queue with its own interpreter; it says ``prepared``, the
+    daemon stops the running worker, and the successor binds the queue the moment it is free. A
+    successor whose engines fail to build says ``reload_failed`` and exits: the running worker stays."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s w{spec.index} %(levelname)s %(name)s: %(message)s")
+    # Not the daemon's handlers (inherited through fork): SIGTERM ends a successor still building.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.successor:
+        try:
+            worker = Worker(cfg, spec, out, engines)
+        except Exception as exc:  # a bad config or rule file: keep the running workers
+            log.error("worker %d: reload failed, the running worker keeps its rules: %s", spec.index, exc)
+            out.put(("reload_failed", spec.index, str(exc), spec.generation))
+            return
+        # Compiled rules are long-lived: out of the collector's scans, as in the daemon at start.
+        gc.collect()
+        gc.freeze()
+        out.put(("prepared", spec.index, spec.generation, os.getpid()))
+    else:
+        worker = Worker(cfg, spec, out, engines)
+        if engines is None:  # built here: keep the long-lived rules out of the collector's scans
+            gc.collect()
+            gc.freeze()
+    try:
+        worker.run()
+    except Exception:
+        log.exception("worker %d died", spec.index)
+        raise

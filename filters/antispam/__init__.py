@@ -1,0 +1,1 @@
+"""Anti-spam (rspamd through its HTTP protocol): see engine.py."""

@@ -1,0 +1,1 @@
+"""Web antivirus (ClamAV through the box's clamd): see engine.py."""

@@ -1,0 +1,428 @@
+"""The compiled rule set: rules sorted into inspection groups with their hyperscan prefilters.
+
+A ``Detector`` is built once from loaded rules and never changes (a reload builds a new one).
+Groups, as Suricata inspects them:
+
+* ``iponly``  rules with addresses/protocol only (any ports, no payload, flow or packet keywords):
+  matched on the first packet of each direction of a flow;
+* ``packet``  per-packet rules: header checks (dsize, flags, itype...), payload rules on
+  non-TCP packets or TCP rules bound to packets, and app-protocol-only rules;
+* ``stream``  TCP payload rules, matched on the reassembled stream of each direction;
+* ``app``     rules on app-layer buffers (http.*, file.data, tls.*, dns.query), once per transaction.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from filters.ips.addrindex import AddressIndex
+from filters.ips.buffer_match import apply_transforms
+from filters.ips.packet_match import bits_match, header_matches
+from filters.ips.rule import (
+    BUFFERS,
+    PKT,
+    Action,
+    Base64Decode,
+    BufDir,
+    ContentMatch,
+    FieldCheck,
+    FlagsCheck,
+    IntOp,
+    PacketField,
+    PayloadMode,
+    Rule,
+    Transform,
+)
+
+log = logging.getLogger(__name__)
+
+ACTION_ORDER = {Action.PASS: 0, Action.DROP: 1, Action.REJECT: 2, Action.REJECTSRC: 2, Action.REJECTDST: 2,
+                Action.REJECTBOTH: 2, Action.ALERT: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    """A rule with what the engine precomputes about it."""
+
+    idx: int
+    rule: Rule
+    group: str  # iponly | packet | stream | app
+    app_proto: str | None
+    dirs: frozenset[bool]  # directions (True = to_server) an app rule is inspected in
+    app_buffers: frozenset[str]
+    has_pkt: bool
+    order: tuple[int, int, int]  # evaluation order: action, flowbit setters first, sid
+    needs_payload: bool = False  # Suricata's SIG_MASK_REQUIRE_PAYLOAD from dsize
+    # per app buffer section: a content the rule cannot match without, (buffer, bytes, nocase)
+    required: tuple[tuple[str, bytes, bool], ...] = ()
+
+    @property
+    def sets_bits(self) -> bool:
+        return any(not op.cmd.is_check for op in self.rule.flowbits)
+
+
+PrefilterKey = tuple[str, tuple[Transform, ...], "bool | None"]  # buffer, transforms, direction (True: to_server)
+
+
+def _hs_escape(pattern: bytes) -> bytes:
+    """A byte string as a hyperscan regex matching exactly it (every byte as \\xHH)."""
+    return b"".join(b"\\x%02x" % c for c in pattern)
+
+
+class Prefilter:
+    """Multi-pattern search of fast patterns (hyperscan; a plain search without it)."""
+
+    def __init__(self, patterns: list[tuple[int, bytes, bool]]) -> None:
+        self.count = len(patterns)
+        self.max_len = max((len(p) for _, p, _ in patterns), default=0)  # overlap of an incremental scan
+        self._db: Any = None
+        self._plain: list[tuple[int, bytes, bool]] = []
+        if not patterns:
+            return
+        try:
+            import hyperscan as hs
+        except ImportError:  # pragma: no cover - hyperscan is a dependency
+            log.warning("hyperscan not available: using a slow plain search for %d patterns", len(patterns))
+            self._plain = [(i, p.lower() if nc else p, nc) for i, p, nc in patterns]
+            return
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        flags = [hs.HS_FLAG_SINGLEMATCH | (hs.HS_FLAG_CASELESS if nc else 0) for _, _, nc in patterns]
+        # Escaped regexes rather than the literal API: the binding passes C strings, so a NUL
+        # byte would end a literal early.
+        db.compile(expressions=[_hs_escape(p) for _, p, _ in patterns], ids=[i for i, _, _ in patterns],
+                   elements=len(patterns), flags=flags)
+        self._db = db
+
+    def scan(self, data: bytes, out: set[int]) -> None:
+        if not data or not self.count:
+            return
+        if self._db is not None:
+            def on_match(rule_id: int, start: int, end: int, flags: int, ctx: Any) -> None:
+                out.add(rule_id)
+
+            self._db.scan(data, match_event_handler=on_match)
+            return
+        low = data.lower()
+        for i, p, nc in self._plain:
+            if p in (low if nc else data):
+                out.add(i)
+
+
+@dataclass
+class Group:
+    """Rules inspected together: a prefilter per buffer, and rules with no fast pattern."""
+
+    name: str
+    rules: list[RuleInfo] = field(default_factory=list)
+    # per (buffer, transforms, direction): the direction (True = to_server) of the events whose
+    # rules it holds, None for either (the packet and stream groups)
+    prefilters: dict[PrefilterKey, Prefilter] = field(default_factory=dict)
+    always: list[int] = field(default_factory=list)
+    index: AddressIndex | None = None  # over the rules without a fast pattern
+    # per app protocol and direction: the prefilters whose buffer that protocol's events can fill
+    # (others are empty) and whose rules are inspected in that direction
+    by_app: dict[tuple[str | None, bool | None], list[tuple[PrefilterKey, Prefilter]]] = field(default_factory=dict)
+
+    def finish(self, infos: list[RuleInfo]) -> None:
+        self.index = AddressIndex((i, infos[i].rule.src, infos[i].rule.dst) for i in self.always)
+
+    def prefilters_for(self, app: str | None, to_server: bool | None = None) -> list[tuple[PrefilterKey, Prefilter]]:
+        """The prefilters an event of ``app`` in direction ``to_server`` can hit: those of
+        buffers of no app protocol (the packet, file.data) or of ``app`` itself (all of them for
+        ``app`` None), of rules inspected in that direction (either for ``to_server`` None). An
+        answer's prefilters leave out the request buffers' patterns (http.uri, http.host...) of
+        rules inspected on requests only, so an answer builds and scans none of those buffers."""
+        got = self.by_app.get((app, to_server))
+        if got is None:
+            got = self.by_app[(app, to_server)] = [
+                (key, pf) for key, pf in self.prefilters.items()
+                if (app is None or key[0] not in BUFFERS or BUFFERS[key[0]].app_proto in (None, app))
+                and (to_server is None or key[2] is None or key[2] is to_server)]
+        return got
+
+    def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo],
+                   addrs: tuple[bytes, bytes] | None = None,
+                   memo: dict[Any, Any] | None = None,
+                   base: Iterable[int] | None = None, changing: frozenset[str] | None = None,
+                   app: str | None = None, to_server: bool | None = None) -> list[RuleInfo]:
+        """Rules worth a full evaluation: prefilter hits, and the unprefiltered rules whose
+        addresses could match ``addrs`` (all of them when no addresses are given).
+
+        ``memo`` (one per app-layer transaction) keeps each prefilter's last buffer and hits: a
+        buffer unchanged since is not scanned again, and a grown one (a body in progress) only
+        from where the last scan ended, less the longest pattern. The hits are the same as a scan
+        of every whole buffer. ``changing``: with ``memo``, only these buffers can have changed
+        since the last call; the hits of the others are united once and kept in ``memo`` (the
+        caller drops that entry, ``("static", changing)``, when the others may change).
+        ``base``: the unprefiltered candidates, already worked out (per flow). ``app``: the app
+        protocol whose buffers ``buffers`` gives (the buffers of other protocols are empty then).
+        ``to_server``: the direction of the event (None: rules of either)."""
+        prefilters = self.prefilters_for(app, to_server)
+        if base is not None:
+            found = set(base)
+        elif not self.always:  # every rule of the group has a fast pattern (the stream group)
+            found = set()
+        elif addrs is not None and self.index is not None:
+            found = self.index.lookup(*addrs)
+        else:
+            found = set(self.always)
+        if changing is not None and memo is not None:
+            static_key = ("static", changing)
+            static = memo.get(static_key)
+            if static is None:
+                static = set()
+                for key, pf in prefilters:
+                    if key[0] not in changing:
+                        self._prefilter(key, pf, buffers, memo, static)
+                memo[static_key] = static
+            found |= static
+            for key, pf in prefilters:
+                if key[0] in changing:
+                    self._prefilter(key, pf, buffers, memo, found)
+        else:
+            for key, pf in prefilters:
+                self._prefilter(key, pf, buffers, memo, found)
+        out = [infos[i] for i in found]
+        out.sort(key=lambda r: r.order)
+        return out
+
+    @staticmethod
+    def _prefilter(key: PrefilterKey, pf: Prefilter, buffers: Callable[[str], Iterable[bytes]],
+                   memo: dict[Any, Any] | None, found: set[int]) -> None:
+        name, transforms, _ = key
+        datas = buffers(name)
+        if not datas:
+            return
+        if memo is None or transforms or len(datas) != 1:
+            for data in datas:
+                pf.scan(apply_transforms(transforms, data) if transforms else data, found)
+            return
+        data = datas[0]
+        prev = memo.get(key)
+        if prev is not None:
+            ref, hits = prev
+            if data is ref or data == ref:
+                found |= hits
+                return
+            if len(data) > len(ref) and data.startswith(ref):
+                hits = set(hits)
+                pf.scan(data[max(0, len(ref) - pf.max_len + 1):], hits)
+                memo[key] = (data, hits)
+                found |= hits
+                return
+        hits = set()
+        pf.scan(data, hits)
+        memo[key] = (data, hits)
+        found |= hits
+
+
+def _distinct_headers(infos: list[RuleInfo]) -> list[Rule]:
+    """One rule per distinct header (protocols, addresses, ports, direction) of non-app rules."""
+    seen: dict[tuple[Any, ...], Rule] = {}
+    for info in infos:
+        r = info.rule
+        if info.app_proto is not None:
+            continue
+        key = (r.ip_protos, r.ip_version, r.src.text, r.sport.text, r.direction, r.dst.text, r.dport.text)
+        seen.setdefault(key, r)
+    return list(seen.values())
+
+
+def _app_protos(infos: list[RuleInfo]) -> set[str]:
+    """App protocols of the rules ("*" when a rule's buffers fit any, e.g. bare file.data). A rule
+    protocol may match more than one flow protocol ("http": HTTP/1 and HTTP/2; see engine._aliases)."""
+    return {info.app_proto or "*" for info in infos}
+
+
+def _is_iponly(rule: Rule) -> bool:
+    """Addresses and protocol only (setting flowbits is allowed, as in Suricata's IP-only rules)."""
+    return (
+        not rule.sections and not rule.packet_checks and rule.flow is None
+        and not any(op.cmd.is_check for op in rule.flowbits)
+        and not rule.flowints and not rule.xbits and rule.app_proto is None and rule.app_layer_protocol is None
+        and not rule.stream_size and rule.sport.any and rule.dport.any
+    )
+
+
+def _app_dirs(rule: Rule, app_buffers: frozenset[str]) -> frozenset[bool]:
+    if rule.flow is not None and rule.flow.to_server:
+        return frozenset({True})
+    if rule.flow is not None and rule.flow.to_client:
+        return frozenset({False})
+    dirs = {BUFFERS[b].direction for b in app_buffers if b in BUFFERS}
+    if BufDir.TO_CLIENT in dirs:
+        return frozenset({False})
+    if BufDir.TO_SERVER in dirs:
+        return frozenset({True})
+    return frozenset({True, False})
+
+
+def _dsize_needs_payload(rule: Rule) -> bool:
+    """dsize >, >=, !=, a range or = N>0 only matches packets with payload (as Suricata's sig mask)."""
+    for c in rule.packet_checks:
+        if isinstance(c, FieldCheck) and c.field is PacketField.DSIZE:
+            op = c.test.op
+            if op in (IntOp.GT, IntOp.GE, IntOp.NE, IntOp.RANGE) or (op is IntOp.EQ and c.test.a > 0):
+                return True
+    return False
+
+
+# The TCP flags of the packets the kernel may keep from the workers as "empty ACKs"
+# (agent/dataplane/ruleset.py): ACK set, SYN/FIN/RST clear, PSH/URG/ECE/CWR either way.
+_EMPTY_ACK_FLAGS = tuple(0x10 | extra for extra in range(0, 0x100, 0x08) if not extra & 0x17)
+# Header fields a TCP packet without payload and options cannot make a check of true: dsize is 0,
+# the ICMP fields are absent (the check fails), ip_proto is 6.
+_ICMP_FIELDS = frozenset({PacketField.ITYPE, PacketField.ICODE, PacketField.ICMP_ID, PacketField.ICMP_SEQ})
+
+
+def _check_allows_empty_ack(check: Any) -> bool:
+    """Could this packet check hold for an empty ACK? Unknown kinds: yes."""
+    if isinstance(check, FlagsCheck):
+        return any(bits_match(f & ~check.ignore & 0xFF, check.flags, check.mode) for f in _EMPTY_ACK_FLAGS)
+    if isinstance(check, FieldCheck):
+        if check.field is PacketField.DSIZE:
+            return check.test(0)
+        if check.field is PacketField.IP_PROTO:
+            return check.test(6)
+        return check.field not in _ICMP_FIELDS
+    return True
+
+
+def could_match_empty_ack(info: RuleInfo) -> bool:
+    """Could the rule match a TCP packet with no payload and only ACK among SYN/FIN/RST/ACK (an
+    "empty ACK") of a connection whose SYN, SYN+ACK and first such ACK the engine saw?
+
+    Conservative: True unless the rule provably cannot. App-buffer rules are inspected on app-layer
+    events and stream rules on reassembled bytes, which an empty ACK does not carry; IP-only rules
+    are matched on the first packet of each direction (the SYN and the SYN+ACK). A packet rule
+    cannot when it is not for TCP, when it inspects the payload (content, pcre, byte_*, isdataat...:
+    an empty packet has no payload buffer) or needs one (dsize), or when one of its header checks
+    cannot hold (flags needing SYN, FIN or RST or excluding ACK, dsize not allowing 0, ICMP fields).
+    Anything else (flags:A, ack/seq/window/ttl checks, app-protocol-only rules, flowbits, stream_size,
+    thresholds on such rules...) could."""
+    if info.group != "packet":
+        return False
+    r = info.rule
+    if r.ip_protos and 6 not in r.ip_protos:
+        return False
+    if r.sections or info.needs_payload:
+        return False
+    return all(_check_allows_empty_ack(c) for c in r.packet_checks)
+
+
+def _required(rule: Rule) -> tuple[tuple[str, bytes, bool], ...]:
+    """Per app-buffer section without transforms, its longest content that must be in the
+    buffer for the section to match (any non-negated content before a base64_decode, wherever
+    its offset or distance puts it), the fast pattern left out (the prefilter found it already).
+    A body in progress re-runs its rules at every event; a rule whose content is still missing
+    from the grown buffer is skipped after a search of the new bytes alone (engine._still_absent)."""
+    fp = rule.fast_pattern
+    out = []
+    for sec in rule.sections:
+        if sec.buffer == PKT or sec.transforms:
+            continue
+        best: ContentMatch | None = None
+        for item in sec.items:
+            if isinstance(item, Base64Decode):
+                break
+            if (isinstance(item, ContentMatch) and not item.negated and item.pattern and not item.fast_pattern
+                    and not (fp is not None and fp.buffer == sec.buffer and fp.pattern in (item.pattern, item.folded))
+                    and (best is None or len(item.pattern) > len(best.pattern))):
+                best = item
+        if best is not None:
+            out.append((sec.buffer, best.folded, best.nocase))
+    return tuple(out)
+
+
+def classify(idx: int, rule: Rule) -> RuleInfo:
+    app_buffers = frozenset(b for b in rule.buffers if b != PKT)
+    has_pkt = PKT in rule.buffers
+    if app_buffers:
+        group = "app"
+    elif _is_iponly(rule):
+        group = "iponly"
+    elif (has_pkt and 6 in rule.ip_protos and len(rule.ip_protos) == 1 and rule.payload_mode is not PayloadMode.PACKET
+          and not rule.packet_checks and rule.app_proto is None):
+        group = "stream"
+    else:
+        group = "packet"
+    setter = 0 if any(not op.cmd.is_check for op in rule.flowbits) else 1
+    return RuleInfo(
+        idx=idx, rule=rule, group=group, app_proto=rule.app_proto,
+        dirs=_app_dirs(rule, app_buffers) if app_buffers else frozenset({True, False}),
+        app_buffers=app_buffers, has_pkt=has_pkt, order=(ACTION_ORDER.get(rule.action, 3), setter, rule.sid),
+        needs_payload=_dsize_needs_payload(rule), required=_required(rule) if app_buffers else (),
+    )
+
+
+class Detector:
+    """An immutable compiled rule set."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.infos = [classify(i, r) for i, r in enumerate(rules)]
+        self.groups = {name: Group(name) for name in ("iponly", "packet", "stream", "app")}
+        pf_patterns: dict[tuple[str, str, tuple[Transform, ...], bool | None], list[tuple[int, bytes, bool]]] = {}
+        prefiltered = 0
+        for info in self.infos:
+            g = self.groups[info.group]
+            g.rules.append(info)
+            fp = info.rule.fast_pattern
+            if fp is None or not fp.pattern or info.group == "iponly":
+                g.always.append(info.idx)
+                continue
+            # app rules: a prefilter per direction the rule is inspected in (few rules are in both)
+            for to_server in sorted(info.dirs) if info.group == "app" else (None,):
+                pf_patterns.setdefault((info.group, fp.buffer, fp.transforms, to_server), []).append(
+                    (info.idx, fp.pattern, fp.nocase))
+            prefiltered += 1
+        for (group, buf, transforms, to_server), pats in pf_patterns.items():
+            self.groups[group].prefilters[(buf, transforms, to_server)] = Prefilter(pats)
+        for g in self.groups.values():
+            g.finish(self.infos)
+        self.headers = {name: _distinct_headers(g.rules) for name, g in self.groups.items()}
+        # The port specs of the packet group's unfiltered rules: two ports in the same of these
+        # specs fit the same of those rules (Ips._unfiltered caches by address and port class).
+        specs: dict[Any, None] = {}
+        for i in self.groups["packet"].always:
+            r = self.infos[i].rule
+            for spec in (r.sport, r.dport):
+                if not spec.any:
+                    specs.setdefault(spec.ranges, None)
+        self._port_ranges = list(specs)
+        self._port_class: dict[int, int] = {}
+        self.app_protos = _app_protos(self.groups["app"].rules) | _app_protos(
+            [i for i in self.groups["packet"].rules if i.app_proto is not None])
+        self.counts = {name: len(g.rules) for name, g in self.groups.items()}
+        # The rules an empty TCP ACK could match (see could_match_empty_ack): while there is one,
+        # the kernel must hand such packets to the workers.
+        self.empty_ack_rules = tuple(i.rule.sid for i in self.infos if could_match_empty_ack(i))
+        self.counts["prefiltered"] = prefiltered
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def port_class(self, port: int) -> int:
+        """Which of the unfiltered packet rules' port specs hold ``port``, as bits."""
+        got = self._port_class.get(port)
+        if got is None:
+            got = 0
+            for bit, ranges in enumerate(self._port_ranges):
+                if any(lo <= port <= hi for lo, hi in ranges):
+                    got |= 1 << bit
+            if len(self._port_class) < 65536:
+                self._port_class[port] = got
+        return got
+
+    def could_apply(self, group: str, flow: Any) -> bool:
+        """Could any rule of ``group`` match some packet of ``flow`` (either direction), judging by
+        protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos)."""
+        proto, has_ports = flow.proto, flow.proto in (6, 17)
+        c, cp, srv, sp = flow.client_addr, flow.client_port, flow.server_addr, flow.server_port
+        headers = self.headers[group]
+        if group == "iponly":  # thousands of address lists: look them up
+            headers = [self.infos[i].rule for i in self.groups["iponly"].index.lookup(c, srv)]  # type: ignore[union-attr]
+        for rule in headers:
+            if header_matches(rule, proto, c, cp, srv, sp, has_ports) or header_matches(rule, proto, srv, sp, c, cp, has_ports):
+                return True
+        return False
