@@ -156,7 +156,9 @@ def test_a_udp_flow_no_rule_can_match_leaves_python_and_an_attack_on_a_rule_port
         web = office.hosts["web"].ipv4
         before = a.counter("pipeline", "packets")
         office.exec("pc1", [sys.executable, "-c", UDP_SENDER, web, "5201", "300", "VCR-UDP-ATTACK-3b9e"])
-        assert a.wait_counter("ips", "flows.bypassed_unmatchable", 1) == 1
+        # at least this flow (a datagram still queued when the kernel took over, handled well after
+        # the decision on a loaded machine, is decided afresh: the pipeline's "flows.redecided")
+        assert a.wait_counter("ips", "flows.bypassed_unmatchable", 1) >= 1
         time.sleep(1)  # status.json is written about once a second
         seen = a.counter("pipeline", "packets") - before
         assert 0 < seen < 30, f"{seen} of 301 datagrams reached Python"  # the first, and any queued before the connmark
