@@ -162,6 +162,14 @@ class AppLayer:
             return []
         return self._wrap(flow, st.proto, st.parser.close())
 
+    def finished(self, flow: Any) -> bool:
+        """Has the app layer nothing more to do with ``flow``'s bytes: its protocol is none of ours
+        (or its parsing was cut), for good, and it holds nothing? ``on_chunk`` then gives no event
+        and ``inspected`` does nothing, and the pipeline skips both on each of its packets."""
+        st = flow.engine_data.get("app")
+        return (st is not None and (st.proto is AppProto.FAILED or st.cut) and st.parser is None
+                and not st.early and not st.held)
+
     # -- memory ------------------------------------------------------------------------------
     def inspected(self, flow: Any) -> None:
         """The events of the last ``on_chunk`` went through the engines: release what only they
