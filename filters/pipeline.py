@@ -430,13 +430,17 @@ class Pipeline:
                     for n, (hook, event) in enumerate(events):
                         decisions += self.dispatch_event(hook, flow, event, superseded=_superseded(events, n))
                     app.inspected(flow)
-        if app is not None and flow.proto == PROTO_TCP and _fin_delivered(flow.toclient):
+        if app is not None and flow.proto == PROTO_TCP and flow.toclient.fin and _fin_delivered(flow.toclient):
             # the server closed its side: a response delimited by the close completes on this packet
             for hook, event in app.on_eof(flow, False):
                 decisions += self.dispatch_event(hook, flow, event)
             app.inspected(flow)
-        if app is not None and chunks or flows.pending_total:
-            decisions += self._memcap(flow, pkt)
+        pending = flows.pending_total
+        if app is not None and chunks or pending:
+            # _memcap's own test first, inline: it has something to do only past the cap
+            memcap = getattr(flows, "memcap", 0)
+            if memcap and (app.held_total if app is not None else 0) + pending > memcap:
+                decisions += self._memcap(flow, pkt)
         for e, fn in self._packet_end_hooks:
             try:
                 res = fn(pkt, flow)
