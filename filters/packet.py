@@ -238,8 +238,8 @@ def _parse_ipv4(pkt: Packet, data: bytes) -> None:
         _IPV4.unpack_from(data)
     )
     pkt.ip_len = total
-    pkt.frag_offset = (frag & 0x1FFF) << 3
-    pkt.more_fragments = more = bool(frag & 0x2000)
+    pkt.frag_offset = frag_offset = (frag & 0x1FFF) << 3
+    pkt.more_fragments = more = (frag & 0x2000) != 0
     ihl = (vihl & 0x0F) << 2
     if ihl < 20:
         pkt.anomaly = "ipv4.bad_ihl"
@@ -259,7 +259,7 @@ def _parse_ipv4(pkt: Packet, data: bytes) -> None:
             pkt.anomaly = "ipv4.truncated"
         return
     pkt.l4_offset = ihl
-    if pkt.frag_offset:
+    if frag_offset:
         pkt.payload = data[ihl:end]
         return
     if more:
@@ -405,7 +405,8 @@ def _parse_udp(pkt: Packet, data: bytes, off: int, end: int, claimed: int) -> No
             pkt.anomaly = "udp.bad_length"
         pkt.payload = data[off + 8 : end]
     else:
-        pkt.payload = data[off + 8 : min(off + ulen, end)]
+        stop = off + ulen
+        pkt.payload = data[off + 8 : stop if stop < end else end]
 
 
 def _parse_icmp(pkt: Packet, data: bytes, off: int, end: int) -> None:
