@@ -92,7 +92,8 @@ def _looks_http(to_server: bool, data: bytes) -> bool:
 def flow_app_proto(flow: Any) -> str | None:
     """The app-layer protocol name of a flow ("http", "unknown", "failed"...), None before any data."""
     st = flow.engine_data.get("app")
-    return st.proto.value if st is not None else None
+    # the member's value attribute itself: ``.value`` is a property, and engines ask this per packet
+    return st.proto._value_ if st is not None else None
 
 
 class AppLayer:
