@@ -379,7 +379,12 @@ class Pipeline:
         for e, fn in self._by_hook[hook]:
             if superseded and e.coalesce_http:
                 continue
-            out += self._call(e, fn, flow, event)
+            try:  # _call, inline
+                res = fn(flow, event)
+                if res:
+                    out += list(res)
+            except Exception:
+                out += self._engine_error(e, fn)
         return out
 
     # -- inspection ----------------------------------------------------------------------

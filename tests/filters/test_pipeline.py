@@ -474,3 +474,47 @@ def test_finished_waits_until_what_a_failed_flow_held_is_counted_out():
     assert app.held_total == 0 and app.finished(flow)
     st.early = [(True, b"x")]
     assert not app.finished(flow)
+
+
+class Raiser(Engine):
+    """Raises in the one hook named ``where``; the others say nothing."""
+
+    name: ClassVar[str] = "raiser"
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def _maybe(self, hook: str) -> None:
+        if hook == self.where:
+            raise RuntimeError(f"bug in {hook}")
+
+    def on_flow_start(self, flow, pkt):
+        self._maybe("on_flow_start")
+
+    def on_packet(self, pkt, flow):
+        self._maybe("on_packet")
+
+    def on_stream(self, flow, to_server, data, offset):
+        self._maybe("on_stream")
+
+    def on_http_request(self, flow, event):
+        self._maybe("on_http_request")
+
+    def on_packet_end(self, pkt, flow):
+        self._maybe("on_packet_end")
+
+    def needs_more(self, flow) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("where", ["on_flow_start", "on_packet", "on_stream", "on_http_request", "on_packet_end"])
+@pytest.mark.parametrize("policy", [Action.NONE, Action.DROP])
+def test_every_hook_of_the_walk_isolates_an_engine_error(where: str, policy: Action):
+    p, _ = make(Raiser(where), on_engine_error=policy)
+    outcomes = [r.outcome for r in p.process(syn(), 0)]
+    outcomes += [r.outcome for r in p.process(tpacket(reply=True, tcp_flags=SYN | ACK, seq=4999, ack=1000), 1)]
+    outcomes += [r.outcome for r in p.process(
+        tpacket(tcp_flags=PSH | ACK, seq=1000, ack=5000, payload=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 2)]
+    assert p.counters["errors.engine.raiser"] >= 1
+    assert (Outcome.DROP in outcomes) is (policy is Action.DROP)
