@@ -379,18 +379,13 @@ class Pipeline:
         for e, fn in self._by_hook[hook]:
             if superseded and e.coalesce_http:
                 continue
-            try:  # _call, inline
-                res = fn(flow, event)
-                if res:
-                    out += list(res)
-            except Exception:
-                out += self._engine_error(e, fn)
+            out += self._call(e, fn, flow, event)
         return out
 
     # -- inspection ----------------------------------------------------------------------
     def _inspect(self, flow: Flow, pkt: Packet, token: Any, to_server: bool, is_new: bool, now: float) -> list[Release]:
-        # The per-packet walk: the engine calls are _call's, inline (try, call, take the
-        # decisions), and nothing is allocated for a packet that gets none.
+        # The per-packet walk: one call per hook (_run_hooks) rather than one per engine (_call),
+        # all adding to one list of decisions.
         flows = self.flows
         try:
             chunks = flows.update(flow, pkt, to_server)
@@ -399,21 +394,10 @@ class Pipeline:
             self._count("errors.flow_update")
             chunks = []
         decisions: list[Decision] = []
+        run = self._run_hooks
         if is_new:
-            for e, fn in self._flow_start_hooks:
-                try:
-                    res = fn(flow, pkt)
-                    if res:
-                        decisions += list(res)
-                except Exception:
-                    decisions += self._engine_error(e, fn)
-        for e, fn in self._packet_hooks:
-            try:
-                res = fn(pkt, flow)
-                if res:
-                    decisions += list(res)
-            except Exception:
-                decisions += self._engine_error(e, fn)
+            run(self._flow_start_hooks, decisions, flow, pkt)
+        run(self._packet_hooks, decisions, pkt, flow)
         app = self.app
         if chunks:
             depth = flows.stream_depth
@@ -423,13 +407,7 @@ class Pipeline:
                 # bytes go to the app layer only: raw stream inspection stops at the configured depth
                 raw = data if offset + len(data) <= depth else data[:max(depth - offset, 0)]
                 if raw:
-                    for e, fn in stream_hooks:
-                        try:
-                            res = fn(flow, c_to_server, raw, offset)
-                            if res:
-                                decisions += list(res)
-                        except Exception:
-                            decisions += self._engine_error(e, fn)
+                    run(stream_hooks, decisions, flow, c_to_server, raw, offset)
                 if app is not None and not app.finished(flow):
                     events = app.on_chunk(flow, c_to_server, data, offset)
                     for n, (hook, event) in enumerate(events):
@@ -446,13 +424,7 @@ class Pipeline:
             memcap = getattr(flows, "memcap", 0)
             if memcap and (app.held_total if app is not None else 0) + pending > memcap:
                 decisions += self._memcap(flow, pkt)
-        for e, fn in self._packet_end_hooks:
-            try:
-                res = fn(pkt, flow)
-                if res:
-                    decisions += list(res)
-            except Exception:
-                decisions += self._engine_error(e, fn)
+        run(self._packet_end_hooks, decisions, pkt, flow)
         if not decisions:  # most packets: nothing to report, only whether the flow can leave Python
             return self._pass(flow, token, now)
         return self._conclude(flow, pkt, token, decisions, now)
@@ -714,6 +686,16 @@ class Pipeline:
             return list(res) if res else []
         except Exception:
             return self._engine_error(engine, fn)
+
+    def _run_hooks(self, hooks: tuple[tuple[Engine, HookMethod], ...], decisions: list[Decision], *args: Any) -> None:
+        """_call for each of a hook's engines, their decisions added to ``decisions``."""
+        for e, fn in hooks:
+            try:
+                res = fn(*args)
+                if res:
+                    decisions.extend(list(res))  # all or nothing, as _call: a generator may raise halfway
+            except Exception:
+                decisions.extend(self._engine_error(e, fn))
 
     def _engine_error(self, engine: Engine, fn: Callable[..., Any]) -> list[Decision]:
         """An engine's hook raised (called from an ``except`` block): counted and logged; the
