@@ -38,6 +38,7 @@ from filters.packet import ACK, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, 
 from filters.stream import COUNTERS as STREAM_COUNTERS, Chunk, Reassembler, Stream, TcpState
 
 log = logging.getLogger(__name__)
+_CLOSED = TcpState.CLOSED
 
 FlowKey = tuple  # (version, proto, addr_lo, port_lo, addr_hi, port_hi)
 
@@ -272,7 +273,7 @@ class FlowTable:
             queue = self._q_by_proto.get(proto, self._q_other)
             flow = queue.get(key)
         if flow is not None:
-            if flow.state is not TcpState.CLOSED or not self._reused(flow, pkt):
+            if flow.state is not _CLOSED or not self._reused(flow, pkt):
                 if pkt.ts > flow.last_ts:
                     flow.last_ts = pkt.ts
                 queue.move_to_end(key)

@@ -238,8 +238,8 @@ def _parse_ipv4(pkt: Packet, data: bytes) -> None:
         _IPV4.unpack_from(data)
     )
     pkt.ip_len = total
-    pkt.frag_offset = (frag & 0x1FFF) << 3
-    pkt.more_fragments = more = bool(frag & 0x2000)
+    pkt.frag_offset = frag_offset = (frag & 0x1FFF) << 3
+    pkt.more_fragments = more = (frag & 0x2000) != 0
     ihl = (vihl & 0x0F) << 2
     if ihl < 20:
         pkt.anomaly = "ipv4.bad_ihl"
@@ -259,10 +259,20 @@ def _parse_ipv4(pkt: Packet, data: bytes) -> None:
             pkt.anomaly = "ipv4.truncated"
         return
     pkt.l4_offset = ihl
-    if pkt.frag_offset:
+    if frag_offset:
         pkt.payload = data[ihl:end]
         return
-    _parse_l4(pkt, data, ihl, end, _NO_LIMIT if more else claimed)
+    if more:
+        _parse_l4(pkt, data, ihl, end, _NO_LIMIT)
+        return
+    # _parse_l4 without its call (the per-packet path); its first-fragment rule does not apply here
+    proto = pkt.proto
+    if proto == PROTO_TCP:
+        _parse_tcp(pkt, data, ihl, end, claimed)
+    elif proto == PROTO_UDP:
+        _parse_udp(pkt, data, ihl, end, claimed)
+    else:
+        _parse_l4(pkt, data, ihl, end, claimed)
 
 
 # Same shape as _parse_ipv4: kept apart on purpose, the IPv4 and IPv6 paths are the per-packet hot
@@ -395,7 +405,8 @@ def _parse_udp(pkt: Packet, data: bytes, off: int, end: int, claimed: int) -> No
             pkt.anomaly = "udp.bad_length"
         pkt.payload = data[off + 8 : end]
     else:
-        pkt.payload = data[off + 8 : min(off + ulen, end)]
+        stop = off + ulen
+        pkt.payload = data[off + 8 : stop if stop < end else end]
 
 
 def _parse_icmp(pkt: Packet, data: bytes, off: int, end: int) -> None:
@@ -430,7 +441,13 @@ def _parse_ethernet(frame: bytes, ts: float, side: Side) -> Packet:
     if len(frame) < 14:
         return Packet(frame, ts, side, anomaly="eth.truncated")
     dst, src, etype = _ETH.unpack_from(frame)
-    pkt = _parse_ethertype(frame, 14, etype, ts, side)
+    if etype == ETH_P_IP or etype == ETH_P_IPV6:  # no VLAN tag: _parse_ethertype's IP case, inline
+        pkt = parse_ip(frame[14:], ts, side)
+        if pkt.version and pkt.version != (4 if etype == ETH_P_IP else 6) and pkt.anomaly is None:
+            pkt.anomaly = "ip.version_mismatch"
+        pkt.ethertype = etype
+    else:
+        pkt = _parse_ethertype(frame, 14, etype, ts, side)
     pkt.eth_dst = dst
     pkt.eth_src = src
     return pkt

@@ -30,7 +30,7 @@ class Outcome(enum.IntEnum):
     REJECT = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Release:
     """The verdict for one packet. ``offload`` asks the driver to decide the whole flow in the kernel."""
 
@@ -39,6 +39,20 @@ class Release:
     offload: bool = False
     packet: Packet | None = None  # the judged packet, when there is something to inject
     inject: tuple[Inject, ...] = ()  # packets the driver should send in reply to ``packet``
+
+    def __init__(self, token: Any, outcome: Outcome, offload: bool = False, packet: Packet | None = None,
+                 inject: tuple[Inject, ...] = ()) -> None:
+        # One per packet: the slots' own setters, not the frozen dataclass's object.__setattr__
+        # by name (a third of the cost of a decided flow's packet in Python).
+        _set_token(self, token)
+        _set_outcome(self, outcome)
+        _set_offload(self, offload)
+        _set_packet(self, packet)
+        _set_inject(self, inject)
+
+
+_set_token, _set_outcome, _set_offload, _set_packet, _set_inject = (
+    Release.__dict__[f].__set__ for f in ("token", "outcome", "offload", "packet", "inject"))
 
 
 def _fin_delivered(s: Any) -> bool:
@@ -88,6 +102,8 @@ class _HoldState:
 
 
 HookMethod = Callable[..., "Iterable[Decision] | None"]
+_PASS = Action.PASS
+_ACCEPT = Outcome.ACCEPT
 _NOT_IP = frozenset({"eth.not_ip", "link.not_ip", "link.unsupported"})
 _OUTCOME = {Action.DROP: Outcome.DROP, Action.REJECT: Outcome.REJECT}
 MAX_EXPIRED_HOLDS = 4096  # timed-out holds whose late I/O result still goes to the engine
@@ -143,6 +159,7 @@ class Pipeline:
         self.emit = emit
         self.counters: dict[str, int] = {}
         self._by_hook = _by_hook(self.engines)
+        self._bind()
         wants_app = any(self._by_hook[h] for h in APP_HOOKS)
         self.app = (app or AppLayer()) if wants_app else None
         if self.app is not None:
@@ -163,6 +180,7 @@ class Pipeline:
         """Swap in a new engine set (a reload); flows, holds and the app layer carry on."""
         self.engines = list(engines)
         self._by_hook = _by_hook(self.engines)
+        self._bind()
         if self.app is None and any(self._by_hook[h] for h in APP_HOOKS):
             self.app = AppLayer()
         if self.app is not None:
@@ -172,15 +190,31 @@ class Pipeline:
             if depth > self.app.settings.file_depth:
                 self.app.settings = replace(self.app.settings, file_depth=depth)
 
+    def _bind(self) -> None:
+        """The per-packet hooks' engines as tuples, and the engines whose ``needs_more`` can say
+        anything but False: worked out once per engine set, so the walk over a packet looks up
+        nothing. An engine that keeps ``Engine.needs_more`` (always False) is not asked."""
+        by_hook = self._by_hook
+        self._flow_start_hooks = tuple(by_hook[Hook.FLOW_START])
+        self._packet_hooks = tuple(by_hook[Hook.PACKET])
+        self._stream_hooks = tuple(by_hook[Hook.STREAM])
+        self._packet_end_hooks = tuple(by_hook[Hook.PACKET_END])
+        self._needs_more = tuple(
+            fn for fn in (e.needs_more for e in self.engines) if getattr(fn, "__func__", None) is not Engine.needs_more)
+
     # -- public driver API -------------------------------------------------------------
     def process(self, pkt: Packet, token: Any, now: float | None = None) -> list[Release]:
-        now = pkt.ts if now is None else now
-        self._count("packets")
+        if now is None:
+            now = pkt.ts
+        counters = self.counters
+        counters["packets"] = counters.get("packets", 0) + 1
         if pkt.anomaly is not None:
             self._anomaly(pkt.anomaly, pkt, now)
-        if self.defrag is not None and pkt.version and pkt.l4_offset and pkt.is_fragment:
+        if (pkt.frag_offset or pkt.more_fragments) and self.defrag is not None and pkt.version and pkt.l4_offset:
             return self._fragment(pkt, token, now)
-        return self._expand(self._process(pkt, token, now))
+        # Every release of _process carries ``token`` (the driver's, never a _FragToken): there is
+        # nothing for _expand to do.
+        return self._process(pkt, token, now)
 
     def _process(self, pkt: Packet, token: Any, now: float) -> list[Release]:
         try:
@@ -192,9 +226,15 @@ class Pipeline:
         if found is None:
             return [self._flowless(pkt, token)]
         flow, to_server, is_new = found
-        if (flow.decided is Action.PASS and self.policy.kernel_offload and not is_new
-                and now - flow.decided_ts > self.policy.offload_grace
-                and (pkt.proto != PROTO_TCP or pkt.tcp_flags & (SYN | ACK | RST) == SYN)):
+        decided = flow.decided
+        if decided is not None:
+            policy = self.policy
+            if not (decided is _PASS and policy.kernel_offload and not is_new and now - flow.decided_ts > policy.offload_grace
+                    and (pkt.proto != PROTO_TCP or pkt.tcp_flags & (SYN | ACK | RST) == SYN)):
+                # a decided flow's packet: its verdict without inspection (_decided_outcome, inline)
+                counters = self.counters
+                counters["packets.decided"] = counters.get("packets.decided", 0) + 1
+                return [Release(token, _OUTCOME.get(decided, _ACCEPT) if policy.ips else _ACCEPT, True)]  # type: ignore[arg-type]
             # The kernel holds passed flows; a packet of one here, well after the decision (not
             # one that was already queued then), means the kernel has forgotten the verdict (a
             # new connection on the same addresses and ports, or an expired conntrack entry):
@@ -212,9 +252,9 @@ class Pipeline:
             if found is None:
                 return [self._flowless(pkt, token)]
             flow, to_server, is_new = found
-        if flow.decided is not None:
-            self._count("packets.decided")
-            return [Release(token, self._decided_outcome(flow), offload=True)]
+            if flow.decided is not None:
+                self._count("packets.decided")
+                return [Release(token, self._decided_outcome(flow), offload=True)]
         hold_id = self._hold_of_flow.get(flow.flow_id)
         if hold_id is not None:
             return self._hold_more(self._holds[hold_id], pkt, token)
@@ -344,40 +384,49 @@ class Pipeline:
 
     # -- inspection ----------------------------------------------------------------------
     def _inspect(self, flow: Flow, pkt: Packet, token: Any, to_server: bool, is_new: bool, now: float) -> list[Release]:
+        # The per-packet walk: one call per hook (_run_hooks) rather than one per engine (_call),
+        # all adding to one list of decisions.
+        flows = self.flows
         try:
-            chunks = self.flows.update(flow, pkt, to_server)
+            chunks = flows.update(flow, pkt, to_server)
         except Exception:
             log.exception("flow update failed")
             self._count("errors.flow_update")
             chunks = []
         decisions: list[Decision] = []
+        run = self._run_hooks
         if is_new:
-            for e, fn in self._by_hook[Hook.FLOW_START]:
-                decisions += self._call(e, fn, flow, pkt)
-        for e, fn in self._by_hook[Hook.PACKET]:
-            decisions += self._call(e, fn, pkt, flow)
-        depth = self.flows.stream_depth
-        for c_to_server, data, offset in chunks:
-            # past the table's stream depth (a file engine's deeper HTTP stream, Stream.depth) the
-            # bytes go to the app layer only: raw stream inspection stops at the configured depth
-            raw = data if offset + len(data) <= depth else data[:max(depth - offset, 0)]
-            if raw:
-                for e, fn in self._by_hook[Hook.STREAM]:
-                    decisions += self._call(e, fn, flow, c_to_server, raw, offset)
-            if self.app is not None:
-                events = self.app.on_chunk(flow, c_to_server, data, offset)
-                for n, (hook, event) in enumerate(events):
-                    decisions += self.dispatch_event(hook, flow, event, superseded=_superseded(events, n))
-                self.app.inspected(flow)
-        if self.app is not None and flow.proto == PROTO_TCP and _fin_delivered(flow.toclient):
+            run(self._flow_start_hooks, decisions, flow, pkt)
+        run(self._packet_hooks, decisions, pkt, flow)
+        app = self.app
+        if chunks:
+            depth = flows.stream_depth
+            stream_hooks = self._stream_hooks
+            for c_to_server, data, offset in chunks:
+                # past the table's stream depth (a file engine's deeper HTTP stream, Stream.depth) the
+                # bytes go to the app layer only: raw stream inspection stops at the configured depth
+                raw = data if offset + len(data) <= depth else data[:max(depth - offset, 0)]
+                if raw:
+                    run(stream_hooks, decisions, flow, c_to_server, raw, offset)
+                if app is not None and not app.finished(flow):
+                    events = app.on_chunk(flow, c_to_server, data, offset)
+                    for n, (hook, event) in enumerate(events):
+                        decisions += self.dispatch_event(hook, flow, event, superseded=_superseded(events, n))
+                    app.inspected(flow)
+        if app is not None and flow.proto == PROTO_TCP and flow.toclient.fin and _fin_delivered(flow.toclient):
             # the server closed its side: a response delimited by the close completes on this packet
-            for hook, event in self.app.on_eof(flow, False):
+            for hook, event in app.on_eof(flow, False):
                 decisions += self.dispatch_event(hook, flow, event)
-            self.app.inspected(flow)
-        if self.app is not None and chunks or self.flows.pending_total:
-            decisions += self._memcap(flow, pkt)
-        for e, fn in self._by_hook[Hook.PACKET_END]:
-            decisions += self._call(e, fn, pkt, flow)
+            app.inspected(flow)
+        pending = flows.pending_total
+        if app is not None and chunks or pending:
+            # _memcap's own test first, inline: it has something to do only past the cap
+            memcap = getattr(flows, "memcap", 0)
+            if memcap and (app.held_total if app is not None else 0) + pending > memcap:
+                decisions += self._memcap(flow, pkt)
+        run(self._packet_end_hooks, decisions, pkt, flow)
+        if not decisions:  # most packets: nothing to report, only whether the flow can leave Python
+            return self._pass(flow, token, now)
         return self._conclude(flow, pkt, token, decisions, now)
 
     def _conclude(
@@ -417,13 +466,15 @@ class Pipeline:
         return self._pass(flow, token, now)
 
     def _pass(self, flow: Flow, token: Any, now: float) -> list[Release]:
-        """The packet passes; the flow too, in the kernel, once no engine needs more of it."""
-        for e in self.engines:
-            if e.needs_more(flow):
-                return [Release(token, Outcome.ACCEPT)]
-        flow.decided, flow.decided_ts = Action.PASS, now
+        """The packet passes; the flow too, in the kernel, once no engine needs more of it. Every
+        engine that can say yes is asked on every packet: its answer may change with any packet
+        (an app-layer protocol found, a stream depth reached...), so none is remembered."""
+        for needs_more in self._needs_more:
+            if needs_more(flow):
+                return [Release(token, _ACCEPT)]
+        flow.decided, flow.decided_ts = _PASS, now
         self._count("flows.offloaded")
-        return [Release(token, Outcome.ACCEPT, offload=True)]
+        return [Release(token, _ACCEPT, True)]
 
     def _report(self, verdicts: list[Verdict], pkt: Packet | None, flow: Flow, ts: float | None = None) -> Action:
         strictest = Action.NONE
@@ -634,12 +685,27 @@ class Pipeline:
             res = fn(*args)
             return list(res) if res else []
         except Exception:
-            self._count(f"errors.engine.{engine.name}")
-            log.exception("engine %s failed in %s", engine.name, getattr(fn, "__name__", fn))
-            act = self.policy.on_engine_error
-            if act is Action.NONE:
-                return []
-            return [Verdict(act, engine.name, reason="engine error", signature=f"{engine.name}: engine error")]
+            return self._engine_error(engine, fn)
+
+    def _run_hooks(self, hooks: tuple[tuple[Engine, HookMethod], ...], decisions: list[Decision], *args: Any) -> None:
+        """_call for each of a hook's engines, their decisions added to ``decisions``."""
+        for e, fn in hooks:
+            try:
+                res = fn(*args)
+                if res:
+                    decisions.extend(list(res))  # all or nothing, as _call: a generator may raise halfway
+            except Exception:
+                decisions.extend(self._engine_error(e, fn))
+
+    def _engine_error(self, engine: Engine, fn: Callable[..., Any]) -> list[Decision]:
+        """An engine's hook raised (called from an ``except`` block): counted and logged; the
+        engine has no say, or blocks (``on_engine_error``)."""
+        self._count(f"errors.engine.{engine.name}")
+        log.exception("engine %s failed in %s", engine.name, getattr(fn, "__name__", fn))
+        act = self.policy.on_engine_error
+        if act is Action.NONE:
+            return []
+        return [Verdict(act, engine.name, reason="engine error", signature=f"{engine.name}: engine error")]
 
     def _engine(self, name: str) -> Engine | None:
         for e in self.engines:

@@ -92,7 +92,8 @@ def _looks_http(to_server: bool, data: bytes) -> bool:
 def flow_app_proto(flow: Any) -> str | None:
     """The app-layer protocol name of a flow ("http", "unknown", "failed"...), None before any data."""
     st = flow.engine_data.get("app")
-    return st.proto.value if st is not None else None
+    # the member's value attribute itself: ``.value`` is a property, and engines ask this per packet
+    return st.proto._value_ if st is not None else None
 
 
 class AppLayer:
@@ -161,6 +162,14 @@ class AppLayer:
         if st.parser is None or not hasattr(st.parser, "close"):
             return []
         return self._wrap(flow, st.proto, st.parser.close())
+
+    def finished(self, flow: Any) -> bool:
+        """Has the app layer nothing more to do with ``flow``'s bytes: its protocol is none of ours
+        (or its parsing was cut), for good, and it holds nothing? ``on_chunk`` then gives no event
+        and ``inspected`` does nothing, and the pipeline skips both on each of its packets."""
+        st = flow.engine_data.get("app")
+        return (st is not None and (st.proto is AppProto.FAILED or st.cut) and st.parser is None
+                and not st.early and not st.held)
 
     # -- memory ------------------------------------------------------------------------------
     def inspected(self, flow: Any) -> None:

@@ -99,3 +99,26 @@ def test_frame_seeds_parse_cleanly(linktype: int, frame: bytes) -> None:
     pkt = parse_linktype(frame, linktype)
     check(pkt)
     assert pkt.anomaly is None and pkt.version in (4, 6)
+
+
+def _ethernet_by_ethertype(frame: bytes) -> Packet:
+    """parse_ethernet the general way (every ethertype through _parse_ethertype): what its inline
+    IPv4/IPv6 case must give."""
+    import struct
+
+    from filters.packet import Side, _parse_ethertype
+
+    if len(frame) < 14:
+        return parse_ethernet(frame, 1.0)
+    dst, src, etype = struct.unpack_from("!6s6sH", frame)
+    pkt = _parse_ethertype(frame, 14, etype, 1.0, Side.UNKNOWN)
+    pkt.eth_dst, pkt.eth_src = dst, src
+    return pkt
+
+
+@settings(FUZZ, max_examples=1500)
+@given(st.sampled_from([f for lt, f in FRAME_SEEDS if lt == 1] + [bytes(Ether() / IPv6(IP_SEEDS[4])),
+                                                                  bytes(Ether(type=0x0800) / IPv6(IP_SEEDS[8]))])
+       .flatmap(lambda f: mutated([f], edits=6, span=8, cut=True)))
+def test_ethernet_ip_fast_path_matches_the_general_one(frame: bytes) -> None:
+    assert parse_ethernet(frame, 1.0) == _ethernet_by_ethertype(frame)

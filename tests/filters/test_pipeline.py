@@ -1,6 +1,7 @@
 """The pipeline: verdict combination, failure isolation, deferred verdicts (holds) and offload."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from filters.engine import Action, Engine, Hold, Hook, IORequest, Scope, Verdict
 from filters.flow import FlowTable
 from filters.packet import ACK, PSH, SYN, Packet
-from filters.pipeline import Outcome, Pipeline, PipelinePolicy
+from filters.pipeline import Outcome, Pipeline, PipelinePolicy, Release
 from tests.filters.factories import tpacket
 
 
@@ -360,3 +361,160 @@ def test_only_the_last_http_stage_of_a_chunk_counts_for_coalescing_engines() -> 
               (Hook.HTTP_REQUEST, ev(tx2, "request_headers")), (Hook.HTTP_RESPONSE, ev(tx2, "response_headers", False)),
               (Hook.HTTP_RESPONSE, ev(tx2, "response_body", False)), (Hook.HTTP_RESPONSE, ev(tx2, "response_done", False))]
     assert [_superseded(events, n) for n in range(len(events))] == [True, False, False, True, True, False]
+
+
+class Quiet(Engine):
+    """Takes packets, says nothing, keeps Engine.needs_more (never needs more)."""
+
+    name: ClassVar[str] = "quiet"
+
+    def on_packet(self, pkt, flow):
+        return None
+
+
+class Toggle(Engine):
+    """Needs more of every flow while ``more``; counts how often it was asked."""
+
+    name: ClassVar[str] = "toggle"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.more, self.asked = True, 0
+
+    def on_packet(self, pkt, flow):
+        return None
+
+    def needs_more(self, flow) -> bool:
+        self.asked += 1
+        return self.more
+
+
+def test_needs_more_is_asked_on_every_packet_and_its_latest_answer_counts():
+    # The pipeline keeps a tuple of the engines it asks (_bind): one whose answer changes between
+    # two packets of a flow must be asked again, and its new answer must offload the flow then.
+    toggle = Toggle()
+    p, _ = make(Quiet(), toggle)
+    assert not p.process(syn(), 1)[0].offload
+    assert not p.process(tpacket(tcp_flags=ACK), 2)[0].offload
+    assert toggle.asked == 2
+    toggle.more = False
+    (rel,) = p.process(tpacket(tcp_flags=ACK), 3)
+    assert rel.offload and toggle.asked == 3
+    assert p.counters["flows.offloaded"] == 1
+    toggle.more = True  # a decided flow is not inspected again
+    assert p.process(tpacket(tcp_flags=ACK), 4)[0].offload and toggle.asked == 3
+
+
+def test_engines_without_needs_more_are_not_asked_but_a_reload_rebinds():
+    p, _ = make(Quiet())
+    assert p._needs_more == ()  # Engine.needs_more is always False: nothing to ask
+    assert p.process(syn(sport=40001), 1)[0].offload
+    toggle = Toggle()
+    p.replace_engines([Quiet(), toggle])
+    assert not p.process(syn(sport=40002), 2)[0].offload and toggle.asked == 1
+    p.replace_engines([Quiet()])
+    assert p.process(syn(sport=40003), 3)[0].offload
+    # an instance's own needs_more (not the class's) is asked too
+    q = Quiet()
+    q.needs_more = lambda flow: True  # type: ignore[method-assign]
+    p.replace_engines([q])
+    assert not p.process(syn(sport=40004), 4)[0].offload
+
+
+def test_release_is_a_frozen_value():
+    rel = Release("t", Outcome.DROP, True)
+    assert (rel.token, rel.outcome, rel.offload, rel.packet, rel.inject) == ("t", Outcome.DROP, True, None, ())
+    assert rel == Release("t", Outcome.DROP, offload=True) and rel != Release("t", Outcome.DROP)
+    assert hash(rel) == hash(Release("t", Outcome.DROP, True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rel.outcome = Outcome.ACCEPT  # type: ignore[misc]
+    assert dataclasses.replace(rel, offload=False) == Release("t", Outcome.DROP)
+
+
+class HttpAndStream(Streamer):
+    """Takes HTTP requests (so the pipeline has an app layer) and stream bytes."""
+
+    name: ClassVar[str] = "httpstream"
+
+    def on_http_request(self, flow, event):
+        return None
+
+
+def test_a_flow_of_no_known_protocol_leaves_the_app_layer_but_not_the_stream_engines(monkeypatch):
+    eng = HttpAndStream()
+    p, _ = make(eng)
+    assert p.app is not None
+    p.process(syn(), 0)
+    p.process(tpacket(reply=True, tcp_flags=SYN | ACK, seq=4999, ack=1000), 1)
+    seq = {True: 1000, False: 5000}
+    for n, (client, data) in enumerate([(True, b"\x01junk" * 20)] * 3 + [(False, b"\x02knuj" * 20)]):
+        p.process(tpacket(reply=not client, tcp_flags=PSH | ACK, seq=seq[client], payload=data), 2 + n)
+        seq[client] += len(data)
+        if n < 3:  # detection still waits: the bytes seen so far are held
+            assert p.app.held_total == 100 * (n + 1) and not p.app.finished(next(iter(p.flows)))
+    flow = next(iter(p.flows))
+    assert p.app.state(flow).proto.value == "failed"
+    assert p.app.held_total == 0 and p.app.finished(flow)  # what detection held was released
+    calls: list[Any] = []
+    monkeypatch.setattr(p.app, "on_chunk", lambda *a: calls.append(a) or [])
+    p.process(tpacket(tcp_flags=PSH | ACK, seq=seq[True], payload=b"EVIL"), 9)
+    assert calls == [] and eng.seen[-1] == b"EVIL"  # the stream engines still get the bytes
+
+
+def test_finished_waits_until_what_a_failed_flow_held_is_counted_out():
+    from filters.app.layer import AppLayer, AppProto
+    from tests.filters.factories import tflow
+
+    app, flow = AppLayer(), tflow()
+    st = app.state(flow)
+    assert not app.finished(flow)  # detection has not given up
+    st.proto, st.held, app.held_total = AppProto.FAILED, 40, 40
+    assert not app.finished(flow)  # its bytes are still counted: inspected() must run once more
+    app.inspected(flow)
+    assert app.held_total == 0 and app.finished(flow)
+    st.early = [(True, b"x")]
+    assert not app.finished(flow)
+
+
+class Raiser(Engine):
+    """Raises in the one hook named ``where``; the others say nothing."""
+
+    name: ClassVar[str] = "raiser"
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def _maybe(self, hook: str) -> None:
+        if hook == self.where:
+            raise RuntimeError(f"bug in {hook}")
+
+    def on_flow_start(self, flow, pkt):
+        self._maybe("on_flow_start")
+
+    def on_packet(self, pkt, flow):
+        self._maybe("on_packet")
+
+    def on_stream(self, flow, to_server, data, offset):
+        self._maybe("on_stream")
+
+    def on_http_request(self, flow, event):
+        self._maybe("on_http_request")
+
+    def on_packet_end(self, pkt, flow):
+        self._maybe("on_packet_end")
+
+    def needs_more(self, flow) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("where", ["on_flow_start", "on_packet", "on_stream", "on_http_request", "on_packet_end"])
+@pytest.mark.parametrize("policy", [Action.NONE, Action.DROP])
+def test_every_hook_of_the_walk_isolates_an_engine_error(where: str, policy: Action):
+    p, _ = make(Raiser(where), on_engine_error=policy)
+    outcomes = [r.outcome for r in p.process(syn(), 0)]
+    outcomes += [r.outcome for r in p.process(tpacket(reply=True, tcp_flags=SYN | ACK, seq=4999, ack=1000), 1)]
+    outcomes += [r.outcome for r in p.process(
+        tpacket(tcp_flags=PSH | ACK, seq=1000, ack=5000, payload=b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), 2)]
+    assert p.counters["errors.engine.raiser"] >= 1
+    assert (Outcome.DROP in outcomes) is (policy is Action.DROP)
