@@ -2,6 +2,7 @@
 the header list of one message (repeats merged, the header count capped)."""
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from filters.app.http.chars import EOL_RESPONSE, FOLD, LWS, SP, TOKEN
@@ -14,6 +15,30 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_FOLDS = 128  # folded continuation lines merged into one header (libhtp MAX_NB_FOLD)
 MAX_REPEATS = 64  # repeated header names merged per transaction (libhtp)
 HEADER_OVERHEAD = 96  # bytes a parsed header costs beyond its name and value (a tuple and two bytes objects)
+
+
+_TOKEN_CLASS = b"[" + b"".join(b"\\x%02x" % c for c in sorted(TOKEN)) + b"]"
+# One plain header line: a token name, the colon, a value without CR, LF or NUL, CRLF. A value's
+# first byte is no space or tab, so a line splits one way only (no backtracking on a near miss).
+_PLAIN_LINE = _TOKEN_CLASS + rb"+:[ \t]*(?:[^\x00\r\n \t][^\x00\r\n]*)?\r\n"
+_PLAIN_BLOCK = re.compile(b"(?:" + _PLAIN_LINE + b")+")
+_PLAIN_HEADER = re.compile(b"(" + _TOKEN_CLASS + rb"+):[ \t]*([^\x00\r\n]*)\r\n")
+
+
+def plain_headers(data: bytes) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+    """The common header block in one piece, without the grammar walk: (end of the block, [(name, value)]).
+
+    Only a complete block of ``token: value CRLF`` lines closed by an empty CRLF line qualifies (no
+    folding, no bare CR or LF, no NUL, no missing colon, no odd name); on those ``HeaderScanner``
+    reads every line the same one way, and decides nothing from bytes past the block. Anything
+    else gives None, for the scanner. The headers are what ``HeaderScanner.headers`` returns with
+    every colon present and the end of headers seen, whether or not a header of the block came
+    before (the first byte is a name's, so neither start-of-block check applies); a test compares
+    them on random and crafted blocks."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or not _PLAIN_BLOCK.fullmatch(data, 0, end + 2):
+        return None
+    return end + 4, _PLAIN_HEADER.findall(data, 0, end + 2)
 
 
 class NeedMore(Exception):
@@ -326,6 +351,13 @@ class HeaderList:
             parser._anomaly(tx, f"http.{side}_header_empty_name")
         elif raw_name[0] in SP or any(c not in TOKEN for c in name):
             parser._anomaly(tx, f"http.{side}_header_invalid_name")
+        self.add_valid(name, value)
+
+    def add_valid(self, name: bytes, value: bytes) -> None:
+        """A header whose name is a token and whose value is trimmed (``plain_headers``' lines once
+        their value is trimmed): nothing ``add`` checks can be wrong with it."""
+        parser, tx = self.parser, self.tx
+        side = "response" if self.response else "request"
         key = name.lower()
         at = self.index.get(key)
         if at is not None:

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Callable
 from filters.app.http.body import Body
 from filters.app.http.chars import EOL_RESPONSE, HEXDIGITS, METHODS, SP, SP_NUL
 from filters.app.http.decoding import codings_for
-from filters.app.http.headers import HeaderList, HeaderScanner, NeedMore, NoMatch, header_value, trim
+from filters.app.http.headers import (
+    HeaderList, HeaderScanner, NeedMore, NoMatch, header_value, plain_headers, trim,
+)
 from filters.app.http.uri import content_type, host_from_header, normalize_uri, split_uri
 from filters.app.http.values import (
     looks_like_status_line,
@@ -204,6 +206,16 @@ class _Stream:
     def _parse_headers(self) -> tuple[bool, bool]:
         """Parse buffered header lines into ``self.hdrs``: (made progress, end of headers reached)."""
         data = bytes(self.buf[self.pos:])
+        assert self.hdrs is not None
+        plain = plain_headers(data)
+        if plain is not None:
+            nxt, pairs = plain
+            add = self.hdrs.add_valid
+            for name, value in pairs:
+                add(name, trim(value))
+            self.block_headers += len(pairs)
+            self._consume_raw(nxt)
+            return True, True
         scanner = HeaderScanner(data, self.response, self.closed)
         try:
             nxt, items, eoh = scanner.headers(0, not self.block_headers)
@@ -220,7 +232,6 @@ class _Stream:
             self.p._anomaly(self.tx, "http.header_unparsable")
             self._consume_raw(lf + 1 if lf >= 0 else len(data))
             return True, False
-        assert self.hdrs is not None
         for name, value, colon in items:
             self.hdrs.add(name, value, colon)
         self.block_headers += len(items)
