@@ -322,6 +322,15 @@ def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | Non
     return None
 
 
+def header_map(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Every name as ``header_value`` looks it up (NULs removed, lower case) to its first value:
+    one pass for the several framing headers a message's end reads."""
+    out: dict[bytes, bytes] = {}
+    for k, v in reversed(headers):
+        out[k.replace(b"\x00", b"").lower()] = v
+    return out
+
+
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"host", b"content-type"})
 
 
@@ -353,9 +362,33 @@ class HeaderList:
             parser._anomaly(tx, f"http.{side}_header_invalid_name")
         self.add_valid(name, value)
 
+    def add_plain(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """``plain_headers``' (name, value) pairs: token names, so none of ``add``'s name checks
+        applies. A new name under the limits is stored here; repeats and limits go to ``add_valid``.
+        The transaction is charged once for the lot (the sum is what it holds)."""
+        parser, index, items = self.parser, self.index, self.items
+        max_headers, max_bytes = parser.max_headers, parser.max_header_bytes
+        size, charge = self.size, 0
+        for name, raw_value in pairs:
+            value = raw_value.strip(b" \t\r\n\x0b\x0c")  # trim()
+            key = name.lower()
+            cost = len(name) + len(value) + HEADER_OVERHEAD
+            if key in index or len(items) >= max_headers or size + cost > max_bytes:
+                self.size = size
+                self.add_valid(name, value)
+                size = self.size
+                continue
+            size += cost
+            charge += cost
+            index[key] = len(items)
+            items.append((name, value))
+        self.size = size
+        if charge:
+            parser._charge(self.tx, charge)
+
     def add_valid(self, name: bytes, value: bytes) -> None:
-        """A header whose name is a token and whose value is trimmed (``plain_headers``' lines once
-        their value is trimmed): nothing ``add`` checks can be wrong with it."""
+        """A header whose name is a token and whose value is trimmed: nothing ``add`` checks can be
+        wrong with it."""
         parser, tx = self.parser, self.tx
         side = "response" if self.response else "request"
         key = name.lower()

@@ -9,7 +9,7 @@ from filters.app.http.body import Body
 from filters.app.http.chars import EOL_RESPONSE, HEXDIGITS, METHODS, SP, SP_NUL
 from filters.app.http.decoding import codings_for
 from filters.app.http.headers import (
-    HeaderList, HeaderScanner, NeedMore, NoMatch, header_value, plain_headers, trim,
+    HeaderList, HeaderScanner, NeedMore, NoMatch, header_map, header_value, plain_headers, trim,
 )
 from filters.app.http.uri import content_type, host_from_header, normalize_uri, split_uri
 from filters.app.http.values import (
@@ -210,9 +210,7 @@ class _Stream:
         plain = plain_headers(data)
         if plain is not None:
             nxt, pairs = plain
-            add = self.hdrs.add_valid
-            for name, value in pairs:
-                add(name, trim(value))
+            self.hdrs.add_plain(pairs)
             self.block_headers += len(pairs)
             self._consume_raw(nxt)
             return True, True
@@ -578,15 +576,15 @@ class RequestStream(_Stream):
         tx.request_headers_raw = bytes(self.raw)
         self.p._charge(tx, len(self.raw))
         self.raw.clear()
-        headers = tx.request_headers
-        host = header_value(headers, b"host")
+        headers = header_map(tx.request_headers)
+        host = headers.get(b"host")
         if host is not None and not tx.host:
             tx.host, tx.host_raw = host_from_header(host), host
         elif host is not None and host_from_header(host) != tx.host:
             self.p._anomaly(tx, "http.host_ambiguous")
-        tx.user_agent = header_value(headers, b"user-agent") or b""
-        tx.cookie = header_value(headers, b"cookie") or b""
-        ct = header_value(headers, b"content-type")
+        tx.user_agent = headers.get(b"user-agent") or b""
+        tx.cookie = headers.get(b"cookie") or b""
+        ct = headers.get(b"content-type")
         tx.request_content_type = content_type(ct) if ct is not None else b""
         self._emit("request_headers")
         if tx.method == b"CONNECT":
@@ -595,11 +593,11 @@ class RequestStream(_Stream):
             return
         self._request_body(headers)
 
-    def _request_body(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def _request_body(self, headers: dict[bytes, bytes]) -> None:
         tx = self.tx
         assert tx is not None and self.hdrs is not None
-        te, cl = header_value(headers, b"transfer-encoding"), header_value(headers, b"content-length")
-        ce = header_value(headers, b"content-encoding")
+        te, cl = headers.get(b"transfer-encoding"), headers.get(b"content-length")
+        ce = headers.get(b"content-encoding")
         if te is not None and b"chunked" in nozero_lower(te):
             if not protocol_at_least_11(tx.protocol):
                 self.p._anomaly(tx, "http.request_chunked_old_protocol")
@@ -768,14 +766,14 @@ class ResponseStream(_Stream):
         tx.response_headers_raw = bytes(self.raw)
         self.p._charge(tx, len(self.raw))
         self.raw.clear()
-        headers = tx.response_headers
+        headers = header_map(tx.response_headers)
         code = parse_status(tx.status_code)
-        cl, te = header_value(headers, b"content-length"), header_value(headers, b"transfer-encoding")
+        cl, te = headers.get(b"content-length"), headers.get(b"transfer-encoding")
         if code == 100 and te is None and not (cl is not None and (parse_content_length(cl) or 0) > 0):
             self._continue_100(tx)
             return
         tx.response_headers_done = True
-        ct = header_value(headers, b"content-type")
+        ct = headers.get(b"content-type")
         tx.response_content_type = content_type(ct) if ct is not None else b""
         self._emit("response_headers")
         if self._switches(tx, code, cl, te):
@@ -786,7 +784,7 @@ class ResponseStream(_Stream):
                 code is not None and (code < 200 or code in (204, 304)) and te is None and cl is None):
             self._done()
             return
-        self._response_body(tx, cl, te, header_value(headers, b"content-encoding"))
+        self._response_body(tx, cl, te, headers.get(b"content-encoding"))
 
     def _continue_100(self, tx: HttpTransaction) -> None:
         """An interim 100 Continue: forget it and read the real status line for the same request."""

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from filters.app.http import HttpParser, headers as headers_mod, streams as streams_mod
 from filters.app.http.chars import TOKEN
-from filters.app.http.headers import HeaderScanner, NeedMore, NoMatch, plain_headers
+from filters.app.http.headers import HeaderScanner, NeedMore, NoMatch, header_map, header_value, plain_headers
 from tests.filters.app.test_http import snapshot
 
 FUZZ = settings(max_examples=1500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -75,6 +75,7 @@ CRAFTED = [
     b"Host: a b  c \r\nAccept: */*\r\nUser-Agent: curl/8.0\r\nConnection: close\r\n\r\nbody",
     b"A:x:y:z\r\nB: \x7f\x80\xff\r\n\r\n",
     b"Content-Length: 5\r\ncontent-length: 6\r\n\r\nhello",
+    b"X: 1\r\nx: 2\r\nY: 3\r\nX: 4\r\n\r\n",
 ]
 
 
@@ -117,18 +118,21 @@ def test_random_blocks_do_take_the_fast_path() -> None:
 
 # -- whole exchanges with the fast path on and off ------------------------------------------------
 
-def run(request: bytes, response: bytes, cuts: list[int], fast: bool, monkeypatch: pytest.MonkeyPatch) -> object:
+def run(request: bytes, response: bytes, cuts: list[int], header_bytes: int, fast: bool,
+        monkeypatch: pytest.MonkeyPatch) -> object:
     with monkeypatch.context() as m:
         if not fast:
             m.setattr(streams_mod, "plain_headers", lambda data: None)
-        parser = HttpParser(decompress_layers=3, max_headers=6, max_header_line=120)
+        parser = HttpParser(decompress_layers=3, max_headers=6, max_header_line=120, max_header_bytes=header_bytes)
         stages = []
+        held = []
         for to_server, data in ((True, request), (False, response)):
             bounds = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
             for a, b in zip(bounds, bounds[1:]):
                 stages += [(e.tx.tx_id, e.stage, e.to_server) for e in parser.feed(to_server, data[a:b])]
+                held.append((parser.meta_held, parser.held_bytes()))
         stages += [(e.tx.tx_id, e.stage, e.to_server) for e in parser.close()]
-        return snapshot(parser), stages, dict(parser.counters)
+        return snapshot(parser), stages, dict(parser.counters), held
 
 
 BODY = st.sampled_from([b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b"0\r\nX-T: 1\r\n\r\n",
@@ -136,13 +140,23 @@ BODY = st.sampled_from([b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n", b"0\r\nX-T: 1
 
 
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(BLOCK, BLOCK, BODY, BODY, st.lists(st.integers(0, 400), max_size=4))
+@given(BLOCK, BLOCK, BODY, BODY, st.lists(st.integers(0, 400), max_size=4), st.sampled_from([300, 600, 65536]))
 def test_exchanges_are_the_same_with_and_without_the_fast_path(
-        req_block: bytes, resp_block: bytes, req_body: bytes, resp_body: bytes, cuts: list[int]) -> None:
+        req_block: bytes, resp_block: bytes, req_body: bytes, resp_body: bytes, cuts: list[int],
+        header_bytes: int) -> None:
     monkeypatch = pytest.MonkeyPatch()
     request = b"POST /p HTTP/1.1\r\n" + req_block + req_body + b"GET /2 HTTP/1.1\r\nHost: b\r\n\r\n"
     response = b"HTTP/1.1 200 OK\r\n" + resp_block + resp_body + b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx"
-    assert run(request, response, cuts, True, monkeypatch) == run(request, response, cuts, False, monkeypatch)
+    fast = run(request, response, cuts, header_bytes, True, monkeypatch)
+    assert fast == run(request, response, cuts, header_bytes, False, monkeypatch)
+
+
+@settings(max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.one_of(NAMES, st.sampled_from([b"HOST", b"Ho\x00st", b"\x00host\x00", b"hos"])),
+                          st.binary(max_size=3)), max_size=8),
+       st.sampled_from([b"host", b"content-length", b"transfer-encoding", b"a", b"x"]))
+def test_header_map_looks_up_as_header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> None:
+    assert header_map(headers).get(name) == header_value(headers, name)
 
 
 def test_headers_module_exports_the_fast_path() -> None:
