@@ -70,12 +70,23 @@ class _Stream:
         self.sync_start = False
         self.junk_noted = False
         self.block_headers = 0  # headers parsed so far in the current header or trailer block
-        self.handlers: dict[str, Callable[[], bool]] = {
-            BODY_CL: self._st_body_cl, CHUNK_LEN: self._st_chunk_len, CHUNK_DATA: self._st_chunk_data,
-            CHUNK_END: self._st_chunk_end, BODY_CLOSE: self._st_body_close, TRAILERS: self._st_trailers,
-            JUNK: self._st_junk, SYNC: self._st_sync, IGNORE: self._st_wait, TUNNEL: self._st_wait,
-            CONNECT_WAIT: self._st_wait, UPGRADE_WAIT: self._st_wait,
-        }
+
+    # Each state's handler by method name; ``handlers`` maps states to the class's functions, built
+    # once per class (not per stream: a connection makes two streams).
+    _STATE_METHODS = {
+        BODY_CL: "_st_body_cl", CHUNK_LEN: "_st_chunk_len", CHUNK_DATA: "_st_chunk_data",
+        CHUNK_END: "_st_chunk_end", BODY_CLOSE: "_st_body_close", TRAILERS: "_st_trailers",
+        JUNK: "_st_junk", SYNC: "_st_sync", IGNORE: "_st_wait", TUNNEL: "_st_wait",
+        CONNECT_WAIT: "_st_wait", UPGRADE_WAIT: "_st_wait",
+    }
+    handlers: dict[str, Callable[[_Stream], bool]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        names: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            names.update(klass.__dict__.get("_STATE_METHODS", {}))
+        cls.handlers = {state: getattr(cls, name) for state, name in names.items()}
 
     # -- buffer --------------------------------------------------------------------------------
     def avail(self) -> int:
@@ -122,14 +133,16 @@ class _Stream:
         return data[n:]
 
     def run(self) -> None:
-        budget = 4 * self.avail() + 64  # every step consumes bytes or changes state; this only guards bugs
+        buf, handlers = self.buf, self.handlers  # the buffer is only ever changed in place
+        budget = 4 * (len(buf) - self.pos) + 64  # every step consumes bytes or changes state; this only guards bugs
         cap = self.p.max_header_line
         while budget > 0:
             budget -= 1
-            if self.state in _LINE_STATES and len(self.buf) - self.pos > cap:
-                self._cut_complete_lines(cap)
-            if not self.handlers[self.state]():
-                if not self._cut_long_line():
+            if len(buf) - self.pos > cap and self.state in _LINE_STATES:
+                self._cut_complete_lines(cap)  # (may change the state)
+            if not handlers[self.state](self):
+                # (_cut_long_line's own first test, without the call for the common short buffer)
+                if len(buf) - self.pos <= cap or not self._cut_long_line():
                     break
         else:
             self.p._anomaly(self.tx, "http.parser_stuck")
@@ -470,12 +483,10 @@ class RequestStream(_Stream):
 
     response = False
 
-    def __init__(self, parser: HttpParser) -> None:
-        super().__init__(parser)
-        self.handlers.update({
-            IDLE: self._st_idle, LINE: self._st_line, PROTOCOL: self._st_protocol, HEADERS: self._st_headers,
-            AFTER: self._st_after, CONNECT_PROBE: self._st_connect_probe,
-        })
+    _STATE_METHODS = {
+        IDLE: "_st_idle", LINE: "_st_line", PROTOCOL: "_st_protocol", HEADERS: "_st_headers",
+        AFTER: "_st_after", CONNECT_PROBE: "_st_connect_probe",
+    }
 
     def _done(self) -> None:
         tx = self.tx
@@ -688,11 +699,11 @@ class ResponseStream(_Stream):
 
     response = True
 
+    _STATE_METHODS = {IDLE: "_st_idle", LINE: "_st_line", HEADERS: "_st_headers", AFTER: "_st_after"}
+
     def __init__(self, parser: HttpParser) -> None:
         super().__init__(parser)
         self.seen_100: HttpTransaction | None = None
-        self.handlers.update(
-            {IDLE: self._st_idle, LINE: self._st_line, HEADERS: self._st_headers, AFTER: self._st_after})
 
     def _st_idle(self) -> bool:
         if not self.avail():
@@ -863,8 +874,22 @@ class ResponseStream(_Stream):
         self._done()
 
 
+# The common request line: method, one space, URI, one space, HTTP/ protocol (no other whitespace),
+# which split_request_line_general reads the same way (a test compares them).
+_PLAIN_REQUEST_LINE = re.compile(
+    rb"([^ \t\r\n\x0b\x0c]+) ([^ \t\r\n\x0b\x0c]+) ([Hh][Tt][Tt][Pp]/[^ \t\r\n\x0b\x0c]*)[\r\n]*")
+
+
 def split_request_line(line: bytes) -> tuple[bytes, bytes, bytes, bool]:
     """(method, uri, protocol, leading whitespace) as libhtp's generic request line parser."""
+    m = _PLAIN_REQUEST_LINE.fullmatch(line)
+    if m is not None:
+        return m[1], m[2], m[3], False
+    return split_request_line_general(line)
+
+
+def split_request_line_general(line: bytes) -> tuple[bytes, bytes, bytes, bool]:
+    """``split_request_line`` for any line: odd whitespace, no protocol, spaces in the URI."""
     data = line.rstrip(b"\r\n")
     stripped = data.lstrip(b" \t\r\n\x0b\x0c")
     lead = len(stripped) != len(data)

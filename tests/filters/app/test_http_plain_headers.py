@@ -161,3 +161,24 @@ def test_header_map_looks_up_as_header_value(headers: list[tuple[bytes, bytes]],
 
 def test_headers_module_exports_the_fast_path() -> None:
     assert streams_mod.plain_headers is headers_mod.plain_headers
+
+
+# -- request lines --------------------------------------------------------------------------------
+
+LINE_ATOMS = [b"GET", b"POST", b"get", b" ", b"  ", b"\t", b"\x0b", b"\x0c", b"\x00", b"/", b"/a b", b"/x?y=1",
+              b"HTTP/1.1", b"http/1.0", b"HTTP/", b"HTTPS/1", b"HTTP", b"\r", b"\n", b"\r\n", b"\xff"]
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.sampled_from(LINE_ATOMS), st.binary(max_size=3)), max_size=10).map(b"".join))
+@example(b"GET / HTTP/1.1\r\n")
+@example(b"GET / HTTP/1.1\r\r\n")
+@example(b"GET /a HTTP/1.1 x\r\n")
+def test_request_line_fast_path_matches_the_general_split(line: bytes) -> None:
+    assert streams_mod.split_request_line(line) == streams_mod.split_request_line_general(line)
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/1.1\r\n", b"POST /x?a=b HTTP/1.0\n", b"G /u http/2", b"M\x00 u HTTP/"])
+def test_plain_request_lines_take_the_fast_path(line: bytes) -> None:
+    assert streams_mod._PLAIN_REQUEST_LINE.fullmatch(line)
+    assert streams_mod.split_request_line(line) == streams_mod.split_request_line_general(line)
