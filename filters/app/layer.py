@@ -48,7 +48,9 @@ class AppProto(enum.Enum):
     FAILED = "failed"  # decided: none of ours
 
 
-_HTTP_PROTOS = frozenset({AppProto.HTTP, AppProto.HTTP2})  # both give HttpEvents
+# both give HttpEvents; a tuple: ``in`` compares members by identity first, where a set would hash
+# them (Enum.__hash__ is Python code)
+_HTTP_PROTOS = (AppProto.HTTP, AppProto.HTTP2)
 
 
 def file_stream_depth(file_depth: int) -> int:
@@ -92,7 +94,8 @@ def _looks_http(to_server: bool, data: bytes) -> bool:
 def flow_app_proto(flow: Any) -> str | None:
     """The app-layer protocol name of a flow ("http", "unknown", "failed"...), None before any data."""
     st = flow.engine_data.get("app")
-    return st.proto.value if st is not None else None
+    # _value_ is what .value returns, without the property call: the IPS asks this per packet
+    return st.proto._value_ if st is not None else None
 
 
 class AppLayer:
