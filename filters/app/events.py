@@ -132,9 +132,9 @@ class HttpTransaction:
 
     def header(self, name: bytes, *, response: bool = False) -> bytes | None:
         """First value of a header (case-insensitive name)."""
-        lname = name.lower()
+        lname, n = name.lower(), len(name)
         for k, v in self.response_headers if response else self.request_headers:
-            if k.lower() == lname:
+            if len(k) == n and k.lower() == lname:  # (lower() keeps the length: compare that first)
                 return v
         return None
 

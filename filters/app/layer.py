@@ -48,7 +48,9 @@ class AppProto(enum.Enum):
     FAILED = "failed"  # decided: none of ours
 
 
-_HTTP_PROTOS = frozenset({AppProto.HTTP, AppProto.HTTP2})  # both give HttpEvents
+# both give HttpEvents; a tuple: ``in`` compares members by identity first, where a set would hash
+# them (Enum.__hash__ is Python code)
+_HTTP_PROTOS = (AppProto.HTTP, AppProto.HTTP2)
 
 
 def file_stream_depth(file_depth: int) -> int:

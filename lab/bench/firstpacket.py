@@ -35,7 +35,7 @@ from lab.bench.offline import ET_OPEN, et_open_files
 CLIENT = socket.inet_aton("192.168.10.20")
 SERVER = socket.inet_aton("198.51.100.10")
 REQUEST = b"GET /index.html HTTP/1.1\r\nHost: web\r\nUser-Agent: wrk\r\nConnection: close\r\n\r\n"
-RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: text/html\r\nContent-Length: 612\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: text/html\r\nContent-Length: 613\r\n"
             b"Connection: close\r\n\r\n" + b"<html>" + b"x" * 600 + b"</html>")
 
 

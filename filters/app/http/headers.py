@@ -2,6 +2,7 @@
 the header list of one message (repeats merged, the header count capped)."""
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from filters.app.http.chars import EOL_RESPONSE, FOLD, LWS, SP, TOKEN
@@ -14,6 +15,30 @@ if TYPE_CHECKING:  # pragma: no cover
 MAX_FOLDS = 128  # folded continuation lines merged into one header (libhtp MAX_NB_FOLD)
 MAX_REPEATS = 64  # repeated header names merged per transaction (libhtp)
 HEADER_OVERHEAD = 96  # bytes a parsed header costs beyond its name and value (a tuple and two bytes objects)
+
+
+_TOKEN_CLASS = b"[" + b"".join(b"\\x%02x" % c for c in sorted(TOKEN)) + b"]"
+# One plain header line: a token name, the colon, a value without CR, LF or NUL, CRLF. A value's
+# first byte is no space or tab, so a line splits one way only (no backtracking on a near miss).
+_PLAIN_LINE = _TOKEN_CLASS + rb"+:[ \t]*(?:[^\x00\r\n \t][^\x00\r\n]*)?\r\n"
+_PLAIN_BLOCK = re.compile(b"(?:" + _PLAIN_LINE + b")+")
+_PLAIN_HEADER = re.compile(b"(" + _TOKEN_CLASS + rb"+):[ \t]*([^\x00\r\n]*)\r\n")
+
+
+def plain_headers(data: bytes) -> tuple[int, list[tuple[bytes, bytes]]] | None:
+    """The common header block in one piece, without the grammar walk: (end of the block, [(name, value)]).
+
+    Only a complete block of ``token: value CRLF`` lines closed by an empty CRLF line qualifies (no
+    folding, no bare CR or LF, no NUL, no missing colon, no odd name); on those ``HeaderScanner``
+    reads every line the same one way, and decides nothing from bytes past the block. Anything
+    else gives None, for the scanner. The headers are what ``HeaderScanner.headers`` returns with
+    every colon present and the end of headers seen, whether or not a header of the block came
+    before (the first byte is a name's, so neither start-of-block check applies); a test compares
+    them on random and crafted blocks."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or not _PLAIN_BLOCK.fullmatch(data, 0, end + 2):
+        return None
+    return end + 4, _PLAIN_HEADER.findall(data, 0, end + 2)
 
 
 class NeedMore(Exception):
@@ -297,6 +322,15 @@ def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | Non
     return None
 
 
+def header_map(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Every name as ``header_value`` looks it up (NULs removed, lower case) to its first value:
+    one pass for the several framing headers a message's end reads."""
+    out: dict[bytes, bytes] = {}
+    for k, v in reversed(headers):
+        out[k.replace(b"\x00", b"").lower()] = v
+    return out
+
+
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"content-encoding", b"host", b"content-type"})
 
 
@@ -326,6 +360,37 @@ class HeaderList:
             parser._anomaly(tx, f"http.{side}_header_empty_name")
         elif raw_name[0] in SP or any(c not in TOKEN for c in name):
             parser._anomaly(tx, f"http.{side}_header_invalid_name")
+        self.add_valid(name, value)
+
+    def add_plain(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """``plain_headers``' (name, value) pairs: token names, so none of ``add``'s name checks
+        applies. A new name under the limits is stored here; repeats and limits go to ``add_valid``.
+        The transaction is charged once for the lot (the sum is what it holds)."""
+        parser, index, items = self.parser, self.index, self.items
+        max_headers, max_bytes = parser.max_headers, parser.max_header_bytes
+        size, charge = self.size, 0
+        for name, raw_value in pairs:
+            value = raw_value.strip(b" \t\r\n\x0b\x0c")  # trim()
+            key = name.lower()
+            cost = len(name) + len(value) + HEADER_OVERHEAD
+            if key in index or len(items) >= max_headers or size + cost > max_bytes:
+                self.size = size
+                self.add_valid(name, value)
+                size = self.size
+                continue
+            size += cost
+            charge += cost
+            index[key] = len(items)
+            items.append((name, value))
+        self.size = size
+        if charge:
+            parser._charge(self.tx, charge)
+
+    def add_valid(self, name: bytes, value: bytes) -> None:
+        """A header whose name is a token and whose value is trimmed: nothing ``add`` checks can be
+        wrong with it."""
+        parser, tx = self.parser, self.tx
+        side = "response" if self.response else "request"
         key = name.lower()
         at = self.index.get(key)
         if at is not None:

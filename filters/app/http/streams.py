@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Callable
 from filters.app.http.body import Body
 from filters.app.http.chars import EOL_RESPONSE, HEXDIGITS, METHODS, SP, SP_NUL
 from filters.app.http.decoding import codings_for
-from filters.app.http.headers import HeaderList, HeaderScanner, NeedMore, NoMatch, header_value, trim
+from filters.app.http.headers import (
+    HeaderList, HeaderScanner, NeedMore, NoMatch, header_map, header_value, plain_headers, trim,
+)
 from filters.app.http.uri import content_type, host_from_header, normalize_uri, split_uri
 from filters.app.http.values import (
     looks_like_status_line,
@@ -68,12 +70,23 @@ class _Stream:
         self.sync_start = False
         self.junk_noted = False
         self.block_headers = 0  # headers parsed so far in the current header or trailer block
-        self.handlers: dict[str, Callable[[], bool]] = {
-            BODY_CL: self._st_body_cl, CHUNK_LEN: self._st_chunk_len, CHUNK_DATA: self._st_chunk_data,
-            CHUNK_END: self._st_chunk_end, BODY_CLOSE: self._st_body_close, TRAILERS: self._st_trailers,
-            JUNK: self._st_junk, SYNC: self._st_sync, IGNORE: self._st_wait, TUNNEL: self._st_wait,
-            CONNECT_WAIT: self._st_wait, UPGRADE_WAIT: self._st_wait,
-        }
+
+    # Each state's handler by method name; ``handlers`` maps states to the class's functions, built
+    # once per class (not per stream: a connection makes two streams).
+    _STATE_METHODS = {
+        BODY_CL: "_st_body_cl", CHUNK_LEN: "_st_chunk_len", CHUNK_DATA: "_st_chunk_data",
+        CHUNK_END: "_st_chunk_end", BODY_CLOSE: "_st_body_close", TRAILERS: "_st_trailers",
+        JUNK: "_st_junk", SYNC: "_st_sync", IGNORE: "_st_wait", TUNNEL: "_st_wait",
+        CONNECT_WAIT: "_st_wait", UPGRADE_WAIT: "_st_wait",
+    }
+    handlers: dict[str, Callable[[_Stream], bool]] = {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        names: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            names.update(klass.__dict__.get("_STATE_METHODS", {}))
+        cls.handlers = {state: getattr(cls, name) for state, name in names.items()}
 
     # -- buffer --------------------------------------------------------------------------------
     def avail(self) -> int:
@@ -120,14 +133,16 @@ class _Stream:
         return data[n:]
 
     def run(self) -> None:
-        budget = 4 * self.avail() + 64  # every step consumes bytes or changes state; this only guards bugs
+        buf, handlers = self.buf, self.handlers  # the buffer is only ever changed in place
+        budget = 4 * (len(buf) - self.pos) + 64  # every step consumes bytes or changes state; this only guards bugs
         cap = self.p.max_header_line
         while budget > 0:
             budget -= 1
-            if self.state in _LINE_STATES and len(self.buf) - self.pos > cap:
-                self._cut_complete_lines(cap)
-            if not self.handlers[self.state]():
-                if not self._cut_long_line():
+            if len(buf) - self.pos > cap and self.state in _LINE_STATES:
+                self._cut_complete_lines(cap)  # (may change the state)
+            if not handlers[self.state](self):
+                # (_cut_long_line's own first test, without the call for the common short buffer)
+                if len(buf) - self.pos <= cap or not self._cut_long_line():
                     break
         else:
             self.p._anomaly(self.tx, "http.parser_stuck")
@@ -204,6 +219,14 @@ class _Stream:
     def _parse_headers(self) -> tuple[bool, bool]:
         """Parse buffered header lines into ``self.hdrs``: (made progress, end of headers reached)."""
         data = bytes(self.buf[self.pos:])
+        assert self.hdrs is not None
+        plain = plain_headers(data)
+        if plain is not None:
+            nxt, pairs = plain
+            self.hdrs.add_plain(pairs)
+            self.block_headers += len(pairs)
+            self._consume_raw(nxt)
+            return True, True
         scanner = HeaderScanner(data, self.response, self.closed)
         try:
             nxt, items, eoh = scanner.headers(0, not self.block_headers)
@@ -220,7 +243,6 @@ class _Stream:
             self.p._anomaly(self.tx, "http.header_unparsable")
             self._consume_raw(lf + 1 if lf >= 0 else len(data))
             return True, False
-        assert self.hdrs is not None
         for name, value, colon in items:
             self.hdrs.add(name, value, colon)
         self.block_headers += len(items)
@@ -461,12 +483,10 @@ class RequestStream(_Stream):
 
     response = False
 
-    def __init__(self, parser: HttpParser) -> None:
-        super().__init__(parser)
-        self.handlers.update({
-            IDLE: self._st_idle, LINE: self._st_line, PROTOCOL: self._st_protocol, HEADERS: self._st_headers,
-            AFTER: self._st_after, CONNECT_PROBE: self._st_connect_probe,
-        })
+    _STATE_METHODS = {
+        IDLE: "_st_idle", LINE: "_st_line", PROTOCOL: "_st_protocol", HEADERS: "_st_headers",
+        AFTER: "_st_after", CONNECT_PROBE: "_st_connect_probe",
+    }
 
     def _done(self) -> None:
         tx = self.tx
@@ -567,15 +587,15 @@ class RequestStream(_Stream):
         tx.request_headers_raw = bytes(self.raw)
         self.p._charge(tx, len(self.raw))
         self.raw.clear()
-        headers = tx.request_headers
-        host = header_value(headers, b"host")
+        headers = header_map(tx.request_headers)
+        host = headers.get(b"host")
         if host is not None and not tx.host:
             tx.host, tx.host_raw = host_from_header(host), host
         elif host is not None and host_from_header(host) != tx.host:
             self.p._anomaly(tx, "http.host_ambiguous")
-        tx.user_agent = header_value(headers, b"user-agent") or b""
-        tx.cookie = header_value(headers, b"cookie") or b""
-        ct = header_value(headers, b"content-type")
+        tx.user_agent = headers.get(b"user-agent") or b""
+        tx.cookie = headers.get(b"cookie") or b""
+        ct = headers.get(b"content-type")
         tx.request_content_type = content_type(ct) if ct is not None else b""
         self._emit("request_headers")
         if tx.method == b"CONNECT":
@@ -584,11 +604,11 @@ class RequestStream(_Stream):
             return
         self._request_body(headers)
 
-    def _request_body(self, headers: list[tuple[bytes, bytes]]) -> None:
+    def _request_body(self, headers: dict[bytes, bytes]) -> None:
         tx = self.tx
         assert tx is not None and self.hdrs is not None
-        te, cl = header_value(headers, b"transfer-encoding"), header_value(headers, b"content-length")
-        ce = header_value(headers, b"content-encoding")
+        te, cl = headers.get(b"transfer-encoding"), headers.get(b"content-length")
+        ce = headers.get(b"content-encoding")
         if te is not None and b"chunked" in nozero_lower(te):
             if not protocol_at_least_11(tx.protocol):
                 self.p._anomaly(tx, "http.request_chunked_old_protocol")
@@ -679,11 +699,11 @@ class ResponseStream(_Stream):
 
     response = True
 
+    _STATE_METHODS = {IDLE: "_st_idle", LINE: "_st_line", HEADERS: "_st_headers", AFTER: "_st_after"}
+
     def __init__(self, parser: HttpParser) -> None:
         super().__init__(parser)
         self.seen_100: HttpTransaction | None = None
-        self.handlers.update(
-            {IDLE: self._st_idle, LINE: self._st_line, HEADERS: self._st_headers, AFTER: self._st_after})
 
     def _st_idle(self) -> bool:
         if not self.avail():
@@ -757,14 +777,14 @@ class ResponseStream(_Stream):
         tx.response_headers_raw = bytes(self.raw)
         self.p._charge(tx, len(self.raw))
         self.raw.clear()
-        headers = tx.response_headers
+        headers = header_map(tx.response_headers)
         code = parse_status(tx.status_code)
-        cl, te = header_value(headers, b"content-length"), header_value(headers, b"transfer-encoding")
+        cl, te = headers.get(b"content-length"), headers.get(b"transfer-encoding")
         if code == 100 and te is None and not (cl is not None and (parse_content_length(cl) or 0) > 0):
             self._continue_100(tx)
             return
         tx.response_headers_done = True
-        ct = header_value(headers, b"content-type")
+        ct = headers.get(b"content-type")
         tx.response_content_type = content_type(ct) if ct is not None else b""
         self._emit("response_headers")
         if self._switches(tx, code, cl, te):
@@ -775,7 +795,7 @@ class ResponseStream(_Stream):
                 code is not None and (code < 200 or code in (204, 304)) and te is None and cl is None):
             self._done()
             return
-        self._response_body(tx, cl, te, header_value(headers, b"content-encoding"))
+        self._response_body(tx, cl, te, headers.get(b"content-encoding"))
 
     def _continue_100(self, tx: HttpTransaction) -> None:
         """An interim 100 Continue: forget it and read the real status line for the same request."""
@@ -854,8 +874,22 @@ class ResponseStream(_Stream):
         self._done()
 
 
+# The common request line: method, one space, URI, one space, HTTP/ protocol (no other whitespace),
+# which split_request_line_general reads the same way (a test compares them).
+_PLAIN_REQUEST_LINE = re.compile(
+    rb"([^ \t\r\n\x0b\x0c]+) ([^ \t\r\n\x0b\x0c]+) ([Hh][Tt][Tt][Pp]/[^ \t\r\n\x0b\x0c]*)[\r\n]*")
+
+
 def split_request_line(line: bytes) -> tuple[bytes, bytes, bytes, bool]:
     """(method, uri, protocol, leading whitespace) as libhtp's generic request line parser."""
+    m = _PLAIN_REQUEST_LINE.fullmatch(line)
+    if m is not None:
+        return m[1], m[2], m[3], False
+    return split_request_line_general(line)
+
+
+def split_request_line_general(line: bytes) -> tuple[bytes, bytes, bytes, bool]:
+    """``split_request_line`` for any line: odd whitespace, no protocol, spaces in the URI."""
     data = line.rstrip(b"\r\n")
     stripped = data.lstrip(b" \t\r\n\x0b\x0c")
     lead = len(stripped) != len(data)
