@@ -82,6 +82,9 @@ class AvConfig(EngineConfig):
     max_concurrent: int = Field(4, ge=1, le=64,
                                 description="scans in flight per worker; beyond, clamd counts as overloaded (the "
                                             "file passes with an alarm)")
+    max_streams: int = Field(16, ge=1, le=256,
+                             description="downloads streamed to clamd at once per worker (from 256 KiB, and every "
+                                         "one past the HTTP body limit); beyond, a download waits for a free stream")
     scan_downloads: bool = Field(True, description="scan files the PCs download (HTTP response bodies)")
     scan_uploads: bool = Field(True, description="scan files the PCs upload (HTTP request bodies)")
     encrypted_action: Literal["alert", "block"] = Field(
@@ -418,6 +421,7 @@ class Antivirus(Engine):
             self.count("streamed")
             out: list[Decision] = [Submit(self.name, IORequest("clamd_stream", {
                 "socket": self.conf.clamd_socket, "feed": feed, "max_concurrent": self.conf.max_concurrent,
+                "max_streams": self.conf.max_streams,
                 "database": self.database, "timeout": max(30.0, self.conf.scan_timeout)}))]
         else:
             out = []

@@ -481,3 +481,37 @@ def test_corrupt_executable_alarm_and_configurable_block(clamd: Any):
     box = Box(clamd.socket, corrupt_action="block")
     _blocked(box.download(bytes(exe), name="tool.exe"))
     assert box.alerts()[0]["av"]["action"] == "blocked"
+
+
+def test_a_download_beyond_max_streams_waits_for_a_free_stream(clamd: Any):
+    """A stream is not refused at a burst of downloads (a file past the body limit is kept only by
+    its stream): it waits for a free one, its bytes queued, and gets its verdict; only when
+    STREAM_WAITERS per stream already wait is a download not streamed."""
+    from filters.av.engine import ScanFeed
+
+    args = {"socket": clamd.socket, "max_streams": 1, "timeout": 10.0}
+    first, second = ScanFeed(), ScanFeed()
+    assert clamd_client.stream({**args, "feed": first})["status"] == "STREAMING"
+    deadline = time.monotonic() + 5
+    while clamd_client._STREAMS.get(clamd.socket, 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert clamd_client.stream({**args, "feed": second})["status"] == "STREAMING"
+    second.put(EICAR)
+    second.close()
+    time.sleep(0.3)
+    assert not second.done.is_set()  # the only stream is the first download's
+    waiting = [ScanFeed() for _ in range(clamd_client.STREAM_WAITERS - 1)]
+    for feed in waiting:
+        assert clamd_client.stream({**args, "feed": feed})["status"] == "STREAMING"
+    refused = ScanFeed()
+    assert clamd_client.stream({**args, "feed": refused})["status"] == "NOT_STARTED" and refused.failed
+    for feed in waiting:
+        feed.abort()
+    first.put(b"clean text " * 100)
+    first.close()
+    assert first.done.wait(10) and first.result is not None and first.result["status"] == "OK"
+    assert second.done.wait(10) and second.result is not None
+    assert second.result["virus"].startswith("Eicar-Test-Signature")
+    for feed in waiting:
+        assert feed.done.wait(5) and feed.error == "aborted"
+    assert clamd_client._STREAMS.get(clamd.socket, 0) == 0 and clamd_client._WAITING.get(clamd.socket, 0) == 0
