@@ -339,3 +339,32 @@ def test_scans_count_their_hold_time():
     av = engine()
     _scanned(Conn(av), b"q" * 500, CLEAN)
     assert sum(v for k, v in av.counters.items() if k.startswith("hold_ms.") and k != "hold_ms.total") == 1
+
+
+def test_the_verdict_cache_changes_no_verdict_and_no_record():
+    """Differential: the same downloads (clean ones again and again, infected ones, other bytes)
+    through an engine with the cache and one without give the same outcomes, alarms and fileinfo
+    records; only the scans differ."""
+    import random
+
+    rng = random.Random(15)
+    bodies = [b"clean %d " % i * 50 for i in range(5)] + [EICAR, b"pad " * 10 + EICAR]
+    downloads = [rng.choice(bodies) for _ in range(80)]
+
+    def run(av: Antivirus) -> list[Any]:
+        seen: list[Any] = []
+        for body in downloads:
+            conn = Conn(av)
+            rels = conn.get(body)
+            for hold_id, req in conn.pipe.take_io():
+                data = req.args["data"].take()
+                result = {"status": "FOUND", "virus": "Eicar-Test-Signature"} if EICAR in data else CLEAN
+                rels = conn.pipe.io_done(hold_id, result, None, conn.ts)
+            records = [(e["event_type"], e.get("alert", {}).get("signature_id"), e["fileinfo"]["sha256"],
+                        e["fileinfo"]["state"]) for e in conn.eve if e.get("event_type") in ("alert", "fileinfo")]
+            seen.append(([r.outcome for r in rels], [tuple(i.kind for i in r.inject) for r in rels], records))
+        return seen
+
+    cached, uncached = engine(), engine(verdict_cache=0)
+    assert run(cached) == run(uncached)
+    assert cached.counters["cache_hits"] > 40 and cached.counters["scans"] < uncached.counters["scans"] == 80
