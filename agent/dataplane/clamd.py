@@ -52,7 +52,7 @@ def _reload_if_new(path: str, database: str) -> None:
             log.warning("clamd RELOAD failed: %s", exc)
 
 
-SESSION_IDLE = 5.0  # seconds a session may sit unused and still be used (clamd closes idle ones: CommandReadTimeout 10 s, IdleTimeout 30 s)
+SESSION_IDLE = 20.0  # seconds a session may sit unused and still be used (clamd's IdleTimeout: 30 s)
 _LOCAL = threading.local()  # each performer thread's IDSESSION connections, by socket
 
 
