@@ -52,81 +52,10 @@ def _reload_if_new(path: str, database: str) -> None:
             log.warning("clamd RELOAD failed: %s", exc)
 
 
-SESSION_IDLE = 20.0  # seconds a session may sit unused and still be used (clamd's IdleTimeout: 30 s)
-_LOCAL = threading.local()  # each performer thread's IDSESSION connections, by socket
-
-
-class _Session:
-    """One clamd connection in IDSESSION mode, kept by one performer thread for its scans: the
-    connection per scan (connect, clamd's accept thread, its poll set) is paid once. The thread
-    sends a command and reads its answer before the next (clamd's rule for sessions); answers
-    carry the command's number (``3: stream: OK``)."""
-
-    __slots__ = ("sock", "sent", "used")
-
-    def __init__(self, path: str, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sent, self.used = 0, time.monotonic()
-        try:
-            self.sock.settimeout(timeout)
-            self.sock.connect(path)
-            self.sock.sendall(b"zIDSESSION\0")
-        except OSError:
-            self.sock.close()
-            raise
-
-    def instream(self, data: bytes, deadline: float) -> str:
-        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-        self.sock.sendall(b"zINSTREAM\0")
-        send_chunks(self.sock, data)
-        end_stream(self.sock)
-        self.sent += 1
-        reply = read_reply(self.sock, deadline)
-        number, _, body = reply.partition(": ")
-        if number != str(self.sent):  # closed (empty), or not this command's answer: the session is done
-            raise ClamdError(f"clamd session: answer {reply[:80]!r} to command {self.sent}")
-        self.used = time.monotonic()
-        return body
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _instream_session(path: str, data: bytes, timeout: float) -> dict[str, Any]:
-    """INSTREAM of ``data`` on this thread's session with clamd (opened when there is none, or
-    when clamd closed it: a session left idle, clamd restarted); same answer as ``instream``."""
-    sessions: dict[str, _Session] = _LOCAL.__dict__.setdefault("sessions", {})
-    deadline = time.monotonic() + timeout
-    sess = sessions.pop(path, None)
-    if sess is not None and time.monotonic() - sess.used > SESSION_IDLE:
-        sess.close()
-        sess = None
-    for fresh in ((False, True) if sess is not None else (True,)):
-        try:
-            if fresh:
-                sess = _Session(path, timeout)
-            assert sess is not None
-            body = sess.instream(data, deadline)
-        except (OSError, ClamdError) as exc:
-            if sess is not None:
-                sess.close()
-            if fresh or time.monotonic() >= deadline:
-                raise ClamdError(f"clamd {path}: {exc}") from exc
-            continue  # a kept session clamd had closed: once more on a new one
-        try:
-            out = parse_reply(body)
-        except ClamdError:
-            sess.close()  # clamd answered an error (a size limit...): the session is not trusted further
-            raise
-        sessions[path] = sess
-        return out
-    raise ClamdError(f"clamd {path}: no answer")
-
-
 def _scan_one(path: str, payload: Any, timeout: float) -> dict[str, Any]:
     t0 = time.monotonic()
     data = payload.take() if hasattr(payload, "take") else bytes(payload)
-    out = _instream_session(path, data, timeout)
+    out = instream(path, data, timeout)
     out["elapsed"] = time.monotonic() - t0
     return out
 

@@ -515,25 +515,3 @@ def test_a_download_beyond_max_streams_waits_for_a_free_stream(clamd: Any):
     for feed in waiting:
         assert feed.done.wait(5) and feed.error == "aborted"
     assert clamd_client._STREAMS.get(clamd.socket, 0) == 0 and clamd_client._WAITING.get(clamd.socket, 0) == 0
-
-
-def test_a_performer_thread_scans_on_one_clamd_session_and_opens_another_when_it_closed(clamd: Any):
-    """Scans go over the thread's IDSESSION connection (numbered answers), verdicts as with a
-    connection per scan; a session clamd closed is replaced within the same scan."""
-    import socket as socketlib
-
-    def one(data: bytes) -> dict[str, Any]:
-        return clamd_client.scan({"socket": clamd.socket, "data": data, "timeout": 5.0})
-
-    assert one(b"clean " * 1000)["status"] == "OK"
-    sess = clamd_client._LOCAL.sessions[clamd.socket]
-    assert one(EICAR)["virus"].startswith("Eicar-Test-Signature")
-    assert one(b"x" * 70_000)["status"] == "OK"  # more than one INSTREAM chunk
-    assert clamd_client._LOCAL.sessions[clamd.socket] is sess and sess.sent == 3
-    sess.sock.shutdown(socketlib.SHUT_RDWR)  # as when clamd closes an idle session or restarts
-    assert one(EICAR)["virus"].startswith("Eicar-Test-Signature")
-    again = clamd_client._LOCAL.sessions[clamd.socket]
-    assert again is not sess and again.sent == 1
-    for name in sorted(p.name for p in TESTFILES.iterdir() if p.is_file())[:5]:  # the same verdicts as INSTREAM alone
-        data = (TESTFILES / name).read_bytes()
-        assert one(data) == {**clamd_client.instream(clamd.socket, data, 5.0), "elapsed": pytest.approx(0, abs=5)}
