@@ -368,3 +368,22 @@ def test_the_verdict_cache_changes_no_verdict_and_no_record():
     cached, uncached = engine(), engine(verdict_cache=0)
     assert run(cached) == run(uncached)
     assert cached.counters["cache_hits"] > 40 and cached.counters["scans"] < uncached.counters["scans"] == 80
+
+
+@pytest.mark.parametrize("size", [0, 3, 65536, 65537, 200_000])
+def test_a_file_framed_in_one_send_is_the_same_instream_as_sent_chunk_by_chunk(size: int):
+    """filters/av/clamd.py sends small files in one buffer: the bytes clamd gets are those of
+    the command, ``send_chunks`` and ``end_stream``."""
+    import socket
+
+    from filters.av import clamd
+
+    data = os.urandom(size)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"zINSTREAM\0")
+        clamd.send_chunks(a, data)
+        clamd.end_stream(a)
+        a.shutdown(socket.SHUT_WR)
+        chunked = b"".join(iter(lambda: b.recv(1 << 16), b""))
+    assert clamd.framed(b"INSTREAM", data) == chunked
