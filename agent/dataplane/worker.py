@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 STATS_EVERY = 2.0
 # The interpreter's switch interval in a worker: the packet thread is busy in Python, and an I/O
 # thread (a clamd scan, a lookup) waits up to this long for the interpreter at each return from a
-# system call; Python's default 5 ms made a sub-millisecond clamd scan hold its file ~40 ms.
+# system call. Measured (a pool thread scanning 3 KB files on the private clamd beside a thread busy
+# in Python): median 22 ms, p95 48 ms at Python's default 5 ms; 4.8 ms, 8.6 ms at 1 ms (clamd's own
+# scan: 0.4 ms).
 SWITCH_INTERVAL = 0.001
 
 

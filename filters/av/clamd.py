@@ -36,9 +36,9 @@ ONE_SEND = 2 << 20  # payloads up to this size go to clamd in one send (command,
 def framed(name: bytes, data: bytes | bytearray | memoryview) -> bytes:
     """Command ``name`` with ``data`` as INSTREAM chunks and the zero chunk, as one buffer: one
     ``sendall`` instead of one per chunk. Each send returns to Python, and in a worker whose packet
-    thread keeps the interpreter busy every return waits for its turn (up to the switch interval):
-    an office's small files are scanned in well under a millisecond by clamd, so those waits were
-    most of their hold."""
+    thread keeps the interpreter busy every return waits for its turn (up to the switch interval,
+    agent/dataplane/worker.py ``SWITCH_INTERVAL``), while clamd scans a small file in well under a
+    millisecond."""
     view = memoryview(data)
     parts = [b"z" + name + b"\0"]
     for i in range(0, len(view), CHUNK):
