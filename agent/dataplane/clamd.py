@@ -31,8 +31,11 @@ class ClamdBusy(ClamdError):
 
 
 _LOCK = threading.Lock()
+_SLOT_FREE = threading.Condition(_LOCK)  # a stream ended: one waiting for a slot may start
 _IN_FLIGHT: dict[str, int] = {}
-_STREAMS: dict[str, int] = {}  # downloads being streamed (clamd_stream), at most half of max_concurrent
+_STREAMS: dict[str, int] = {}  # downloads being streamed (clamd_stream), at most max_streams
+_WAITING: dict[str, int] = {}  # downloads whose stream waits for a slot
+STREAM_WAITERS = 4  # streams that may wait for a slot, per slot; beyond, a download is not streamed
 _DATABASE: dict[str, str] = {}  # socket -> the database folder clamd was last told to load
 
 
@@ -93,24 +96,49 @@ def stream(args: Mapping[str, Any]) -> dict[str, Any]:
     """The ``clamd_stream`` performer: start INSTREAM of a download while it arrives. A thread of
     its own (not the I/O pool's: a download may last minutes) sends what the engine's ``feed``
     (filters.av.engine.ScanFeed) is given; when the feed is closed it ends the stream and leaves
-    clamd's answer in the feed. At most half of ``max_concurrent`` streams at once (each holds one
-    of clamd's threads for as long as its download lasts; clamd.conf has MaxThreads 8); beyond,
-    the download is scanned whole at its end as usual."""
+    clamd's answer in the feed. At most ``max_streams`` streams at once: a stream is one of clamd's
+    connections (``MaxQueue`` in clamd.conf), not one of its scanning threads (clamd's receive
+    thread writes it to a temporary file as it comes and hands it to a scanning thread at its end).
+    A download beyond them waits for a free stream, its bytes queued in the feed (the engine's
+    backpressure holds the flow from ``FEED_HIGH`` on): a file past the body limit is kept only by
+    its stream, so a stream refused at a burst of downloads was a file passed unscanned. Only when
+    ``STREAM_WAITERS`` per stream already wait is a download not streamed (then scanned whole at
+    its end if it can be, else passed with the "scanner unavailable" alarm)."""
     path = str(args["socket"])
     feed = args["feed"]
-    limit = max(1, int(args.get("max_concurrent", 4)) // 2)  # the other half stays for whole-file scans
+    limit = max(1, int(args.get("max_streams") or int(args.get("max_concurrent", 4)) // 2))
     with _LOCK:
-        if _STREAMS.get(path, 0) >= limit:
-            feed.finish(error=f"{limit} streams in flight")
+        if _WAITING.get(path, 0) >= limit * STREAM_WAITERS:
+            feed.finish(error=f"{limit} streams in flight and {_WAITING[path]} waiting")
             return {"status": "NOT_STARTED"}
-        _STREAMS[path] = _STREAMS.get(path, 0) + 1
+        _WAITING[path] = _WAITING.get(path, 0) + 1
     threading.Thread(target=_stream_thread, args=(path, feed, float(args.get("timeout", 30.0)),
-                                                  str(args.get("database") or "")),
+                                                  str(args.get("database") or ""), limit),
                      name="clamd-stream", daemon=True).start()
     return {"status": "STREAMING"}
 
 
-def _stream_thread(path: str, feed: Any, idle: float, database: str) -> None:
+def _stream_slot(path: str, feed: Any, limit: int, idle: float) -> bool:
+    """Wait (at most ``idle`` seconds, and not for a feed that ended) for one of the ``limit``
+    streams; True when taken."""
+    deadline = time.monotonic() + idle
+    with _SLOT_FREE:
+        try:
+            while _STREAMS.get(path, 0) >= limit:
+                left = deadline - time.monotonic()
+                if left <= 0 or feed.aborted or feed.done.is_set():
+                    return False
+                _SLOT_FREE.wait(min(left, 0.05))
+            _STREAMS[path] = _STREAMS.get(path, 0) + 1
+            return True
+        finally:
+            _WAITING[path] -= 1
+
+
+def _stream_thread(path: str, feed: Any, idle: float, database: str, limit: int = 2) -> None:
+    if not _stream_slot(path, feed, limit, idle):
+        feed.finish(error="aborted" if feed.aborted else f"no free stream to clamd in {idle:g} s")
+        return
     t0 = time.monotonic()
     try:
         _reload_if_new(path, database)
@@ -138,8 +166,9 @@ def _stream_thread(path: str, feed: Any, idle: float, database: str) -> None:
         log.exception("clamd stream failed")
         feed.finish(error=f"clamd stream: {exc}")
     finally:
-        with _LOCK:
+        with _SLOT_FREE:
             _STREAMS[path] -= 1
+            _SLOT_FREE.notify()
 
 
 def wait(args: Mapping[str, Any]) -> dict[str, Any]:

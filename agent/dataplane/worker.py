@@ -7,6 +7,7 @@ import os
 import queue as _queue
 import select
 import signal
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +31,12 @@ from filters.pipeline import Outcome, Pipeline, PipelinePolicy, Release
 log = logging.getLogger(__name__)
 
 STATS_EVERY = 2.0
+# The interpreter's switch interval in a worker: the packet thread is busy in Python, and an I/O
+# thread (a clamd scan, a lookup) waits up to this long for the interpreter at each return from a
+# system call. Measured (a pool thread scanning 3 KB files on the private clamd beside a thread busy
+# in Python): median 22 ms, p95 48 ms at Python's default 5 ms; 4.8 ms, 8.6 ms at 1 ms (clamd's own
+# scan: 0.4 ms).
+SWITCH_INTERVAL = 0.001
 
 
 def pipeline_from_config(
@@ -379,6 +386,7 @@ def worker_main(cfg: AgentConfig, spec: WorkerSpec, out: Any, log_level: int, en
     daemon stops the running worker, and the successor binds the queue the moment it is free. A
     successor whose engines fail to build says ``reload_failed`` and exits: the running worker stays."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s w{spec.index} %(levelname)s %(name)s: %(message)s")
+    sys.setswitchinterval(SWITCH_INTERVAL)
     # Not the daemon's handlers (inherited through fork): SIGTERM ends a successor still building.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Literal, Mapping
@@ -82,6 +82,9 @@ class AvConfig(EngineConfig):
     max_concurrent: int = Field(4, ge=1, le=64,
                                 description="scans in flight per worker; beyond, clamd counts as overloaded (the "
                                             "file passes with an alarm)")
+    max_streams: int = Field(16, ge=1, le=256,
+                             description="downloads streamed to clamd at once per worker (from 256 KiB, and every "
+                                         "one past the HTTP body limit); beyond, a download waits for a free stream")
     scan_downloads: bool = Field(True, description="scan files the PCs download (HTTP response bodies)")
     scan_uploads: bool = Field(True, description="scan files the PCs upload (HTTP request bodies)")
     encrypted_action: Literal["alert", "block"] = Field(
@@ -90,6 +93,13 @@ class AvConfig(EngineConfig):
         "alert", description="a corrupt archive or executable: alert (pass with an alarm) or block")
     monitor_only: bool = Field(False, description="raise alarms instead of blocking infected files")
     fileinfo: bool = Field(True, description="write an EVE fileinfo record for every file scanned")
+    verdict_cache: int = Field(16384, ge=0, le=1 << 20,
+                               description="clean verdicts remembered per worker, by SHA-256 and size, for the "
+                                           "database that gave them: the same file again passes without waiting "
+                                           "for clamd (0: every file is scanned)")
+    verdict_cache_ttl: float = Field(600.0, ge=1, le=86400,
+                                     description="seconds a clean verdict is trusted (as clamd's SelfCheck: a "
+                                                 "database changed in place is seen by then)")
     box_name: BoxName = Field("", description="the box's name on the block page; default: the host name")
 
 
@@ -252,6 +262,49 @@ class ScanFeed:
 STREAM_MIN = 256 * 1024  # downloads from this size on are streamed to clamd while they arrive
 
 
+class VerdictCache:
+    """Files clamd found clean, by (SHA-256, size, database): a page's icons, scripts and style
+    sheets, and the same small answers of an API, come again and again (other PCs, other pages,
+    reloads). A hit passes the file at once, with its fileinfo record, instead of holding its last
+    packet for another scan of the same bytes (as commercial gateways' scan caches do). Only clean
+    verdicts of whole files are kept: an infected, encrypted or corrupt file, a part of one, or a
+    failed scan goes to clamd every time, so what is blocked and alarmed never depends on the
+    cache. An entry is tied to the database folder that gave it (a new av bundle is a new folder:
+    every file is scanned again) and trusted for ``ttl`` seconds (a database changed in place).
+    Least recently used entries go first. Per worker, not locked (the worker's packet thread only)."""
+
+    def __init__(self, size: int, ttl: float) -> None:
+        self.size, self.ttl = size, ttl
+        self._entries: OrderedDict[tuple[str, int, str], float] = OrderedDict()  # key -> when it expires
+
+    def hit(self, key: tuple[str, int, str], now: float) -> bool:
+        expires = self._entries.get(key)
+        if expires is None:
+            return False
+        if expires <= now:
+            del self._entries[key]
+            return False
+        self._entries.move_to_end(key)
+        return True
+
+    def add(self, key: tuple[str, int, str], now: float) -> None:
+        if self.size <= 0:
+            return
+        self._entries[key] = now + self.ttl
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# Hold time of a scanned file (its last packet's wait: request to verdict), counted per bucket
+# (``hold_ms.under_10`` ...) with the total in ``hold_ms.total``: the worker stats show the
+# distribution without a record per file.
+HOLD_BUCKETS = (10, 100, 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class ScannedFile:
     """What the verdict needs of a file once its bytes went to the scanner."""
@@ -263,12 +316,14 @@ class ScannedFile:
     to_server: bool
     lan_ip: str
     sha256: str
+    whole: bool = False  # the whole file went to the scanner (not a range, nothing missing): its verdict may be cached
 
     @classmethod
     def of(cls, file: FileEvent) -> "ScannedFile":
         tx = file.tx
         site = _text(tx.host) + _text(tx.uri) if tx is not None else ""
-        return cls(fileinfo(file), _http(file), _text(file.name), site, file.to_server, file.lan_ip, file.sha256)
+        return cls(fileinfo(file), _http(file), _text(file.name), site, file.to_server, file.lan_ip, file.sha256,
+                   whole=not file.truncated and not file.partial)
 
 
 def block_injects(html: str, file: ScannedFile, page: bool) -> tuple[Inject, ...]:
@@ -294,12 +349,14 @@ class Antivirus(Engine):
         self.box = ""
         self.database = ""
         self.db_version = ""
+        self.cache = VerdictCache(0, 0.0)
 
     def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
         self.conf = conf = self.check_section(section)
         self.box = conf.box_name or os.uname().nodename
         self.database = str(Path(conf.database).resolve()) if conf.database else ""
         self.db_version = Path(self.database).name if self.database else ""
+        self.cache = VerdictCache(conf.verdict_cache, conf.verdict_cache_ttl)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"clamd_socket": self.conf.clamd_socket, "max_size": self.conf.max_size,
@@ -364,6 +421,7 @@ class Antivirus(Engine):
             self.count("streamed")
             out: list[Decision] = [Submit(self.name, IORequest("clamd_stream", {
                 "socket": self.conf.clamd_socket, "feed": feed, "max_concurrent": self.conf.max_concurrent,
+                "max_streams": self.conf.max_streams,
                 "database": self.database, "timeout": max(30.0, self.conf.scan_timeout)}))]
         else:
             out = []
@@ -482,6 +540,17 @@ class Antivirus(Engine):
             self.count("not_scanned.incomplete")
             out.append(self._policy(SID_INCOMPLETE, "file incomplete, not scanned", fileinfo(file), "incomplete",
                                     Action.ALERT, {}, _http(file)))
+        elif not file.truncated and not file.partial and self.cache.hit(self._cache_key(file.sha256, file.size),
+                                                                            time.monotonic()):
+            self.count("cache_hits")  # clamd found these very bytes clean with this database: no hold
+            self.count("clean")
+            feed = st["feeds"].pop(file.tx_id, None) if not file.to_server and file.parts == 1 else None
+            if feed is not None:  # the download was streamed to clamd: that scan is not waited for
+                feed.abort()
+            if self.conf.fileinfo:
+                http = _http(file)
+                out.append(Verdict(Action.NONE, self.name, event="fileinfo",
+                                   metadata={"fileinfo": fileinfo(file), **({"http": http} if http else {})}))
         else:  # whole, a range (partial) or cut short (incomplete): what arrived is scanned
             if file.truncated:
                 self.count("incomplete")
@@ -541,6 +610,8 @@ class Antivirus(Engine):
         else:
             results = [result] * len(files)
         scan_ms = round((time.monotonic() - float(request.args.get("started", time.monotonic()))) * 1000, 1)
+        self._count_hold(scan_ms)
+        self._remember(request, files, results, error)
         out: list[Decision] = []
         blocked = False
         for file, res in zip(files, results):
@@ -551,6 +622,37 @@ class Antivirus(Engine):
                 out.append(v)
                 blocked = blocked or (isinstance(v, Verdict) and v.action is Action.DROP)
         return out
+
+    def on_io_late(self, request: IORequest, result: Any, error: str | None) -> Iterable[Decision] | None:
+        """A scan that answered after its hold timed out (the file passed with the timeout alarm):
+        a clean verdict still spares the next copy of the file its scan."""
+        if request.kind in ("clamd_scan", "clamd_wait"):
+            files: list[ScannedFile] = request.args.get("files") or [request.args["file"]]
+            results = result.get("results") if len(files) > 1 and isinstance(result, Mapping) else [result]
+            if isinstance(results, list):
+                self._remember(request, files, results, error)
+        return None
+
+    def _cache_key(self, sha256: str, size: int) -> tuple[str, int, str]:
+        return (sha256, size, self.database)
+
+    def _remember(self, request: IORequest, files: list[ScannedFile], results: list[Any], error: str | None) -> None:
+        """Clean verdicts of whole files go into the verdict cache (see ``VerdictCache``)."""
+        if error is not None or request.kind not in ("clamd_scan", "clamd_wait"):
+            return
+        now = time.monotonic()
+        for file, res in zip(files, results):
+            if file.whole and isinstance(res, Mapping) and res.get("status") == "OK" and not res.get("virus"):
+                self.cache.add(self._cache_key(file.sha256, int(file.info.get("size", -1))), now)
+
+    def _count_hold(self, ms: float) -> None:
+        for limit in HOLD_BUCKETS:
+            if ms < limit:
+                self.count(f"hold_ms.under_{limit}")
+                break
+        else:
+            self.count(f"hold_ms.over_{HOLD_BUCKETS[-1]}")
+        self.count("hold_ms.total", int(round(ms)))
 
     def _verdicts(self, flow: Any, file: ScannedFile, request: IORequest, result: Any, error: str | None,
                   scan_ms: float, page: bool) -> list[Decision]:

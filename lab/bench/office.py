@@ -104,11 +104,14 @@ EXTRA_MODES: dict[str, dict[str, Any]] = {
     "agent-ips": {"engines.atp.enabled": False, "engines.webfilter.enabled": False, "engines.av": {"enabled": False}},
     "agent-noav": {"engines.av": {"enabled": False}},
     "agent-noips": {"engines.ips.enabled": False},
+    # every file scanned by clamd, none passed from the verdict cache: what unique files cost
+    "agent-nocache": {"engines.av.verdict_cache": 0},
 }
 ALL_MODES = ("bare", "agent-w2", "agent-w1", *EXTRA_MODES)
 MODE_LABEL = {"bare": "Bare bridge", "bare-end": "Bare bridge, again after the agents", "agent-w2": "Agent, 2 workers", "agent-w1": "Agent, 1 worker",
               "agent-fw": "Agent, firewall only", "agent-ips": "Agent, firewall + IPS (ET Open)",
-              "agent-noav": "Agent, all but AV", "agent-noips": "Agent, all but the IPS"}
+              "agent-noav": "Agent, all but AV", "agent-noips": "Agent, all but the IPS",
+              "agent-nocache": "Agent, AV without its verdict cache"}
 
 
 @dataclass
@@ -182,7 +185,10 @@ class OfficeBench:
                 self.lab.unbridge_bare()
             return
         if mode in EXTRA_MODES:
-            overrides = {**self.overrides, **EXTRA_MODES[mode], "dataplane.workers": 2}
+            # copies of the nested sections: a dotted key of the mode (engines.av.verdict_cache) is set inside
+            # the section it names (lab.agentrun.lab_config), which must not change the other modes' overrides
+            overrides = {**{k: dict(v) if isinstance(v, dict) else v for k, v in self.overrides.items()},
+                         **EXTRA_MODES[mode], "dataplane.workers": 2}
         else:
             overrides = {**self.overrides, "dataplane.workers": int(mode.rsplit("w", 1)[1])}
         with running_agent(self.lab, self.workdir / f"agent-{mode}", overrides, AGENT_START_TIMEOUT) as (agent, started):
@@ -577,7 +583,7 @@ def method_lines(seconds: float, ladder: Sequence[float]) -> list[str]:
         "Modes, in this order: bare bridge (`Lab.bridge_bare()`: no netfilter), the agent with every engine on "
         "and 2 workers, the same with 1 worker, then two modes that show where the time goes (2 workers): the "
         "firewall alone (IPS, ATP, web filter and AV off) and the firewall with the IPS on ET Open (ATP, web "
-        "filter and AV off), and the bare bridge again; `--modes` also knows `agent-noav` and `agent-noips`. Each "
+        "filter and AV off), and the bare bridge again; `--modes` also knows `agent-noav`, `agent-noips` and `agent-nocache` (AV scans every file: no verdict cache). Each "
         "agent mode starts afresh; conntrack is flushed before each mode. The bare bridge's ladder ends where the lab itself saturates (its "
         f"p95 more than {BARE_KNEE:g}× its p95 at the lowest rate): the agent is judged only up to there; every mode measures "
         f"the busy rate ({BUSY_RATE:g} pages/s) even when a lower step already failed. One ladder per mode, no "

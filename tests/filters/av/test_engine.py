@@ -2,6 +2,7 @@
 results given by hand (the real clamd: tests/agent/dataplane/test_antivirus.py)."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,159 @@ def test_a_download_faster_than_clamd_is_held_until_the_stream_caught_up():
     feed.take(1.0)  # clamd caught up
     released = pipe.io_done(drain_id, {"status": "DRAINED"}, None, conv.ts)
     assert released and feed.fed > FEED_HIGH + 65536  # the queued packets were inspected and fed
+
+
+def _scanned(conn: Conn, body: bytes, result: dict[str, Any]) -> list[Any]:
+    """A download held for its scan, answered with ``result``: the releases."""
+    assert conn.get(body) == []  # held
+    ((hold_id, req),) = conn.pipe.take_io()
+    assert req.kind == "clamd_scan"
+    return conn.pipe.io_done(hold_id, result, None, conn.ts)
+
+
+CLEAN = {"status": "OK", "virus": ""}
+
+
+def test_a_file_found_clean_passes_at_once_when_it_comes_again_with_its_fileinfo():
+    """The verdict cache: the same bytes, with the same database, are not held for clamd again (other
+    connections, other PCs of the worker); the fileinfo record is written all the same."""
+    av = engine()
+    body = b"GIF89a" + bytes(range(256)) * 40
+    (rel,) = _scanned(Conn(av), body, CLEAN)
+    assert rel.outcome is Outcome.ACCEPT
+    for c in (Conn(av), Conn(av)):
+        (rel,) = c.get(body)
+        assert rel.outcome is Outcome.ACCEPT and c.pipe.take_io() == []
+        infos = [e for e in c.eve if e.get("event_type") == "fileinfo"]
+        assert infos[-1]["fileinfo"]["sha256"] == hashlib.sha256(body).hexdigest()
+        assert infos[-1]["fileinfo"]["state"] == "CLOSED" and infos[-1]["http"]["url"] == "/x.zip"
+        assert not [e for e in c.eve if e.get("event_type") == "alert"]
+    assert av.counters["cache_hits"] == 2 and av.counters["scans"] == 1
+    assert _scanned(Conn(av), body + b"!", CLEAN)  # other bytes: scanned
+
+
+@pytest.mark.parametrize("result, error", [
+    ({"status": "FOUND", "virus": "Eicar-Test-Signature"}, None),
+    ({"status": "FOUND", "virus": "Heuristics.Encrypted.Zip"}, None),
+    ({"status": "FOUND", "virus": "Heuristics.Broken.Executable"}, None),
+    (None, "ClamdError: clamd: connection refused"),
+    ({"status": "ERROR", "error": "size limit"}, None),
+])
+def test_only_clean_verdicts_are_cached(result: dict[str, Any] | None, error: str | None):
+    """Whatever blocks or alarms goes to clamd every time: the cache can only spare clean scans."""
+    av = engine()
+    for _ in range(2):
+        conn = Conn(av)
+        assert conn.get(EICAR) == []
+        ((hold_id, _req),) = conn.pipe.take_io()
+        conn.pipe.io_done(hold_id, result, error, conn.ts)
+    assert av.counters.get("cache_hits", 0) == 0 and av.counters["scans"] == 2
+
+
+def test_a_new_database_the_ttl_or_a_disabled_cache_scan_the_file_again(tmp_path: Path):
+    body = b"%PDF-1.4 " + b"x" * 3000
+    av = engine(database=str(tmp_path / "v1"))
+    _scanned(Conn(av), body, CLEAN)
+    (rel,) = Conn(av).get(body)
+    assert rel.outcome is Outcome.ACCEPT
+    av.configure({"enabled": True, "database": str(tmp_path / "v2")}, EngineContext())  # a new av bundle
+    _scanned(Conn(av), body, CLEAN)
+    conn = Conn(av)
+    assert conn.get(body) and conn.pipe.take_io() == []
+    off = engine(verdict_cache=0)
+    _scanned(Conn(off), body, CLEAN)
+    _scanned(Conn(off), body, CLEAN)
+
+
+def test_the_verdict_cache_expires_and_keeps_the_most_recent_entries():
+    from filters.av.engine import VerdictCache
+
+    cache = VerdictCache(2, ttl=10.0)
+    a, b, c = (("a" * 64, 1, ""), ("b" * 64, 1, ""), ("c" * 64, 1, ""))
+    cache.add(a, 0.0)
+    cache.add(b, 0.0)
+    assert cache.hit(a, 5.0)  # a is now the most recent
+    cache.add(c, 5.0)  # b goes
+    assert not cache.hit(b, 5.0) and cache.hit(a, 9.9) and cache.hit(c, 9.9)
+    assert not cache.hit(a, 10.0) and len(cache) == 1  # expired, dropped
+    assert not cache.hit(("a" * 64, 2, ""), 6.0)  # same hash, other size: another key
+
+
+def test_parts_of_files_are_not_cached_and_a_late_clean_verdict_is():
+    """A range (206) says nothing of the whole file; a scan that answered after its hold timed out
+    still fills the cache."""
+    av = engine()
+    for _ in range(2):
+        conn = Conn(av)
+        req = b"GET /big.bin HTTP/1.1\r\nHost: h.example\r\nRange: bytes=0-99\r\n\r\n"
+        conn.send(False, ACK | PSH, conn.cseq, conn.sseq, req)
+        conn.cseq += len(req)
+        head = b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/5000\r\nContent-Length: 100\r\n\r\n"
+        assert conn.send(True, ACK | PSH, conn.sseq, conn.cseq, head + b"r" * 100) == []
+        ((hold_id, _req),) = conn.pipe.take_io()
+        conn.pipe.io_done(hold_id, CLEAN, None, conn.ts)
+    assert av.counters.get("cache_hits", 0) == 0
+    slow = engine(scan_timeout=0.2)
+    conn = Conn(slow)
+    assert conn.get(b"late" * 100) == []
+    ((hold_id, _req),) = conn.pipe.take_io()
+    (rel,) = conn.pipe.tick(conn.ts + 1.0)  # timed out: passed with the alarm
+    assert rel.outcome is Outcome.ACCEPT
+    assert conn.pipe.io_done(hold_id, CLEAN, None, conn.ts + 2.0) == []
+    again = Conn(slow)
+    (rel,) = again.get(b"late" * 100)
+    assert rel.outcome is Outcome.ACCEPT and again.pipe.take_io() == [] and slow.counters["cache_hits"] == 1
+
+
+def test_scans_count_their_hold_time():
+    av = engine()
+    _scanned(Conn(av), b"q" * 500, CLEAN)
+    assert sum(v for k, v in av.counters.items() if k.startswith("hold_ms.") and k != "hold_ms.total") == 1
+
+
+def test_the_verdict_cache_changes_no_verdict_and_no_record():
+    """Differential: the same downloads (clean ones again and again, infected ones, other bytes)
+    through an engine with the cache and one without give the same outcomes, alarms and fileinfo
+    records; only the scans differ."""
+    import random
+
+    rng = random.Random(15)
+    bodies = [b"clean %d " % i * 50 for i in range(5)] + [EICAR, b"pad " * 10 + EICAR]
+    downloads = [rng.choice(bodies) for _ in range(80)]
+
+    def run(av: Antivirus) -> list[Any]:
+        seen: list[Any] = []
+        for body in downloads:
+            conn = Conn(av)
+            rels = conn.get(body)
+            for hold_id, req in conn.pipe.take_io():
+                data = req.args["data"].take()
+                result = {"status": "FOUND", "virus": "Eicar-Test-Signature"} if EICAR in data else CLEAN
+                rels = conn.pipe.io_done(hold_id, result, None, conn.ts)
+            records = [(e["event_type"], e.get("alert", {}).get("signature_id"), e["fileinfo"]["sha256"],
+                        e["fileinfo"]["state"]) for e in conn.eve if e.get("event_type") in ("alert", "fileinfo")]
+            seen.append(([r.outcome for r in rels], [tuple(i.kind for i in r.inject) for r in rels], records))
+        return seen
+
+    cached, uncached = engine(), engine(verdict_cache=0)
+    assert run(cached) == run(uncached)
+    assert cached.counters["cache_hits"] > 40 and cached.counters["scans"] < uncached.counters["scans"] == 80
+
+
+@pytest.mark.parametrize("size", [0, 3, 65536, 65537, 200_000])
+def test_a_file_framed_in_one_send_is_the_same_instream_as_sent_chunk_by_chunk(size: int):
+    """filters/av/clamd.py sends small files in one buffer: the bytes clamd gets are those of
+    the command, ``send_chunks`` and ``end_stream``."""
+    import socket
+
+    from filters.av import clamd
+
+    data = os.urandom(size)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"zINSTREAM\0")
+        clamd.send_chunks(a, data)
+        clamd.end_stream(a)
+        a.shutdown(socket.SHUT_WR)
+        chunked = b"".join(iter(lambda: b.recv(1 << 16), b""))
+    assert clamd.framed(b"INSTREAM", data) == chunked
