@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 from filters.ips.addrindex import AddressIndex
 from filters.ips.buffer_match import apply_transforms
+from filters.ips.netspec import PortSpec
 from filters.ips.packet_match import bits_match, header_matches
 from filters.ips.rule import (
     BUFFERS,
@@ -399,6 +400,29 @@ def classify(idx: int, rule: Rule) -> RuleInfo:
     )
 
 
+class PortClasses:
+    """Ports sorted by which of some port specs hold them: two ports of one class are in the same
+    of those specs, so the same rule headers (of rules with those specs) fit them. Ports within
+    one elementary interval between the specs' bounds always share a class; the intervals whose
+    ports are in the same specs share one too (a client's ephemeral ports mostly fall in one), so
+    a cache by class serves many flows."""
+
+    def __init__(self, specs: Iterable[PortSpec]) -> None:
+        distinct = list(dict.fromkeys(spec.ranges for spec in specs if not spec.any))
+        bounds = sorted({0} | {b for ranges in distinct for lo, hi in ranges for b in (lo, hi + 1) if b <= 65535})
+        ids: dict[int, int] = {}
+        classes = []
+        for start in bounds:
+            bits = sum(1 << n for n, ranges in enumerate(distinct) if any(lo <= start <= hi for lo, hi in ranges))
+            classes.append(ids.setdefault(bits, len(ids)))
+        self._starts = tuple(bounds)
+        self._classes = tuple(classes)
+        self.count = len(ids)
+
+    def of(self, port: int) -> int:
+        return self._classes[bisect.bisect_right(self._starts, port) - 1]
+
+
 class Detector:
     """An immutable compiled rule set."""
 
@@ -424,23 +448,10 @@ class Detector:
         for g in self.groups.values():
             g.finish(self.infos)
         self.headers = {name: _distinct_headers(g.rules) for name, g in self.groups.items()}
-        # The port specs of the packet group's rules: two ports in the same elementary interval
-        # between these specs' bounds are in the same of those specs, and so fit the same of those
-        # rules (Ips._header_class caches by address and port class). A class per distinct set of
-        # specs holding the interval's ports: a client's ephemeral ports mostly share one.
-        specs: dict[Any, None] = {}
-        for info in self.groups["packet"].rules:
-            for spec in (info.rule.sport, info.rule.dport):
-                if not spec.any:
-                    specs.setdefault(spec.ranges, None)
-        bounds = sorted({0} | {b for ranges in specs for lo, hi in ranges for b in (lo, hi + 1) if b <= 65535})
-        ids: dict[int, int] = {}
-        classes = []
-        for start in bounds:
-            bits = sum(1 << n for n, ranges in enumerate(specs) if any(lo <= start <= hi for lo, hi in ranges))
-            classes.append(ids.setdefault(bits, len(ids)))
-        self._port_starts = tuple(bounds)
-        self._port_classes = tuple(classes)
+        # Ports by the packet rules' port specs that hold them (Ips._header_class caches by
+        # address and port class).
+        self.port_classes = PortClasses(spec for info in self.groups["packet"].rules
+                                        for spec in (info.rule.sport, info.rule.dport))
         self.app_protos = _app_protos(self.groups["app"].rules) | _app_protos(
             [i for i in self.groups["packet"].rules if i.app_proto is not None])
         self.counts = {name: len(g.rules) for name, g in self.groups.items()}
@@ -454,7 +465,7 @@ class Detector:
 
     def port_class(self, port: int) -> int:
         """Which of the packet rules' port specs hold ``port``: one number per distinct answer."""
-        return self._port_classes[bisect.bisect_right(self._port_starts, port) - 1]
+        return self.port_classes.of(port)
 
     def could_apply(self, group: str, flow: Any) -> bool:
         """Could any rule of ``group`` match some packet of ``flow`` (either direction), judging by

@@ -11,6 +11,7 @@ import random
 import socket
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,8 +20,11 @@ from agent.dataplane.worker import pipeline_from_config
 from agent.engines import build_engines
 from agent.offline import replay as offline
 from filters.ips.engine import Ips, Thresholds
+from filters.ips.netspec import Variables
 from filters.ips.packet_match import header_matches
-from filters.ips.rule_groups import RuleInfo
+from filters.ips.reach import Reach
+from filters.ips.rule_groups import Detector, RuleInfo
+from filters.ips.rule_parser import parse_rule
 from filters.packet import parse_ethernet
 from lab.bench.capture import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, Capture, TcpConversation
 
@@ -215,3 +219,41 @@ def test_crafted_packets_give_the_alerts_of_a_brute_force_evaluation(engines: tu
     assert {9000002, 9000003, 9000004, 9000008, 9000009, 9000010, 9000011, 9000013, 9000014, 9000015, 9000016,
             9000017, 2100474} <= sids, sorted(sids)
     assert not {9000001, 9000005, 9000020} & sids
+
+
+REACH_RULES = r'''
+alert tcp any any -> any 80 (content:"a"; sid:1;)
+alert tcp any 1024:2000 -> any !443 (content:"b"; sid:2;)
+alert udp any any -> any [53,5353] (content:"c"; dsize:>1; sid:3;)
+alert udp any 40000:40010 -> any any (content:"d"; dsize:>1; sid:4;)
+alert tcp any any -> any 8080 (flowbits:isset,x; content:"e"; sid:5;)
+alert tcp any any -> any 9000 (flowbits:set,x; flowbits:noalert; content:"f"; sid:6;)
+alert udp $HOME_NET any -> $EXTERNAL_NET 5000: (content:"h"; dsize:>1; sid:8;)
+'''
+
+
+@pytest.mark.parametrize("rule_set", ["crafted", "et-open"])
+def test_reach_answers_by_port_class_as_worked_out(engines: tuple[Any, list[Any]], rule_set: str) -> None:
+    """Reach.could_apply keeps its answers for new flows by protocol, addresses and port classes:
+    each must be what Reach.judge works out for the flow itself."""
+    if rule_set == "crafted":
+        reach = Reach(Detector([parse_rule(line, vars=Variables.suricata_defaults())
+                                for line in REACH_RULES.strip().splitlines()]))
+    else:
+        reach = next(e for e in engines[1] if isinstance(e, Ips))._reach
+    rules = [i.rule for i in reach.detector.infos]
+    ports = [80, 443, 1500, 53, 5353, 40005, 8080, 9000, 5000, 6000, 4999]
+    rng = random.Random(5)
+    answers = set()
+    for _ in range(3000):
+        r = rng.choice(rules)
+        proto = rng.choice((1, 6, 17, 17, 6, 47))
+        pick = (lambda spec: rng.choice(ports) if rng.random() < 0.5 else _port(rng, spec))
+        flow = SimpleNamespace(proto=proto, client_addr=rng.choice(HOSTS), server_addr=rng.choice(HOSTS),
+                               client_port=pick(r.sport) if proto in (6, 17) else 0,
+                               server_port=pick(r.dport) if proto in (6, 17) else 0)
+        for group in ("packet", "stream"):
+            got = reach.could_apply(group, flow)
+            assert got == reach.judge(group, flow), (group, flow)
+            answers.add((group, got))
+    assert {("stream", True), ("stream", False)} <= answers
