@@ -21,7 +21,7 @@ from filters.ips.netspec import Variables
 from filters.ips.packet_match import header_matches, match_packet_checks
 from filters.ips.reach import Reach
 from filters.ips.rule import BUFFERS, PKT, Action as RuleAction, BufDir, FlowbitCmd, Rule, Threshold, ThresholdType, Track
-from filters.ips.rule_groups import Detector, RuleInfo, could_hold
+from filters.ips.rule_groups import Detector, RuleInfo, could_hold, evaluation_order
 from filters.ips.rule_parser import LoadResult, load_classification, load_files
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
 from filters.stream import TcpState
@@ -557,7 +557,7 @@ class Ips(Engine):
                                                                     (pkt.src_addr, pkt.dst_addr))
                 if stream:
                     header_ok = frozenset(i.idx for i in found)
-                    found = sorted([*found, *stream], key=_order)
+                    found = sorted([*found, *stream], key=evaluation_order)
             if found:  # most packets of a UDP or ICMP flow have none: no site, no evaluation
                 if site is None:
                     site = self._packet_site(flow, pkt, to_server)
@@ -576,7 +576,9 @@ class Ips(Engine):
         without a fast pattern, and the prefilter hits, that fit the packet's header class
         (_HeaderClass). Each of them fits the packet's header (no need to check it again)."""
         hc = st.class_ts if to_server else st.class_tc
-        if hc is None:  # fixed per direction
+        if hc is None or hc.has_ports is not pkt.has_ports:  # fixed per direction
+            # (but for a flow of ports 0, whose packets can be fragments without ports, the
+            # class of the direction's first packet is not every packet's)
             hc = self._header_class(flow.proto, pkt, to_server)
             if to_server:
                 st.class_ts = hc
@@ -599,7 +601,7 @@ class Ips(Engine):
             return hc.unfiltered
         found += hc.unfiltered
         if len(found) > 1:
-            found.sort(key=_order)
+            found.sort(key=evaluation_order)
         return found
 
     def _header_class(self, proto: int, pkt: Packet, to_server: bool) -> _HeaderClass:
@@ -618,7 +620,7 @@ class Ips(Engine):
             got = _HeaderClass(proto, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, has_ports, to_server)
             group, infos = det.groups["packet"], det.infos
             wide = group.index.lookup(pkt.src_addr, pkt.dst_addr) if group.index is not None else group.always
-            unfiltered = tuple(sorted((infos[i] for i in wide if got.fit(infos[i])), key=_order))
+            unfiltered = tuple(sorted((infos[i] for i in wide if got.fit(infos[i])), key=evaluation_order))
             got.unfiltered = self._interned.setdefault(unfiltered, unfiltered)  # one copy for the classes it is the answer of
             if len(cache[1]) >= MAX_UNFILTERED_CACHE:
                 del cache[1][next(iter(cache[1]))]
@@ -929,10 +931,6 @@ class _NoFlow:
     pkts_toserver: int = 0
     pkts_toclient: int = 0
     engine_data: dict = field(default_factory=dict)
-
-
-def _order(info: RuleInfo) -> tuple[int, int, int]:
-    return info.order
 
 
 def _stateless(rule: Rule) -> bool:

@@ -68,7 +68,8 @@ class RuleInfo:
 PrefilterKey = tuple[str, tuple[Transform, ...], "bool | None"]  # buffer, transforms, direction (True: to_server)
 
 
-def _order(info: RuleInfo) -> tuple[int, int, int]:
+def evaluation_order(info: RuleInfo) -> tuple[int, int, int]:
+    """The sort key of candidate rules (RuleInfo.order)."""
     return info.order
 
 
@@ -204,7 +205,7 @@ class Group:
                 self._prefilter(key, pf, buffers, memo, found)
         out = [infos[i] for i in found]
         if len(out) > 1:
-            out.sort(key=_order)
+            out.sort(key=evaluation_order)
         return out
 
     @staticmethod
