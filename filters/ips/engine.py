@@ -286,7 +286,8 @@ class Ips(Engine):
         self._pkt_flow: Any = None  # the flow of the packet being processed (None between packets)
         self._pending: list[Decision] = []  # this packet's decisions so far (pass is applied at its end)
         self._unfiltered_cache: tuple[Any, dict[tuple[Any, ...], _HeaderClass]] = (None, {})
-        self._interned: dict[tuple[RuleInfo, ...], tuple[RuleInfo, ...]] = {}  # distinct unfiltered rules of classes
+        self._interned: dict[tuple[RuleInfo, ...], tuple[RuleInfo, ...]] = {}  # distinct answers of both caches
+        self._iponly_cache: tuple[Any, dict[tuple[Any, ...], tuple[RuleInfo, ...]]] = (None, {})
         self._app_before: str | None = None
         self._files: list[Path] = []
         self._classification: Mapping[str, tuple[str, int]] | None = None
@@ -481,8 +482,9 @@ class Ips(Engine):
         for packet and stream rules, the flowbits they need: filters/ips/reach.py)."""
         if st.relevant is None:
             reach = self._reach
+            c, srv = flow.client_addr, flow.server_addr
             rel = (
-                self.detector.could_apply("iponly", flow),
+                bool(self._iponly(flow.proto, c, srv) or self._iponly(flow.proto, srv, c)),
                 reach.could_apply("packet", flow, st.flowbits),
                 flow.proto == PROTO_TCP and reach.could_apply("stream", flow, st.flowbits),
             )
@@ -541,10 +543,10 @@ class Ips(Engine):
         bit = 1 if to_server else 2
         if not st.passed and not st.iponly_done & bit:
             st.iponly_done |= bit
-            site = self._packet_site(flow, pkt, to_server)
-            out += self._run(self.detector.groups["iponly"].candidates(site.buffers, self.detector.infos,
-                                                                        (pkt.src_addr, pkt.dst_addr)),
-                             site, st, tx_key=None)
+            iponly = self._iponly(flow.proto, pkt.src_addr, pkt.dst_addr)
+            if iponly:
+                site = self._packet_site(flow, pkt, to_server)
+                out += self._run(iponly, site, st, tx_key=None, header_ok=None)
         if not (out and any(d.action is Action.PASS for d in out)):
             found = self._packet_candidates(st, flow, pkt, to_server)
             header_ok: frozenset[int] | None = None  # every candidate's header fits
@@ -603,6 +605,28 @@ class Ips(Engine):
         if len(found) > 1:
             found.sort(key=evaluation_order)
         return found
+
+    def _iponly(self, proto: int, src: bytes, dst: bytes) -> tuple[RuleInfo, ...]:
+        """The IP-only rules whose header fits a packet of ``proto`` from ``src`` to ``dst`` (their
+        ports are any), in evaluation order; kept per protocol and addresses (a client's new
+        flows to a server it used before: a lookup)."""
+        det = self.detector
+        cache = self._iponly_cache
+        if cache[0] is not det:  # a reload: the new rules answer afresh
+            cache = self._iponly_cache = (det, {})
+        key = (proto, src, dst)
+        got = cache[1].get(key)
+        if got is None:
+            infos = det.infos
+            index = det.groups["iponly"].index
+            assert index is not None
+            got = tuple(sorted((infos[i] for i in index.lookup(src, dst)
+                                if header_matches(infos[i].rule, proto, src, 0, dst, 0, False)), key=evaluation_order))
+            got = self._interned.setdefault(got, got)
+            if len(cache[1]) >= MAX_UNFILTERED_CACHE:
+                del cache[1][next(iter(cache[1]))]
+            cache[1][key] = got
+        return got
 
     def _header_class(self, proto: int, pkt: Packet, to_server: bool) -> _HeaderClass:
         """The header class of the packet's direction of its flow, shared by the flows of the

@@ -470,7 +470,8 @@ class Detector:
 
     def could_apply(self, group: str, flow: Any) -> bool:
         """Could any rule of ``group`` match some packet of ``flow`` (either direction), judging by
-        protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos)."""
+        protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos).
+        Worked out each time (the engine keeps the IP-only rules fitting a flow: Ips._iponly)."""
         proto, has_ports = flow.proto, flow.proto in (6, 17)
         c, cp, srv, sp = flow.client_addr, flow.client_port, flow.server_addr, flow.server_port
         headers = self.headers[group]

@@ -1,6 +1,7 @@
 """The packet group's fast path (Ips._packet_candidates: header classes, prefilter hits dropped by
-a remembered fit, static exclusions such as ``ip_proto``, no evaluation when nothing is left) must
-give the alerts of a brute-force evaluation of every packet rule whose header fits the packet.
+a remembered fit, static exclusions such as ``ip_proto``, no evaluation when nothing is left) and
+the IP-only rules kept per addresses (Ips._iponly) must give the alerts of a brute-force
+evaluation of every packet and IP-only rule whose header fits the packet.
 
 ET Open and crafted rules, over random and crafted UDP, ICMP and TCP packets whose payloads carry
 the fast patterns of packet rules (so that prefilter hits are many and mostly of rules that do
@@ -86,6 +87,7 @@ def packets(infos: list[RuleInfo], seed: int, count: int) -> list[bytes]:
     that could fit it (or not), and sends a few packets each way."""
     rng = random.Random(seed)
     packet_rules = [i for i in infos if i.group == "packet"]
+    iponly = [i for i in infos if i.group == "iponly" and not i.rule.src.any]
     patterns = [i.rule.fast_pattern.pattern for i in packet_rules if i.rule.fast_pattern is not None]
     cap = Capture()
     ts = 0.0
@@ -96,6 +98,13 @@ def packets(infos: list[RuleInfo], seed: int, count: int) -> list[bytes]:
         if proto not in (1, 6, 17):
             proto = 17
         src, dst = rng.choice(HOSTS), rng.choice(HOSTS)
+        if rng.random() < 0.1:  # a host of an IP-only rule (ET's reputation lists), either side
+            spec = rng.choice(iponly[:50]).rule.src
+            if spec.v4:
+                lo, hi = rng.choice(spec.v4[:3])
+                src = (lo if rng.random() < 0.5 else rng.randint(lo, hi)).to_bytes(4, "big")
+                if rng.random() < 0.5:
+                    src, dst = dst, src
         if rng.random() < 0.05:
             dst = src
         sport, dport = _port(rng, r.sport), _port(rng, r.dport)
@@ -135,16 +144,22 @@ def packets(infos: list[RuleInfo], seed: int, count: int) -> list[bytes]:
     return [f for _, _, f in cap.frames]
 
 
-def brute_force(ips: Ips) -> Any:
+def brute_force(ips: Ips, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every packet rule whose header fits the packet, in evaluation order: no header class, no
-    prefilter, no exclusion (the rules are evaluated in full, static checks included)."""
+    prefilter, no exclusion (the rules are evaluated in full, static checks included); every
+    IP-only rule whose header fits (no address index, no cache)."""
     infos = sorted(ips.detector.groups["packet"].rules, key=lambda i: i.order)
+    iponly = sorted(ips.detector.groups["iponly"].rules, key=lambda i: i.order)
 
     def candidates(st: Any, flow: Any, pkt: Any, to_server: bool) -> list[RuleInfo]:
         return [i for i in infos if header_matches(i.rule, flow.proto, pkt.src_addr, pkt.sport, pkt.dst_addr,
                                                    pkt.dport, pkt.has_ports)]
 
-    return candidates
+    def iponly_rules(proto: int, src: bytes, dst: bytes) -> tuple[RuleInfo, ...]:
+        return tuple(i for i in iponly if header_matches(i.rule, proto, src, 0, dst, 0, False))
+
+    monkeypatch.setattr(ips, "_packet_candidates", candidates)
+    monkeypatch.setattr(ips, "_iponly", iponly_rules)
 
 
 def alerts(cfg: Any, engines: list[Any], frames: list[bytes]) -> list[tuple[int, int, str]]:
@@ -181,11 +196,12 @@ def test_fast_path_gives_the_alerts_of_a_brute_force_evaluation(engines: tuple[A
     ips = next(e for e in engs if isinstance(e, Ips))
     frames = packets(ips.detector.infos, seed, 1500)
     fast = alerts(cfg, engs, frames)
-    monkeypatch.setattr(ips, "_packet_candidates", brute_force(ips))
+    brute_force(ips, monkeypatch)
     slow = alerts(cfg, engs, frames)
     assert fast == slow
     sids = {sid for _, sid, _ in fast}
     assert len(fast) > 100 and len(sids & set(range(9000000, 9000100))) >= 8, sorted(sids)
+    assert sids & {i.rule.sid for i in ips.detector.groups["iponly"].rules}  # IP-only rules fired too
 
 
 def test_crafted_packets_give_the_alerts_of_a_brute_force_evaluation(engines: tuple[Any, list[Any]],
@@ -212,7 +228,7 @@ def test_crafted_packets_give_the_alerts_of_a_brute_force_evaluation(engines: tu
     cap.frames.sort()
     frames = [f for _, _, f in cap.frames]
     fast = alerts(cfg, engs, frames)
-    monkeypatch.setattr(ips, "_packet_candidates", brute_force(ips))
+    brute_force(ips, monkeypatch)
     slow = alerts(cfg, engs, frames)
     assert fast == slow
     sids = {sid for _, sid, _ in fast}
@@ -235,13 +251,17 @@ alert udp $HOME_NET any -> $EXTERNAL_NET 5000: (content:"h"; dsize:>1; sid:8;)
 @pytest.mark.parametrize("rule_set", ["crafted", "et-open"])
 def test_reach_answers_by_port_class_as_worked_out(engines: tuple[Any, list[Any]], rule_set: str) -> None:
     """Reach.could_apply keeps its answers for new flows by protocol, addresses and port classes:
-    each must be what Reach.judge works out for the flow itself."""
+    each must be what Reach.judge works out for the flow itself; so must the IP-only rules' answer
+    (Ips._iponly, kept by protocol and addresses) be Detector.could_apply's."""
+    ips = None
     if rule_set == "crafted":
         reach = Reach(Detector([parse_rule(line, vars=Variables.suricata_defaults())
                                 for line in REACH_RULES.strip().splitlines()]))
     else:
-        reach = next(e for e in engines[1] if isinstance(e, Ips))._reach
+        ips = next(e for e in engines[1] if isinstance(e, Ips))
+        reach = ips._reach
     rules = [i.rule for i in reach.detector.infos]
+    rules += [i.rule for i in reach.detector.infos if i.group == "iponly"][:50] * 20  # their addresses often
     ports = [80, 443, 1500, 53, 5353, 40005, 8080, 9000, 5000, 6000, 4999]
     rng = random.Random(5)
     answers = set()
@@ -249,11 +269,21 @@ def test_reach_answers_by_port_class_as_worked_out(engines: tuple[Any, list[Any]
         r = rng.choice(rules)
         proto = rng.choice((1, 6, 17, 17, 6, 47))
         pick = (lambda spec: rng.choice(ports) if rng.random() < 0.5 else _port(rng, spec))
-        flow = SimpleNamespace(proto=proto, client_addr=rng.choice(HOSTS), server_addr=rng.choice(HOSTS),
+        client = rng.choice(HOSTS)
+        if not r.src.any and r.src.v4 and rng.random() < 0.5:  # an address of the rule's (reputation lists...)
+            lo, hi = rng.choice(r.src.v4[:3])  # the first few: addresses met again with other servers
+            client = (lo if rng.random() < 0.5 else rng.randint(lo, hi)).to_bytes(4, "big")
+        flow = SimpleNamespace(proto=proto, client_addr=client, server_addr=rng.choice(HOSTS),
                                client_port=pick(r.sport) if proto in (6, 17) else 0,
                                server_port=pick(r.dport) if proto in (6, 17) else 0)
         for group in ("packet", "stream"):
             got = reach.could_apply(group, flow)
             assert got == reach.judge(group, flow), (group, flow)
             answers.add((group, got))
+        if ips is not None:  # the IP-only rules, by Ips._iponly's cache, and as worked out
+            got = bool(ips._iponly(proto, flow.client_addr, flow.server_addr)
+                       or ips._iponly(proto, flow.server_addr, flow.client_addr))
+            assert got == ips.detector.could_apply("iponly", flow), flow
+            answers.add(("iponly", got))
     assert {("stream", True), ("stream", False)} <= answers
+    assert ips is None or {("iponly", True), ("iponly", False)} <= answers
