@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from filters.app.layer import flow_app_proto
 from filters.engine import Action, BundleError, BundleLoad, ConfigError, Decision, Engine, EngineContext, Verdict
@@ -21,7 +21,7 @@ from filters.ips.netspec import Variables
 from filters.ips.packet_match import header_matches, match_packet_checks
 from filters.ips.reach import Reach
 from filters.ips.rule import BUFFERS, PKT, Action as RuleAction, BufDir, FlowbitCmd, Rule, Threshold, ThresholdType, Track
-from filters.ips.rule_groups import Detector, RuleInfo
+from filters.ips.rule_groups import Detector, RuleInfo, could_hold, evaluation_order
 from filters.ips.rule_parser import LoadResult, load_classification, load_files
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
 from filters.stream import TcpState
@@ -42,7 +42,8 @@ VERDICT_ACTION = {
 }
 
 
-MAX_UNFILTERED_CACHE = 4096  # (addresses, port classes) whose unfiltered packet rules are kept
+MAX_UNFILTERED_CACHE = 4096  # header classes (protocol, addresses, port classes, direction) kept
+MAX_CLASS_FITS = 256  # prefilter hits whose fit is remembered per header class
 MAX_HEADER_CACHE = 256  # rule headers remembered per TCP flow (bounds the memory of 100k flows)
 MAX_LIMIT_SIDS = 64  # rules whose bound hits are counted by sid (the rest under "sid:other")
 MAX_FIRED_TX = 1024  # (transaction, rule) pairs remembered per flow so a rule fires once per transaction
@@ -86,6 +87,39 @@ class _TxMemo:
 
 
 @dataclass(slots=True, eq=False)
+class _HeaderClass:
+    """What the packet group's rules make of one header class: packets of one protocol from one
+    address to another, whose ports fall in the same port classes (Detector.port_class), in one
+    direction of their flow. Every packet of the class fits the same rule headers and the same
+    static checks (could_hold, flow:to_server/to_client); most flows share a class with others (a
+    client's connections to one service differ only in the source port).
+
+    ``unfiltered``: the rules without a fast pattern that fit, in evaluation order (candidates for
+    every packet). ``fits``: per prefilter hit judged so far, whether it fits: a hit that does
+    not is dropped by a dict lookup, with no evaluation (most hits of a UDP or ICMP payload are
+    rules of other protocols or ports)."""
+
+    proto: int
+    src: bytes
+    sport: int
+    dst: bytes
+    dport: int
+    has_ports: bool
+    to_server: bool
+    unfiltered: tuple[RuleInfo, ...] = ()
+    fits: dict[int, bool] = field(default_factory=dict)
+
+    def fit(self, info: RuleInfo) -> bool:
+        """Could the rule match a packet of this class, judging by what the class fixes?"""
+        r = info.rule
+        f = r.flow
+        if f is not None and (f.to_server and not self.to_server or f.to_client and self.to_server):
+            return False
+        return (header_matches(r, self.proto, self.src, self.sport, self.dst, self.dport, self.has_ports)
+                and could_hold(r, self.proto, self.src == self.dst))
+
+
+@dataclass(slots=True, eq=False)
 class _FlowState:
     """The IPS's state of one flow. A worker holds one per flow (100,000 and more): containers
     are made when first needed, most flows never need them."""
@@ -106,10 +140,10 @@ class _FlowState:
     headers: dict[int, bool] | None = None
     headers_for: tuple[bytes, int] = (b"", -1)  # the flow's client when ``headers`` was filled
     tx_memos: OrderedDict[Any, _TxMemo] | None = None
-    # Per direction: the packet group's rules without a fast pattern whose header fits this flow
-    # (they are candidates for every packet; the header never changes within a direction).
-    unfiltered_ts: frozenset[int] | None = None
-    unfiltered_tc: frozenset[int] | None = None
+    # Per direction: the packet group's judgement of this direction's header (see _HeaderClass;
+    # the header never changes within a direction).
+    class_ts: _HeaderClass | None = None
+    class_tc: _HeaderClass | None = None
 
     def rebind(self, detector: int) -> None:
         """A reload swapped the rule set: forget what names rules by index (header judgements,
@@ -118,7 +152,7 @@ class _FlowState:
         done, the stream tail, the rules that fired per transaction, by sid)."""
         self.detector = detector
         self.headers = None
-        self.unfiltered_ts = self.unfiltered_tc = None
+        self.class_ts = self.class_tc = None
         self.tx_memos = None
         self.relevant = None
 
@@ -251,8 +285,9 @@ class Ips(Engine):
         self._pkt: Packet | None = None
         self._pkt_flow: Any = None  # the flow of the packet being processed (None between packets)
         self._pending: list[Decision] = []  # this packet's decisions so far (pass is applied at its end)
-        self._unfiltered_cache: tuple[Any, dict[tuple[Any, ...], frozenset[int]]] = (None, {})
-        self._interned: dict[frozenset[int], frozenset[int]] = {}  # distinct answers of _unfiltered
+        self._unfiltered_cache: tuple[Any, dict[tuple[Any, ...], _HeaderClass]] = (None, {})
+        self._interned: dict[tuple[RuleInfo, ...], tuple[RuleInfo, ...]] = {}  # distinct answers of both caches
+        self._iponly_cache: tuple[Any, dict[tuple[Any, ...], tuple[RuleInfo, ...]]] = (None, {})
         self._app_before: str | None = None
         self._files: list[Path] = []
         self._classification: Mapping[str, tuple[str, int]] | None = None
@@ -385,10 +420,13 @@ class Ips(Engine):
             st.headers_for = (flow.client_addr, flow.client_port)
         elif st.detector != self._generation:
             st.rebind(self._generation)
-        elif st.headers and st.headers_for[0] is not flow.client_addr and st.headers_for != (flow.client_addr, flow.client_port):
-            st.headers.clear()  # the flow was turned around (midstream pickup): directions changed
-            st.unfiltered_ts = st.unfiltered_tc = None
-            st.headers_for = (flow.client_addr, flow.client_port)
+        elif st.headers_for[0] is not flow.client_addr:
+            now = (flow.client_addr, flow.client_port)
+            if st.headers_for != now:  # the flow was turned around (midstream pickup): directions changed
+                if st.headers:
+                    st.headers.clear()
+                st.class_ts = st.class_tc = None
+            st.headers_for = now
         return st
 
     def needs_more(self, flow: Any) -> bool:
@@ -444,8 +482,9 @@ class Ips(Engine):
         for packet and stream rules, the flowbits they need: filters/ips/reach.py)."""
         if st.relevant is None:
             reach = self._reach
+            c, srv = flow.client_addr, flow.server_addr
             rel = (
-                self.detector.could_apply("iponly", flow),
+                bool(self._iponly(flow.proto, c, srv) or self._iponly(flow.proto, srv, c)),
                 reach.could_apply("packet", flow, st.flowbits),
                 flow.proto == PROTO_TCP and reach.could_apply("stream", flow, st.flowbits),
             )
@@ -499,55 +538,114 @@ class Ips(Engine):
         if st.passed and not (pending and any(d.action is Action.PASS for d in pending)):
             return None
         to_server = flow.to_server(pkt)
-        site = _Site(flow, to_server, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, pkt.has_ports, pkt,
-                     lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts,
-                     self._app_before if flow.proto == PROTO_TCP else flow_app_proto(flow))
         out = pending
-        addrs = (pkt.src_addr, pkt.dst_addr)
+        site: _Site | None = None
         bit = 1 if to_server else 2
         if not st.passed and not st.iponly_done & bit:
             st.iponly_done |= bit
-            out += self._run(self.detector.groups["iponly"].candidates(site.buffers, self.detector.infos, addrs),
-                             site, st, tx_key=None)
+            iponly = self._iponly(flow.proto, pkt.src_addr, pkt.dst_addr)
+            if iponly:
+                site = self._packet_site(flow, pkt, to_server)
+                out += self._run(iponly, site, st, tx_key=None, header_ok=None)
         if not (out and any(d.action is Action.PASS for d in out)):
-            group = self.detector.groups["packet"]
-            base = st.unfiltered_ts if to_server else st.unfiltered_tc
-            if base is None:  # fixed per direction
-                base = self._unfiltered(flow.proto, pkt)
-                if to_server:
-                    st.unfiltered_ts = base
-                else:
-                    st.unfiltered_tc = base
-            found = group.candidates(site.buffers, self.detector.infos, base=base)
+            found = self._packet_candidates(st, flow, pkt, to_server)
+            header_ok: frozenset[int] | None = None  # every candidate's header fits
             if flow.proto == PROTO_TCP and getattr(flow, "no_session", False):
                 # No TCP session, so no stream to inspect: the stream rules meet the packet's
                 # payload instead (Suricata inspects the payload of packets not added to a stream).
-                found += self.detector.groups["stream"].candidates(site.buffers, self.detector.infos, addrs)
-                found.sort(key=lambda r: r.order)
-            out += self._run(found, site, st, tx_key=None, header_ok=base)
+                if site is None:
+                    site = self._packet_site(flow, pkt, to_server)
+                stream = self.detector.groups["stream"].candidates(site.buffers, self.detector.infos,
+                                                                    (pkt.src_addr, pkt.dst_addr))
+                if stream:
+                    header_ok = frozenset(i.idx for i in found)
+                    found = sorted([*found, *stream], key=evaluation_order)
+            if found:  # most packets of a UDP or ICMP flow have none: no site, no evaluation
+                if site is None:
+                    site = self._packet_site(flow, pkt, to_server)
+                out += self._run(found, site, st, tx_key=None, header_ok=header_ok)
         if out and any(d.action is Action.PASS for d in out):
             return [d for d in out if d.action is Action.PASS]  # a pass rule silences the packet
         return out
 
-    def _unfiltered(self, proto: int, pkt: Packet) -> frozenset[int]:
-        """The packet group's rules without a fast pattern whose header fits the packet's
-        direction of its flow. Many flows share the answer (a client's connections to one
-        service differ only in the source port): it is kept by addresses and port class."""
+    def _packet_site(self, flow: Any, pkt: Packet, to_server: bool) -> _Site:
+        return _Site(flow, to_server, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, pkt.has_ports, pkt,
+                     lambda name: [pkt.payload] if name == PKT and pkt.payload else [], pkt.ts,
+                     self._app_before if flow.proto == PROTO_TCP else flow_app_proto(flow))
+
+    def _packet_candidates(self, st: _FlowState, flow: Any, pkt: Packet, to_server: bool) -> Sequence[RuleInfo]:
+        """The packet group's rules worth evaluating on ``pkt``, in evaluation order: those
+        without a fast pattern, and the prefilter hits, that fit the packet's header class
+        (_HeaderClass). Each of them fits the packet's header (no need to check it again)."""
+        hc = st.class_ts if to_server else st.class_tc
+        if hc is None or hc.has_ports is not pkt.has_ports:  # fixed per direction
+            # (but for a flow of ports 0, whose packets can be fragments without ports, the
+            # class of the direction's first packet is not every packet's)
+            hc = self._header_class(flow.proto, pkt, to_server)
+            if to_server:
+                st.class_ts = hc
+            else:
+                st.class_tc = hc
+        hits = self.detector.groups["packet"].payload_hits(pkt.payload)
+        if not hits:
+            return hc.unfiltered
+        infos, fits = self.detector.infos, hc.fits
+        found = []
+        for i in hits:
+            ok = fits.get(i)
+            if ok is None:
+                ok = hc.fit(infos[i])
+                if len(fits) < MAX_CLASS_FITS:
+                    fits[i] = ok
+            if ok:
+                found.append(infos[i])
+        if not found:
+            return hc.unfiltered
+        found += hc.unfiltered
+        if len(found) > 1:
+            found.sort(key=evaluation_order)
+        return found
+
+    def _iponly(self, proto: int, src: bytes, dst: bytes) -> tuple[RuleInfo, ...]:
+        """The IP-only rules whose header fits a packet of ``proto`` from ``src`` to ``dst`` (their
+        ports are any), in evaluation order; kept per protocol and addresses (a client's new
+        flows to a server it used before: a lookup)."""
+        det = self.detector
+        cache = self._iponly_cache
+        if cache[0] is not det:  # a reload: the new rules answer afresh
+            cache = self._iponly_cache = (det, {})
+        key = (proto, src, dst)
+        got = cache[1].get(key)
+        if got is None:
+            infos = det.infos
+            index = det.groups["iponly"].index
+            assert index is not None
+            got = tuple(sorted((infos[i] for i in index.lookup(src, dst)
+                                if header_matches(infos[i].rule, proto, src, 0, dst, 0, False)), key=evaluation_order))
+            got = self._interned.setdefault(got, got)
+            if len(cache[1]) >= MAX_UNFILTERED_CACHE:
+                del cache[1][next(iter(cache[1]))]
+            cache[1][key] = got
+        return got
+
+    def _header_class(self, proto: int, pkt: Packet, to_server: bool) -> _HeaderClass:
+        """The header class of the packet's direction of its flow, shared by the flows of the
+        same protocol, addresses and port classes (kept by those, up to MAX_UNFILTERED_CACHE)."""
         det = self.detector
         has_ports = pkt.has_ports
         key = (proto, pkt.src_addr, pkt.dst_addr, has_ports,
-               det.port_class(pkt.sport) if has_ports else 0, det.port_class(pkt.dport) if has_ports else 0)
+               det.port_class(pkt.sport) if has_ports else 0, det.port_class(pkt.dport) if has_ports else 0, to_server)
         cache = self._unfiltered_cache
         if cache[0] is not det:  # a reload: the new rules answer afresh
             cache = self._unfiltered_cache = (det, {})
             self._interned = {}
         got = cache[1].get(key)
         if got is None:
+            got = _HeaderClass(proto, pkt.src_addr, pkt.sport, pkt.dst_addr, pkt.dport, has_ports, to_server)
             group, infos = det.groups["packet"], det.infos
             wide = group.index.lookup(pkt.src_addr, pkt.dst_addr) if group.index is not None else group.always
-            got = frozenset(i for i in wide if header_matches(infos[i].rule, proto, pkt.src_addr, pkt.sport,
-                                                              pkt.dst_addr, pkt.dport, has_ports))
-            got = self._interned.setdefault(got, got)  # one copy for the many flows it is the answer of
+            unfiltered = tuple(sorted((infos[i] for i in wide if got.fit(infos[i])), key=evaluation_order))
+            got.unfiltered = self._interned.setdefault(unfiltered, unfiltered)  # one copy for the classes it is the answer of
             if len(cache[1]) >= MAX_UNFILTERED_CACHE:
                 del cache[1][next(iter(cache[1]))]
             cache[1][key] = got
@@ -676,10 +774,11 @@ class Ips(Engine):
                      flow_app_proto(flow))
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _run(self, infos: list[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
+    def _run(self, infos: Sequence[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
              extra: dict[str, Any] | None = None, memo: _TxMemo | None = None,
-             header_ok: frozenset[int] = frozenset()) -> list[Decision]:
-        """Evaluate the candidate rules in order; ``header_ok``: rules whose header is known to fit."""
+             header_ok: frozenset[int] | None = frozenset()) -> list[Decision]:
+        """Evaluate the candidate rules in order; ``header_ok``: rules whose header is known to
+        fit (None: every one's)."""
         out: list[Decision] = []
         for info in infos:
             if tx_key is not None and st.fired_tx is not None and (tx_key, info.rule.gid, info.rule.sid) in st.fired_tx:
@@ -695,7 +794,7 @@ class Ips(Engine):
                 if seen is not None:
                     memo.evaluated[info.idx] = seen
                 continue
-            if not self._matches(info, site, st, header_known=info.idx in header_ok):
+            if not self._matches(info, site, st, header_known=header_ok is None or info.idx in header_ok):
                 if seen is not None:
                     memo.evaluated[info.idx] = seen
                 continue
@@ -751,10 +850,18 @@ class Ips(Engine):
             same = flow_app_proto(flow) in _aliases(r.app_layer_protocol.name)
             if same == r.app_layer_protocol.negated:
                 return False
-        if check_bits and not self._bits_ok(r, st):
+        if check_bits and (r.flowbits or r.flowints) and not self._bits_ok(r, st):
             return False
         ctx = MatchContext()
-        ok = all(any(match_section(sec, data, ctx) for data in site.buffers(sec.buffer)) for sec in r.sections)
+        ok = True
+        buffers = site.buffers
+        for sec in r.sections:  # every section in one of its buffers (loops: no generator per rule)
+            for data in buffers(sec.buffer):
+                if match_section(sec, data, ctx):
+                    break
+            else:
+                ok = False
+                break
         if ctx.pcre_limit is not None or ctx.limit_hit:
             self._bound_hit(r, ctx)
         return ok

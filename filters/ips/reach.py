@@ -20,9 +20,10 @@ from typing import Any, Iterable
 
 from filters.ips.packet_match import header_matches
 from filters.ips.rule import FlowbitCmd, Rule
-from filters.ips.rule_groups import Detector, RuleInfo, _distinct_headers
+from filters.ips.rule_groups import Detector, PortClasses, RuleInfo, _distinct_headers
 
 GROUPS = ("packet", "stream")  # the groups judged here (iponly: Detector.could_apply; app: by app protocol)
+MAX_ANSWERS = 4096  # (group, protocol, addresses, port classes) whose answer is kept
 
 
 def fits(rule: Rule, flow: Any) -> bool:
@@ -63,9 +64,30 @@ class Reach:
                 key = (r.ip_protos, r.ip_version, r.src.text, r.sport.text, r.direction, r.dst.text, r.dport.text)
                 by_header.setdefault(key, (r, set()))[1].update(bits)
         self.setters = [(r, tuple(sorted(bits))) for r, bits in by_header.values()]
+        # Without flowbits on the flow (a new flow), the answer depends on the flow's header only:
+        # kept by protocol, addresses and port classes (over every rule judged here), a new flow
+        # of a client to a service it used before is answered by a lookup.
+        self.ports = PortClasses(spec for rules in (*self.free.values(), *(
+            [r for r, _ in g] for g in self.gated.values()), [r for r, _ in self.setters])
+            for r in rules for spec in (r.sport, r.dport))
+        self._answers: dict[tuple[Any, ...], bool] = {}
 
     def could_apply(self, group: str, flow: Any, flowbits: Iterable[str] | None = None) -> bool:
         """Could a rule of ``group`` still match a packet of ``flow``, whose flowbits are ``flowbits``?"""
+        if flowbits:
+            return self.judge(group, flow, flowbits)
+        ports = self.ports
+        key = (group, flow.proto, flow.client_addr, flow.server_addr, ports.of(flow.client_port), ports.of(flow.server_port))
+        got = self._answers.get(key)
+        if got is None:
+            got = self.judge(group, flow)
+            if len(self._answers) >= MAX_ANSWERS:
+                del self._answers[next(iter(self._answers))]
+            self._answers[key] = got
+        return got
+
+    def judge(self, group: str, flow: Any, flowbits: Iterable[str] | None = None) -> bool:
+        """could_apply worked out (no cache)."""
         if any(fits(r, flow) for r in self.free[group]):
             return True
         gated = [checks for r, checks in self.gated[group] if fits(r, flow)]

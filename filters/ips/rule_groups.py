@@ -12,12 +12,14 @@ Groups, as Suricata inspects them:
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from filters.ips.addrindex import AddressIndex
 from filters.ips.buffer_match import apply_transforms
+from filters.ips.netspec import PortSpec
 from filters.ips.packet_match import bits_match, header_matches
 from filters.ips.rule import (
     BUFFERS,
@@ -32,6 +34,7 @@ from filters.ips.rule import (
     PacketField,
     PayloadMode,
     Rule,
+    SameIpCheck,
     Transform,
 )
 
@@ -65,9 +68,19 @@ class RuleInfo:
 PrefilterKey = tuple[str, tuple[Transform, ...], "bool | None"]  # buffer, transforms, direction (True: to_server)
 
 
+def evaluation_order(info: RuleInfo) -> tuple[int, int, int]:
+    """The sort key of candidate rules (RuleInfo.order)."""
+    return info.order
+
+
 def _hs_escape(pattern: bytes) -> bytes:
     """A byte string as a hyperscan regex matching exactly it (every byte as \\xHH)."""
     return b"".join(b"\\x%02x" % c for c in pattern)
+
+
+def _add_hit(rule_id: int, start: int, end: int, flags: int, hits: set[int]) -> None:
+    """hyperscan's match handler: the scan's context is the set of hits (no closure per scan)."""
+    hits.add(rule_id)
 
 
 class Prefilter:
@@ -98,10 +111,7 @@ class Prefilter:
         if not data or not self.count:
             return
         if self._db is not None:
-            def on_match(rule_id: int, start: int, end: int, flags: int, ctx: Any) -> None:
-                out.add(rule_id)
-
-            self._db.scan(data, match_event_handler=on_match)
+            self._db.scan(data, match_event_handler=_add_hit, context=out)
             return
         low = data.lower()
         for i, p, nc in self._plain:
@@ -140,6 +150,16 @@ class Group:
                 if (app is None or key[0] not in BUFFERS or BUFFERS[key[0]].app_proto in (None, app))
                 and (to_server is None or key[2] is None or key[2] is to_server)]
         return got
+
+    def payload_hits(self, payload: bytes) -> set[int]:
+        """The rules whose fast pattern is in a packet's payload (the group's prefilters of the
+        packet buffer; those of other buffers are left out: a packet has none)."""
+        found: set[int] = set()
+        if payload:
+            for (name, transforms, _), pf in self.prefilters_for(None, None):
+                if name == PKT:
+                    pf.scan(apply_transforms(transforms, payload) if transforms else payload, found)
+        return found
 
     def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo],
                    addrs: tuple[bytes, bytes] | None = None,
@@ -184,7 +204,8 @@ class Group:
             for key, pf in prefilters:
                 self._prefilter(key, pf, buffers, memo, found)
         out = [infos[i] for i in found]
-        out.sort(key=lambda r: r.order)
+        if len(out) > 1:
+            out.sort(key=evaluation_order)
         return out
 
     @staticmethod
@@ -276,6 +297,30 @@ _EMPTY_ACK_FLAGS = tuple(0x10 | extra for extra in range(0, 0x100, 0x08) if not 
 _ICMP_FIELDS = frozenset({PacketField.ITYPE, PacketField.ICODE, PacketField.ICMP_ID, PacketField.ICMP_SEQ})
 
 
+_TCP_FIELDS = frozenset({PacketField.TCP_ACK, PacketField.TCP_SEQ, PacketField.TCP_WINDOW, PacketField.TCP_MSS})
+
+
+def could_hold(rule: Rule, proto: int, same_ip: bool) -> bool:
+    """Could the rule's packet checks hold for some packet of a flow of IP protocol ``proto``
+    between two addresses that are the same (``same_ip``) or not? No when one of them tests what
+    such a packet cannot have: ``ip_proto`` another protocol, ICMP fields (itype, icode, icmp_id,
+    icmp_seq) outside ICMP, TCP fields or flags outside TCP, ``sameip`` between two addresses. A
+    UDP or ICMP packet of a flow then skips such rules without evaluating them (packet_match gives
+    False for each of these checks)."""
+    for check in rule.packet_checks:
+        if isinstance(check, FieldCheck):
+            f = check.field
+            if (f is PacketField.IP_PROTO and not check.test(proto) or f in _ICMP_FIELDS and proto not in (1, 58)
+                    or f in _TCP_FIELDS and proto != 6):
+                return False
+        elif isinstance(check, FlagsCheck):
+            if proto != 6:
+                return False
+        elif isinstance(check, SameIpCheck) and not same_ip:
+            return False
+    return True
+
+
 def _check_allows_empty_ack(check: Any) -> bool:
     """Could this packet check hold for an empty ACK? Unknown kinds: yes."""
     if isinstance(check, FlagsCheck):
@@ -356,6 +401,29 @@ def classify(idx: int, rule: Rule) -> RuleInfo:
     )
 
 
+class PortClasses:
+    """Ports sorted by which of some port specs hold them: two ports of one class are in the same
+    of those specs, so the same rule headers (of rules with those specs) fit them. Ports within
+    one elementary interval between the specs' bounds always share a class; the intervals whose
+    ports are in the same specs share one too (a client's ephemeral ports mostly fall in one), so
+    a cache by class serves many flows."""
+
+    def __init__(self, specs: Iterable[PortSpec]) -> None:
+        distinct = list(dict.fromkeys(spec.ranges for spec in specs if not spec.any))
+        bounds = sorted({0} | {b for ranges in distinct for lo, hi in ranges for b in (lo, hi + 1) if b <= 65535})
+        ids: dict[int, int] = {}
+        classes = []
+        for start in bounds:
+            bits = sum(1 << n for n, ranges in enumerate(distinct) if any(lo <= start <= hi for lo, hi in ranges))
+            classes.append(ids.setdefault(bits, len(ids)))
+        self._starts = tuple(bounds)
+        self._classes = tuple(classes)
+        self.count = len(ids)
+
+    def of(self, port: int) -> int:
+        return self._classes[bisect.bisect_right(self._starts, port) - 1]
+
+
 class Detector:
     """An immutable compiled rule set."""
 
@@ -381,16 +449,10 @@ class Detector:
         for g in self.groups.values():
             g.finish(self.infos)
         self.headers = {name: _distinct_headers(g.rules) for name, g in self.groups.items()}
-        # The port specs of the packet group's unfiltered rules: two ports in the same of these
-        # specs fit the same of those rules (Ips._unfiltered caches by address and port class).
-        specs: dict[Any, None] = {}
-        for i in self.groups["packet"].always:
-            r = self.infos[i].rule
-            for spec in (r.sport, r.dport):
-                if not spec.any:
-                    specs.setdefault(spec.ranges, None)
-        self._port_ranges = list(specs)
-        self._port_class: dict[int, int] = {}
+        # Ports by the packet rules' port specs that hold them (Ips._header_class caches by
+        # address and port class).
+        self.port_classes = PortClasses(spec for info in self.groups["packet"].rules
+                                        for spec in (info.rule.sport, info.rule.dport))
         self.app_protos = _app_protos(self.groups["app"].rules) | _app_protos(
             [i for i in self.groups["packet"].rules if i.app_proto is not None])
         self.counts = {name: len(g.rules) for name, g in self.groups.items()}
@@ -403,20 +465,13 @@ class Detector:
         return len(self.infos)
 
     def port_class(self, port: int) -> int:
-        """Which of the unfiltered packet rules' port specs hold ``port``, as bits."""
-        got = self._port_class.get(port)
-        if got is None:
-            got = 0
-            for bit, ranges in enumerate(self._port_ranges):
-                if any(lo <= port <= hi for lo, hi in ranges):
-                    got |= 1 << bit
-            if len(self._port_class) < 65536:
-                self._port_class[port] = got
-        return got
+        """Which of the packet rules' port specs hold ``port``: one number per distinct answer."""
+        return self.port_classes.of(port)
 
     def could_apply(self, group: str, flow: Any) -> bool:
         """Could any rule of ``group`` match some packet of ``flow`` (either direction), judging by
-        protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos)."""
+        protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos).
+        Worked out each time (the engine keeps the IP-only rules fitting a flow: Ips._iponly)."""
         proto, has_ports = flow.proto, flow.proto in (6, 17)
         c, cp, srv, sp = flow.client_addr, flow.client_port, flow.server_addr, flow.server_port
         headers = self.headers[group]

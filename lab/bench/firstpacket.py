@@ -3,7 +3,8 @@
 ``python -m lab.bench.firstpacket [--profile N] [--flows N] [--udp N] [--ping N]`` builds a capture
 of what makes an office's first packets: HTTP/1.1 ``Connection: close`` connections (handshake, a
 small request and answer, close; like the bench's new-connection scenario), one UDP flow of 64-byte
-datagrams (the small-packet scenario) and ping (echo request and reply). Each kind goes through
+datagrams (the small-packet scenario) and ping (echo request and reply), their data zeros or, with
+``--payload real``, as iperf3 and Linux ping send it. Each kind goes through
 the offline pipeline with ET Open loaded (the worker's pipeline, kernel offload on as inline) and
 its CPU time per packet is printed; ``--profile N`` adds cProfile's top N entries (by own time)
 of the whole run; ``--kernel`` runs the connections twice, every packet (before issue 15's kernel
@@ -51,19 +52,28 @@ def short_flows(n: int) -> list[bytes]:
     return _frames(cap)
 
 
-def udp_small(n: int) -> list[bytes]:
+def udp_small(n: int, payload: str = "zeros") -> list[bytes]:
+    """``n`` datagrams of 36 bytes (64-byte frames less the Ethernet header): zeros, or as iperf3
+    sends them ("real": seconds, microseconds and a sequence number, then random bytes)."""
+    rng = random.Random(15)
     cap = Capture()
     for i in range(n):
-        cap.udp(i * 1e-5, (CLIENT, 40_000), (SERVER, 5201), bytes(36))  # 64-byte frames less the Ethernet header
+        data = struct.pack("!III", 1_700_000_000 + i // 100_000, i % 100_000 * 10, i) + rng.randbytes(24) \
+            if payload == "real" else bytes(36)
+        cap.udp(i * 1e-5, (CLIENT, 40_000), (SERVER, 5201), data)
     return _frames(cap)
 
 
-def pings(n: int) -> list[bytes]:
+def pings(n: int, payload: str = "zeros") -> list[bytes]:
+    """``n`` echo requests and replies with 56 bytes of data: zeros, or as Linux ping sends them
+    ("real": a struct timeval, then the bytes 0x10, 0x11...)."""
     cap = Capture()
     for i in range(n):
-        echo = struct.pack("!BBHHH", 8, 0, 0, 77, i) + bytes(56)
+        data = struct.pack("<QQ", 1_700_000_000 + i, i * 1000 % 1_000_000) + bytes(range(0x10, 0x38)) \
+            if payload == "real" else bytes(56)
+        echo = struct.pack("!BBHHH", 8, 0, 0, 77, i) + data
         cap.add(i * 1e-3, CLIENT, SERVER, socket.IPPROTO_ICMP, echo, 2)
-        reply = struct.pack("!BBHHH", 0, 0, 0, 77, i) + bytes(56)
+        reply = struct.pack("!BBHHH", 0, 0, 0, 77, i) + data
         cap.add(i * 1e-3 + 1e-4, SERVER, CLIENT, socket.IPPROTO_ICMP, reply, 2)
     return _frames(cap)
 
@@ -222,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--flows", type=int, default=2000, help="HTTP Connection: close connections")
     p.add_argument("--udp", type=int, default=20000, help="64-byte UDP datagrams of one flow")
     p.add_argument("--ping", type=int, default=2000, help="echo request/reply pairs")
+    p.add_argument("--payload", choices=("zeros", "real"), default="zeros",
+                   help="UDP and ping data: zeros, or like iperf3 (random) and Linux ping (a timestamp and a pattern)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's top N entries")
     p.add_argument("--sort", default="tottime")
     p.add_argument("--repeat", type=int, default=3, help="passes per kind; the fastest counts (a shared machine)")
@@ -249,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     needs = dataplane_needs(engines)
     print(f"the engines need packets: {needs[0]}, empty ACKs: {needs[1]} (before issue 15's kernel rules: all)")
     conns = short_flows(args.flows)
-    kinds = {"new connections": conns, "udp 64 B": udp_small(args.udp), "ping": pings(args.ping)}
+    kinds = {"new connections": conns, "udp 64 B": udp_small(args.udp, args.payload),
+             "ping": pings(args.ping, args.payload)}
     if args.kernel:
         # the same connections as the kernel's empty-ACK rules hand them over (issue 15), beside all of them
         kinds = {"new connections, every packet queued": conns,
