@@ -71,6 +71,7 @@ class QueueSocket:
         self.sock.setblocking(False)
         self.settings: dict[str, bool] = {}
         self.answer: int | None = None  # errno of the kernel's answer to the settings (0: taken)
+        self.messages = 0  # packets handed on so far: the worker's busy-poll sees whether one came
 
     def configure(self, *, gso: bool = True, fail_open: bool = True) -> None:
         try:
@@ -86,6 +87,7 @@ class QueueSocket:
             data = self.sock.recv(RECV_SIZE)  # BlockingIOError (EAGAIN) when nothing is waiting
             err = netlink_error(data)
             if err is None:
+                self.messages += 1
                 return data
             self.answer = err
             if err:

@@ -128,6 +128,7 @@ class Worker:
         self.verdicts: dict[str, int] = {}
         self.large_packets = 0  # packets over 1500 bytes: GSO packets queued whole (agent/dataplane/nfq.py)
         self.qsock: QueueSocket | None = None
+        self.busy_poll = cfg.dataplane.busy_poll_us / 1e6
 
     def _emit(self, rec: dict[str, Any]) -> None:
         self.out.put(("eve", rec))
@@ -225,16 +226,19 @@ class Worker:
             self.out.put(("reloaded", self.spec.index, summary, self.spec.generation))
         log.info("worker %d bound to queue %d (generation %d)", self.spec.index, self.spec.queue_num, self.spec.generation)
         last_stats = last_tick = time.monotonic()
+        hot = False  # a packet came while busy-polling: poll again after the loop's other work
         try:
             while self.running:
                 deadline = self.pipeline.next_deadline()
                 wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.time()))
                 try:
-                    ready, _, _ = select.select([fd, self.wake_r], [], [], wait)
+                    ready, _, _ = select.select([fd, self.wake_r], [], [], 0.0 if hot else wait)
                 except InterruptedError:
                     continue
                 if fd in ready:
                     self._run_queue(nfq)
+                if self.busy_poll and (hot or fd in ready):
+                    hot = self._busy_poll(nfq)
                 if self.wake_r in ready:
                     self._drain_io()
                 self._submit_io()
@@ -362,6 +366,27 @@ class Worker:
             if not self.running:
                 return False
             time.sleep(BIND_RETRY)
+
+    def _busy_poll(self, nfq: Any) -> bool:
+        """Look at the queue without sleeping for ``dataplane.busy_poll_us`` after its last packet.
+
+        A worker asleep in select() is woken by the kernel when a packet is queued; on an idle CPU
+        that wake-up (an IPI, and in a VM a halt exit) can cost more than the packet's inspection.
+        The next packet of an exchange (a TCP segment's answer, a DNS reply) often comes within
+        tens of microseconds: polling that long catches it on a running CPU. True when a packet
+        came or other work is waiting (the loop does it, then calls this again); False when the
+        window passed quietly and the loop may sleep. Never longer than the window without a
+        packet: an idle box does not spin."""
+        assert self.qsock is not None
+        seen = self.qsock.messages
+        end = time.perf_counter() + self.busy_poll
+        while self.running and self.io_done.empty() and not self.fork_for:
+            self._run_queue(nfq)
+            if self.qsock.messages != seen:
+                return True
+            if time.perf_counter() >= end:
+                return False
+        return True
 
     def _run_queue(self, nfq: Any) -> None:
         try:
