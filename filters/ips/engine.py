@@ -42,7 +42,7 @@ VERDICT_ACTION = {
 }
 
 
-MAX_UNFILTERED_CACHE = 4096  # header classes (protocol, addresses, port classes, direction) kept
+MAX_CLASS_CACHE = 4096  # header classes (protocol, addresses, port classes, direction) kept, and IP-only answers
 MAX_CLASS_FITS = 256  # prefilter hits whose fit is remembered per header class
 MAX_HEADER_CACHE = 256  # rule headers remembered per TCP flow (bounds the memory of 100k flows)
 MAX_LIMIT_SIDS = 64  # rules whose bound hits are counted by sid (the rest under "sid:other")
@@ -285,7 +285,7 @@ class Ips(Engine):
         self._pkt: Packet | None = None
         self._pkt_flow: Any = None  # the flow of the packet being processed (None between packets)
         self._pending: list[Decision] = []  # this packet's decisions so far (pass is applied at its end)
-        self._unfiltered_cache: tuple[Any, dict[tuple[Any, ...], _HeaderClass]] = (None, {})
+        self._class_cache: tuple[Any, dict[tuple[Any, ...], _HeaderClass]] = (None, {})
         self._interned: dict[tuple[RuleInfo, ...], tuple[RuleInfo, ...]] = {}  # distinct answers of both caches
         self._iponly_cache: tuple[Any, dict[tuple[Any, ...], tuple[RuleInfo, ...]]] = (None, {})
         self._app_before: str | None = None
@@ -623,21 +623,21 @@ class Ips(Engine):
             got = tuple(sorted((infos[i] for i in index.lookup(src, dst)
                                 if header_matches(infos[i].rule, proto, src, 0, dst, 0, False)), key=evaluation_order))
             got = self._interned.setdefault(got, got)
-            if len(cache[1]) >= MAX_UNFILTERED_CACHE:
+            if len(cache[1]) >= MAX_CLASS_CACHE:
                 del cache[1][next(iter(cache[1]))]
             cache[1][key] = got
         return got
 
     def _header_class(self, proto: int, pkt: Packet, to_server: bool) -> _HeaderClass:
         """The header class of the packet's direction of its flow, shared by the flows of the
-        same protocol, addresses and port classes (kept by those, up to MAX_UNFILTERED_CACHE)."""
+        same protocol, addresses and port classes (kept by those, up to MAX_CLASS_CACHE)."""
         det = self.detector
         has_ports = pkt.has_ports
         key = (proto, pkt.src_addr, pkt.dst_addr, has_ports,
                det.port_class(pkt.sport) if has_ports else 0, det.port_class(pkt.dport) if has_ports else 0, to_server)
-        cache = self._unfiltered_cache
+        cache = self._class_cache
         if cache[0] is not det:  # a reload: the new rules answer afresh
-            cache = self._unfiltered_cache = (det, {})
+            cache = self._class_cache = (det, {})
             self._interned = {}
         got = cache[1].get(key)
         if got is None:
@@ -646,7 +646,7 @@ class Ips(Engine):
             wide = group.index.lookup(pkt.src_addr, pkt.dst_addr) if group.index is not None else group.always
             unfiltered = tuple(sorted((infos[i] for i in wide if got.fit(infos[i])), key=evaluation_order))
             got.unfiltered = self._interned.setdefault(unfiltered, unfiltered)  # one copy for the classes it is the answer of
-            if len(cache[1]) >= MAX_UNFILTERED_CACHE:
+            if len(cache[1]) >= MAX_CLASS_CACHE:
                 del cache[1][next(iter(cache[1]))]
             cache[1][key] = got
         return got

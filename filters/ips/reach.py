@@ -12,7 +12,7 @@ What is left conservative (``unknown => keep inspecting``): setters are counted 
 conditions (content, app protocol, their own flowbit checks), a bit already set on the flow counts
 as settable, ``isnotset`` holds any time, and ``xbits``/``flowint`` checks are not followed (xbits
 are set by other flows of the same hosts, at any time). App-protocol rules are judged by the flow's
-app protocol in ``Ips.needs_more``; IP-only rules by their address index (``Detector.could_apply``).
+app protocol in ``Ips.needs_more``; IP-only rules by their address index (``Ips._iponly``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from filters.ips.packet_match import header_matches
 from filters.ips.rule import FlowbitCmd, Rule
 from filters.ips.rule_groups import Detector, PortClasses, RuleInfo, _distinct_headers
 
-GROUPS = ("packet", "stream")  # the groups judged here (iponly: Detector.could_apply; app: by app protocol)
+GROUPS = ("packet", "stream")  # the groups judged here (iponly: Ips._iponly; app: by app protocol)
 MAX_ANSWERS = 4096  # (group, protocol, addresses, port classes) whose answer is kept
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 from filters.ips.addrindex import AddressIndex
 from filters.ips.buffer_match import apply_transforms
 from filters.ips.netspec import PortSpec
-from filters.ips.packet_match import bits_match, header_matches
+from filters.ips.packet_match import bits_match
 from filters.ips.rule import (
     BUFFERS,
     PKT,
@@ -448,7 +448,6 @@ class Detector:
             self.groups[group].prefilters[(buf, transforms, to_server)] = Prefilter(pats)
         for g in self.groups.values():
             g.finish(self.infos)
-        self.headers = {name: _distinct_headers(g.rules) for name, g in self.groups.items()}
         # Ports by the packet rules' port specs that hold them (Ips._header_class caches by
         # address and port class).
         self.port_classes = PortClasses(spec for info in self.groups["packet"].rules
@@ -468,16 +467,3 @@ class Detector:
         """Which of the packet rules' port specs hold ``port``: one number per distinct answer."""
         return self.port_classes.of(port)
 
-    def could_apply(self, group: str, flow: Any) -> bool:
-        """Could any rule of ``group`` match some packet of ``flow`` (either direction), judging by
-        protocol, addresses and ports alone? App-protocol-bound rules are left out (see app_protos).
-        Worked out each time (the engine keeps the IP-only rules fitting a flow: Ips._iponly)."""
-        proto, has_ports = flow.proto, flow.proto in (6, 17)
-        c, cp, srv, sp = flow.client_addr, flow.client_port, flow.server_addr, flow.server_port
-        headers = self.headers[group]
-        if group == "iponly":  # thousands of address lists: look them up
-            headers = [self.infos[i].rule for i in self.groups["iponly"].index.lookup(c, srv)]  # type: ignore[union-attr]
-        for rule in headers:
-            if header_matches(rule, proto, c, cp, srv, sp, has_ports) or header_matches(rule, proto, srv, sp, c, cp, has_ports):
-                return True
-        return False

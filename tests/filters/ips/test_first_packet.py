@@ -1,5 +1,5 @@
 """The IPS's first-packet shortcuts must not change what fires: rules without a fast pattern are
-looked up per flow by addresses and port class (Ips._unfiltered), shared between flows; long UDP
+looked up per flow by addresses and port class (Ips._header_class), shared between flows; long UDP
 flows keep their rule-header answers; the HTTP stages of one segment are inspected once."""
 from __future__ import annotations
 
