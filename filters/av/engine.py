@@ -85,6 +85,11 @@ class AvConfig(EngineConfig):
     max_streams: int = Field(16, ge=1, le=256,
                              description="downloads streamed to clamd at once per worker (from 256 KiB, and every "
                                          "one past the HTTP body limit); beyond, a download waits for a free stream")
+    max_stream_memory: int = Field(64 << 20, ge=1 << 20, le=1 << 30,
+                                   description="bytes: what all downloads of one worker queue for clamd together "
+                                               "(streams sending and downloads waiting for one); a download that "
+                                               "would go past it stops streaming: scanned whole if it is within the "
+                                               "HTTP body limit, else passed with the \"scanner unavailable\" alarm")
     scan_downloads: bool = Field(True, description="scan files the PCs download (HTTP response bodies)")
     scan_uploads: bool = Field(True, description="scan files the PCs upload (HTTP request bodies)")
     encrypted_action: Literal["alert", "block"] = Field(
@@ -173,13 +178,44 @@ FEED_HIGH = 2 << 20  # from this backlog on the packet is held until clamd took 
 FEED_LOW = 512 << 10
 
 
+class FeedBudget:
+    """Bytes queued for clamd by all the feeds of one worker together (``max_stream_memory``).
+
+    Each feed is bounded (``FEED_BACKLOG``) and so is the number of streams sent at once
+    (``max_streams``), but downloads waiting for a free stream keep queueing what arrives: without a
+    budget for all of them a burst of large downloads could hold up to ``FEED_BACKLOG`` each. A feed
+    whose put would go past the budget is dropped, as one that outgrew its own backlog: the file is
+    scanned whole if its bytes were kept (under the body limit), else it passes with the "scanner
+    unavailable" alarm. Thread-safe; taken only inside a feed's lock, never the other way round."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queued = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, n: int) -> bool:
+        with self._lock:
+            if self.queued + n > self.limit:
+                self.refused += 1
+                return False
+            self.queued += n
+            return True
+
+    def release(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.queued -= n
+
+
 class ScanFeed:
     """A download's bytes streamed to clamd while they arrive (``clamd_stream``): the engine puts
     what the body grew by, the performer's thread takes and sends it; ``close`` ends the file (the
     verdict then needs only the tail scanned: ``clamd_wait``), ``abort`` drops it. Thread-safe."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: FeedBudget | None = None) -> None:
         self._cv = threading.Condition()
+        self._budget = budget
         self._chunks: deque[bytes] = deque()
         self._queued = 0  # bytes put and not yet taken
         self.fed = 0
@@ -193,11 +229,9 @@ class ScanFeed:
         with self._cv:
             if self.closed or self.aborted or self.done.is_set() or not data:
                 return  # a feed that ended (clamd failed) takes nothing more: nothing piles up
-            if self._queued + len(data) > FEED_BACKLOG:  # clamd reads slower than the download comes
-                self.aborted = True
-                self._chunks.clear()
-                self._queued = 0
-                self._cv.notify()
+            if self._queued + len(data) > FEED_BACKLOG or (  # clamd reads slower than the download comes
+                    self._budget is not None and not self._budget.reserve(len(data))):  # or the worker's budget is spent
+                self._drop()
                 return
             self._chunks.append(data)
             self._queued += len(data)
@@ -211,10 +245,19 @@ class ScanFeed:
 
     def abort(self) -> None:
         with self._cv:
-            self.aborted = True
-            self._chunks.clear()
-            self._queued = 0
-            self._cv.notify()
+            self._drop()
+
+    def _drop(self) -> None:
+        """Abort with the lock held: the queued bytes go, and back to the budget."""
+        self.aborted = True
+        self._release()
+        self._cv.notify()
+
+    def _release(self) -> None:
+        self._chunks.clear()
+        if self._budget is not None:
+            self._budget.release(self._queued)
+        self._queued = 0
 
     def take(self, timeout: float) -> bytes | None:
         """Everything put since the last take; b"" when the file is closed and all of it taken;
@@ -226,8 +269,7 @@ class ScanFeed:
             if self.aborted:
                 return None
             data = b"".join(self._chunks)
-            self._chunks.clear()
-            self._queued = 0
+            self._release()
             self._cv.notify_all()  # a drain waiting for room (wait_below)
             return data
 
@@ -249,8 +291,7 @@ class ScanFeed:
 
     def finish(self, result: dict[str, Any] | None = None, error: str | None = None) -> None:
         with self._cv:
-            self._chunks.clear()
-            self._queued = 0
+            self._release()
         self.result, self.error = result, error
         self.done.set()
 
@@ -350,6 +391,7 @@ class Antivirus(Engine):
         self.database = ""
         self.db_version = ""
         self.cache = VerdictCache(0, 0.0)
+        self.feed_budget = FeedBudget(self.conf.max_stream_memory)
 
     def configure(self, section: Mapping[str, Any], ctx: EngineContext = EngineContext()) -> None:
         self.conf = conf = self.check_section(section)
@@ -357,6 +399,7 @@ class Antivirus(Engine):
         self.database = str(Path(conf.database).resolve()) if conf.database else ""
         self.db_version = Path(self.database).name if self.database else ""
         self.cache = VerdictCache(conf.verdict_cache, conf.verdict_cache_ttl)
+        self.feed_budget = FeedBudget(conf.max_stream_memory)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"clamd_socket": self.conf.clamd_socket, "max_size": self.conf.max_size,
@@ -390,6 +433,13 @@ class Antivirus(Engine):
         return self.conf.max_size
 
     def _stream(self, flow: Any, ev: HttpEvent) -> list[Decision]:
+        refused = self.feed_budget.refused
+        out = self._stream_feed(flow, ev)
+        if self.feed_budget.refused != refused:
+            self.count("stream_over_budget")  # max_stream_memory: this download stopped streaming
+        return out
+
+    def _stream_feed(self, flow: Any, ev: HttpEvent) -> list[Decision]:
         """A download's body grew: from ``STREAM_MIN`` on (or once it goes on past the body limit,
         ``tx.response_file``), stream it to clamd as it arrives, so the verdict at its last packet
         waits only for the tail (not for the whole file to be scanned). The bytes past the body
@@ -416,7 +466,7 @@ class Antivirus(Engine):
             if over and tail is not None and tail.base > len(live):  # bytes past the limit went by unseen
                 st["lost"].add(tx.tx_id)
                 return []
-            feed = feeds[tx.tx_id] = ScanFeed()
+            feed = feeds[tx.tx_id] = ScanFeed(self.feed_budget)
             feed.put(bytes(live))
             self.count("streamed")
             out: list[Decision] = [Submit(self.name, IORequest("clamd_stream", {

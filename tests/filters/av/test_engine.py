@@ -387,3 +387,27 @@ def test_a_file_framed_in_one_send_is_the_same_instream_as_sent_chunk_by_chunk(s
         a.shutdown(socket.SHUT_WR)
         chunked = b"".join(iter(lambda: b.recv(1 << 16), b""))
     assert clamd.framed(b"INSTREAM", data) == chunked
+
+
+def test_all_feeds_of_a_worker_share_one_budget_and_give_it_back():
+    """Downloads waiting for a free clamd stream keep queueing what arrives: together they stay
+    within ``max_stream_memory``; the feed that would go past it is dropped, and every byte taken,
+    dropped or finished returns to the budget."""
+    from filters.av.engine import FeedBudget, ScanFeed
+
+    budget = FeedBudget(3 << 20)
+    waiting = [ScanFeed(budget) for _ in range(3)]
+    for feed in waiting[:2]:
+        feed.put(b"a" * (1 << 20))
+        feed.put(b"b" * (512 << 10))
+    assert budget.queued == 3 << 20 and not any(f.aborted for f in waiting)
+    waiting[2].put(b"c")  # one byte too many: this download stops streaming
+    assert waiting[2].aborted and waiting[2].take(0.1) is None and budget.refused == 1
+    assert budget.queued == 3 << 20
+    assert waiting[0].take(0.1) == b"a" * (1 << 20) + b"b" * (512 << 10)  # clamd took one: room again
+    assert budget.queued == 3 << 19
+    late = ScanFeed(budget)
+    late.put(b"d" * (1 << 20))
+    waiting[1].abort()
+    late.finish(result={"status": "OK"})
+    assert budget.queued == 0
