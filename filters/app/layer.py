@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # The parsers are imported here, not on a flow's first use: the daemon imports this module before
@@ -28,6 +28,7 @@ from filters.packet import PROTO_TCP, PROTO_UDP
 log = logging.getLogger(__name__)
 
 DETECT_LIMIT = 4096  # bytes per direction looked at before giving up on detection
+EOF_TS, EOF_TC = 1, 2  # AppState.eof: the client's, the server's FIN was handed on
 HTTP_REQUEST_RE = re.compile(rb"^[A-Za-z][A-Za-z_-]{1,15}[ \t]+\S")
 HTTP_METHODS = frozenset(
     b"GET POST HEAD PUT DELETE OPTIONS CONNECT TRACE PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK "
@@ -70,16 +71,22 @@ class AppSettings:
 
 @dataclass(slots=True, eq=False)
 class AppState:
+    """A worker holds one per flow that carried data (100,000 and more), most of them never
+    detected: plain slots, no container until one is needed (a list or dict per direction cost
+    four times the state itself)."""
+
     proto: AppProto = AppProto.UNKNOWN
     parser: Any = None
-    # per direction, indexed by to_server (False 0, True 1): lists, half the size of a dict per flow
-    seen: list[int] = field(default_factory=lambda: [0, 0])
-    next_offset: list[int] = field(default_factory=lambda: [0, 0])
-    early: list[tuple[bool, bytes]] = field(default_factory=list)  # bytes before detection (other side)
+    # per direction: bytes seen before detection, and the stream offset expected next
+    seen_ts: int = 0
+    seen_tc: int = 0
+    next_ts: int = 0
+    next_tc: int = 0
+    early: tuple[tuple[bool, bytes], ...] = ()  # bytes before detection (other side), at most 16 entries
     changed_from: AppProto | None = None  # the protocol before a protocol change (CONNECT, STARTTLS)
     held: int = 0  # bytes this flow's parser held at the last count (AppLayer.held_total)
     cut: bool = False  # parsing was stopped by the worker's memcap (AppLayer.cut)
-    eof: dict[bool, bool] = field(default_factory=lambda: {True: False, False: False})  # a side's FIN was handed on
+    eof: int = 0  # the sides whose FIN was handed on: EOF_TS, EOF_TC
 
 
 def _looks_http(to_server: bool, data: bytes) -> bool:
@@ -120,20 +127,22 @@ class AppLayer:
         if st.proto is AppProto.FAILED or st.cut or not data:
             return []
         self._release(st)
-        expected = st.next_offset[to_server]
-        st.next_offset[to_server] = offset + len(data)
+        if to_server:
+            expected, st.next_ts = st.next_ts, offset + len(data)
+        else:
+            expected, st.next_tc = st.next_tc, offset + len(data)
         if offset > expected and flow.proto == PROTO_TCP:
             self._count("app.gaps")
             self.on_gap(flow, to_server, offset - expected)
         if st.proto is AppProto.UNKNOWN:
-            if flow.midstream and to_server and not st.seen[False] and _looks_http(False, data):
+            if flow.midstream and to_server and not st.seen_tc and _looks_http(False, data):
                 flow.reverse()  # picked up midstream with the server's packet first
-                st.next_offset[True], st.next_offset[False] = st.next_offset[False], st.next_offset[True]
+                st.next_ts, st.next_tc = st.next_tc, st.next_ts
                 to_server = False
                 self._count("app.reversed")
             if not self._detect(flow, st, to_server, data):
                 return []
-            early, st.early = st.early, []
+            early, st.early = st.early, ()
             out: list[tuple[Hook, Any]] = []
             for ts, d in early:
                 out += self._feed(flow, st, ts, d)
@@ -148,9 +157,10 @@ class AppLayer:
     def on_eof(self, flow: Any, to_server: bool) -> list[tuple[Hook, Any]]:
         """One side of a TCP flow closed (its FIN, all its bytes before it delivered): once per side."""
         st = flow.engine_data.get("app")
-        if st is None or st.eof[to_server] or st.proto is AppProto.FAILED or st.cut:
+        side = EOF_TS if to_server else EOF_TC
+        if st is None or st.eof & side or st.proto is AppProto.FAILED or st.cut:
             return []
-        st.eof[to_server] = True
+        st.eof |= side
         eof = getattr(st.parser, "eof", None)
         if eof is None:
             return []
@@ -228,7 +238,7 @@ class AppLayer:
         st = self.state(flow)
         held = st.held
         self._uncount(flow, st)
-        st.cut, st.parser, st.early = True, None, []
+        st.cut, st.parser, st.early = True, None, ()
         self._count("app.memcap_cut")
         return held
 
@@ -244,12 +254,15 @@ class AppLayer:
             elif h2 is None and proto is AppProto.FAILED:
                 proto = None
         if proto is None:
-            st.seen[to_server] += len(data)
+            if to_server:
+                st.seen_ts += len(data)
+            else:
+                st.seen_tc += len(data)
             if len(st.early) < 16:
-                st.early.append((to_server, data[:DETECT_LIMIT]))
-            if st.seen[True] >= DETECT_LIMIT or st.seen[False] >= DETECT_LIMIT or (st.seen[True] and st.seen[False] > 0 and len(st.early) >= 4):
+                st.early += ((to_server, data[:DETECT_LIMIT]),)
+            if st.seen_ts >= DETECT_LIMIT or st.seen_tc >= DETECT_LIMIT or (st.seen_ts and st.seen_tc > 0 and len(st.early) >= 4):
                 st.proto = AppProto.FAILED
-                st.early = []
+                st.early = ()
                 self._count("app.failed")
             return False
         if proto not in self.settings.enabled:
@@ -355,8 +368,8 @@ class AppLayer:
         st.changed_from = st.proto
         self._uncount(flow, st)  # the old parser's held bytes leave the worker's budget with it
         st.proto, st.parser = AppProto.UNKNOWN, None
-        st.seen = [0, 0]
-        st.early = []
+        st.seen_ts = st.seen_tc = 0
+        st.early = ()
         out: list[tuple[Hook, Any]] = []
         if upgrade is not None:  # Upgrade: h2c granted: HTTP/2 from here on, the request is stream 1
             st.proto = AppProto.HTTP2
@@ -374,7 +387,7 @@ class AppLayer:
             if st.proto is AppProto.UNKNOWN:
                 if not self._detect(flow, st, to_server, data):
                     continue
-                early, st.early = st.early, []
+                early, st.early = st.early, ()
                 for ts, d in early:
                     out += self._feed(flow, st, ts, d)
             out += self._feed(flow, st, to_server, data)
