@@ -14,8 +14,9 @@ queue was bypassed, begins with the server's packet). With ``midstream=False`` a
 TCP session (``Flow.no_session``: its packets are inspected one by one, no stream is reassembled,
 no app layer) until a SYN starts one, as Suricata does.
 
-Streams. Each flow carries one ``Stream`` per direction; TCP state and reassembly live in
-``filters.stream`` (a ``Reassembler`` the table owns), which ``update`` calls with each packet.
+Streams. Each flow carries one ``Stream`` per direction, made when first used (a one-way UDP
+flow never needs its reply direction's); TCP state and reassembly live in ``filters.stream`` (a
+``Reassembler`` the table owns), which ``update`` calls with each packet.
 
 Lifetime. Flows sit in one LRU queue per timeout class (tcp_new, tcp_established, tcp_closed,
 udp, icmp, other), so ``expire`` only looks at queue heads and eviction picks the oldest of the
@@ -86,8 +87,9 @@ class Flow:
     # it is a flow (its packets are inspected one by one) without a TCP session (no state, no
     # reassembly, no app layer) until a SYN starts one.
     no_session: bool = False
-    toserver: Stream = field(default_factory=Stream)
-    toclient: Stream = field(default_factory=Stream)
+    # the streams, made on first use (see toserver): most flows of a busy table are one-way datagrams
+    _toserver: Stream | None = field(default=None, repr=False)
+    _toclient: Stream | None = field(default=None, repr=False)
     encrypted: bool = False
     decided: Action | None = None
     decided_ts: float = 0.0  # when ``decided`` was set (packet time)
@@ -122,6 +124,38 @@ class Flow:
     def is_held(self) -> bool:
         return bool(self._held)
 
+    @property
+    def toserver(self) -> Stream:
+        """The client-to-server stream, made on first use: a table holds 100,000 flows and more,
+        and a stream the size of a third of the flow is waste for a direction that sends nothing."""
+        s = self._toserver
+        if s is None:
+            s = self._toserver = Stream()
+        return s
+
+    @toserver.setter
+    def toserver(self, value: Stream) -> None:
+        self._toserver = value
+
+    @property
+    def toclient(self) -> Stream:
+        """The server-to-client stream, made on first use (see toserver)."""
+        s = self._toclient
+        if s is None:
+            s = self._toclient = Stream()
+        return s
+
+    @toclient.setter
+    def toclient(self, value: Stream) -> None:
+        self._toclient = value
+
+    @property
+    def depth_reached(self) -> bool:
+        """Both directions reached their stream depth: no more data for the engines (a direction
+        without a stream yet has not)."""
+        s, r = self._toserver, self._toclient
+        return s is not None and r is not None and s.depth_reached and r.depth_reached
+
     def reverse(self) -> None:
         """Swap client and server: a midstream pickup whose first packet was the server's (found out
         by the app layer, e.g. an HTTP response seen "to server")."""
@@ -130,7 +164,7 @@ class Flow:
         self.client_side = {Side.LAN: Side.WAN, Side.WAN: Side.LAN}.get(self.client_side, self.client_side)
         self.pkts_toserver, self.pkts_toclient = self.pkts_toclient, self.pkts_toserver
         self.bytes_toserver, self.bytes_toclient = self.bytes_toclient, self.bytes_toserver
-        self.toserver, self.toclient = self.toclient, self.toserver
+        self._toserver, self._toclient = self._toclient, self._toserver
 
     def stream(self, to_server: bool) -> Stream:
         return self.toserver if to_server else self.toclient
@@ -417,8 +451,9 @@ class FlowTable:
     def _unlink(self, flow: Flow) -> None:
         del self._queues[flow.timeout_class][flow.key]
         self._count -= 1
-        self.streams.drop_pending(flow.toserver)
-        self.streams.drop_pending(flow.toclient)
+        for s in (flow._toserver, flow._toclient):
+            if s is not None:
+                self.streams.drop_pending(s)
 
 
 def _check_timeouts(timeouts: Mapping[str, float]) -> dict[str, float]:

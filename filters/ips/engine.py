@@ -436,7 +436,7 @@ class Ips(Engine):
         if not len(det):
             return False
         st = self._state(flow)
-        if st.passed or (flow.toserver.depth_reached and flow.toclient.depth_reached):
+        if st.passed or flow.depth_reached:
             return False
         if flow.encrypted:
             if self.encryption_bypass:
