@@ -52,6 +52,7 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = types.MappingProxyType({
     "other": 60.0,
 })
 DEFAULT_MEMCAP = 128 << 20  # per worker: reassembly plus app-layer parser state of all its flows
+MAX_SHARED_ADDRS = 4096  # addresses a table keeps one bytes object of for all its flows (then it starts afresh)
 _ID_MASK = (1 << 63) - 1
 _ID_MULT = 0x5851F42D4C957F2D  # odd: n -> n * _ID_MULT mod 2**63 is a bijection
 _OPPOSITE = {Side.LAN: Side.WAN, Side.WAN: Side.LAN, Side.UNKNOWN: Side.UNKNOWN}
@@ -263,6 +264,9 @@ class FlowTable:
         self._ended: collections.deque[Flow] = collections.deque(maxlen=max_flows)
         self._next_id = 0
         self._id_salt = random.getrandbits(63)
+        # One bytes object per address for the flows that share it (a client's flows, a busy
+        # server's): each packet brings its own copies, which a flow's key would keep (37 bytes each).
+        self._addrs: dict[bytes, bytes] = {}
 
     # -- table ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -403,10 +407,15 @@ class FlowTable:
         if self._count >= self.max_flows and not self._evict_one():
             self.counters["table_full"] += 1
             return None
+        addrs = self._addrs
+        if len(addrs) >= MAX_SHARED_ADDRS:
+            addrs.clear()
+        src, dst = addrs.setdefault(pkt.src_addr, pkt.src_addr), addrs.setdefault(pkt.dst_addr, pkt.dst_addr)
+        key = _key(key[0], key[1], src, sport, dst, dport)
         if client_is_src:
-            caddr, cport, saddr, sport_, side = pkt.src_addr, sport, pkt.dst_addr, dport, pkt.side
+            caddr, cport, saddr, sport_, side = src, sport, dst, dport, pkt.side
         else:
-            caddr, cport, saddr, sport_, side = pkt.dst_addr, dport, pkt.src_addr, sport, _OPPOSITE[pkt.side]
+            caddr, cport, saddr, sport_, side = dst, dport, src, sport, _OPPOSITE[pkt.side]
         flow = Flow(
             key, self._new_id(), pkt.version, pkt.proto, caddr, cport, saddr, sport_, side, pkt.ts, pkt.ts,
             midstream=midstream, no_session=no_session,
