@@ -213,8 +213,9 @@ def test_tflow_factory():
 def test_memory_100k_flows():
     """100k TCP flows after a SYN each (the table-filling case), fresh address objects per packet.
 
-    Measured ~845 B/flow on CPython 3.11: Flow ~230 B, its two Streams 2 x 112 B, LRU queue entry
-    ~105 B, key tuple 88 B, two address bytes 2 x 37 B, flow_id and sequence-number ints. Established
+    Measured ~850 B/flow on CPython 3.11: Flow ~250 B, its two Streams 2 x 120 B (a SYN makes both),
+    LRU queue entry ~75 B, key tuple 88 B, the client's address bytes 37 B (the server's one object is
+    shared by all flows: MAX_SHARED_ADDRS), flow_id and sequence-number ints. Established
     flows with data both ways measure ~950 B (more live ints and floats). 1000 B/flow bounds the table
     at 100 MB for 100k flows, which keeps a worker (~15-40 MB of code) below the 150 MB RSS target.
     """
