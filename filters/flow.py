@@ -95,6 +95,11 @@ class Flow:
     decided: Action | None = None
     decided_ts: float = 0.0  # when ``decided`` was set (packet time)
     timeout_class: str = field(default="", repr=False)  # the FlowTable LRU queue it sits in
+    # The app layer's state (filters.app.layer.AppState) and the IPS's (filters.ips.engine._FlowState):
+    # every inspected flow has both, and as slots they cost 16 bytes where two entries of
+    # engine_data cost its dict (184 bytes), which the flows of an IPS then never make.
+    app_state: Any = field(default=None, repr=False)
+    ips_state: Any = field(default=None, repr=False)
     # engine_data and held are created on first access: most flows never need them.
     _engine_data: dict[str, Any] | None = field(default=None, repr=False)
     _held: list | None = field(default=None, repr=False)

@@ -100,13 +100,13 @@ def _looks_http(to_server: bool, data: bytes) -> bool:
 
 def flow_app_proto(flow: Any) -> str | None:
     """The app-layer protocol name of a flow ("http", "unknown", "failed"...), None before any data."""
-    st = flow.engine_data.get("app")
+    st = flow.app_state
     # the member's value attribute itself: ``.value`` is a property, and engines ask this per packet
     return st.proto._value_ if st is not None else None
 
 
 class AppLayer:
-    """Owns the per-flow app-layer state (in ``flow.engine_data['app']``)."""
+    """Owns the per-flow app-layer state (in ``flow.app_state``)."""
 
     def __init__(self, settings: AppSettings = AppSettings(), *, files: bool = True) -> None:
         self.settings = settings
@@ -117,9 +117,9 @@ class AppLayer:
         self._holders: dict[int, Any] = {}  # flow_id -> flow, for the flows whose parsers hold bytes
 
     def state(self, flow: Any) -> AppState:
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is None:
-            st = flow.engine_data["app"] = AppState()
+            st = flow.app_state = AppState()
         return st
 
     def on_chunk(self, flow: Any, to_server: bool, data: bytes, offset: int) -> list[tuple[Hook, Any]]:
@@ -150,13 +150,13 @@ class AppLayer:
         return self._feed(flow, st, to_server, data)
 
     def on_gap(self, flow: Any, to_server: bool, length: int) -> None:
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is not None and st.proto in _HTTP_PROTOS and hasattr(st.parser, "gap"):
             st.parser.gap(to_server, length)
 
     def on_eof(self, flow: Any, to_server: bool) -> list[tuple[Hook, Any]]:
         """One side of a TCP flow closed (its FIN, all its bytes before it delivered): once per side."""
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         side = EOF_TS if to_server else EOF_TC
         if st is None or st.eof & side or st.proto is AppProto.FAILED or st.cut:
             return []
@@ -167,7 +167,7 @@ class AppLayer:
         return self._wrap(flow, st.proto, eof(to_server))
 
     def on_close(self, flow: Any) -> list[tuple[Hook, Any]]:
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is None:
             return []
         self._uncount(flow, st)  # what the parser holds goes with the flow (after these last events)
@@ -179,7 +179,7 @@ class AppLayer:
         """Has the app layer nothing more to do with ``flow``'s bytes: its protocol is none of ours
         (or its parsing was cut), for good, and it holds nothing? ``on_chunk`` then gives no event
         and ``inspected`` does nothing, and the pipeline skips both on each of its packets."""
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         return (st is not None and (st.proto is AppProto.FAILED or st.cut) and st.parser is None
                 and not st.early and not st.held)
 
@@ -187,7 +187,7 @@ class AppLayer:
     def inspected(self, flow: Any) -> None:
         """The events of the last ``on_chunk`` went through the engines: release what only they
         needed (decoded bodies of complete messages) and count what the flow's parser holds."""
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is None:
             return
         self._release(st)
@@ -226,7 +226,7 @@ class AppLayer:
         out: list[tuple[Any, int]] = []
         if self.held_total <= target:
             return out
-        for flow in sorted(self._holders.values(), key=lambda f: -f.engine_data["app"].held):
+        for flow in sorted(self._holders.values(), key=lambda f: -f.app_state.held):
             if self.held_total <= target:
                 break
             out.append((flow, self.cut(flow)))

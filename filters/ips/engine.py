@@ -416,9 +416,9 @@ class Ips(Engine):
 
     # -- per-flow state ------------------------------------------------------------------
     def _state(self, flow: Any) -> _FlowState:
-        st = flow.engine_data.get("ips")
+        st = flow.ips_state
         if st is None:
-            st = flow.engine_data["ips"] = _FlowState(detector=self._generation)
+            st = flow.ips_state = _FlowState(detector=self._generation)
             st.headers_addr, st.headers_port = flow.client_addr, flow.client_port
         elif st.detector != self._generation:
             st.rebind(self._generation)
@@ -957,6 +957,8 @@ class _NoFlow:
     pkts_toserver: int = 0
     pkts_toclient: int = 0
     engine_data: dict = field(default_factory=dict)
+    app_state: Any = None
+    ips_state: Any = None
 
 
 def _stateless(rule: Rule) -> bool:
@@ -1007,7 +1009,7 @@ def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _
 
 
 def _changed(flow: Any) -> bool:
-    st = flow.engine_data.get("app")
+    st = flow.app_state
     return st is not None and getattr(st, "changed_from", None) is not None
 
 
