@@ -25,7 +25,7 @@ def test_one_packet_udp_flows_cost_under_a_kilobyte(tmp_path: Path) -> None:
     """Measured 881 bytes per flow (921 with ET Open), 1,626 (1,738) before the app layer's and the
     IPS's states were slimmed and made slots of the flow: no engine_data dict, no reply stream, no
     list or dict per direction, one bytes object per address. The 100,000 flows of `make bench`
-    cost a worker pair that many times over (PSS 420 -> 337 MiB)."""
+    cost a worker pair that many times over (agent PSS 421 -> 338 MiB)."""
     path = tmp_path / "bench.rules"
     path.write_text("\n".join(RULES) + "\n")
     ips = Ips()
