@@ -14,8 +14,9 @@ queue was bypassed, begins with the server's packet). With ``midstream=False`` a
 TCP session (``Flow.no_session``: its packets are inspected one by one, no stream is reassembled,
 no app layer) until a SYN starts one, as Suricata does.
 
-Streams. Each flow carries one ``Stream`` per direction; TCP state and reassembly live in
-``filters.stream`` (a ``Reassembler`` the table owns), which ``update`` calls with each packet.
+Streams. Each flow carries one ``Stream`` per direction, made when first used (a one-way UDP
+flow never needs its reply direction's); TCP state and reassembly live in ``filters.stream`` (a
+``Reassembler`` the table owns), which ``update`` calls with each packet.
 
 Lifetime. Flows sit in one LRU queue per timeout class (tcp_new, tcp_established, tcp_closed,
 udp, icmp, other), so ``expire`` only looks at queue heads and eviction picks the oldest of the
@@ -51,6 +52,7 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = types.MappingProxyType({
     "other": 60.0,
 })
 DEFAULT_MEMCAP = 128 << 20  # per worker: reassembly plus app-layer parser state of all its flows
+MAX_SHARED_ADDRS = 4096  # addresses a table keeps one bytes object of for all its flows (then it starts afresh)
 _ID_MASK = (1 << 63) - 1
 _ID_MULT = 0x5851F42D4C957F2D  # odd: n -> n * _ID_MULT mod 2**63 is a bijection
 _OPPOSITE = {Side.LAN: Side.WAN, Side.WAN: Side.LAN, Side.UNKNOWN: Side.UNKNOWN}
@@ -86,12 +88,18 @@ class Flow:
     # it is a flow (its packets are inspected one by one) without a TCP session (no state, no
     # reassembly, no app layer) until a SYN starts one.
     no_session: bool = False
-    toserver: Stream = field(default_factory=Stream)
-    toclient: Stream = field(default_factory=Stream)
+    # the streams, made on first use (see toserver): most flows of a busy table are one-way datagrams
+    _toserver: Stream | None = field(default=None, repr=False)
+    _toclient: Stream | None = field(default=None, repr=False)
     encrypted: bool = False
     decided: Action | None = None
     decided_ts: float = 0.0  # when ``decided`` was set (packet time)
     timeout_class: str = field(default="", repr=False)  # the FlowTable LRU queue it sits in
+    # The app layer's state (filters.app.layer.AppState) and the IPS's (filters.ips.engine._FlowState):
+    # every inspected flow has both, and as slots they cost 16 bytes where two entries of
+    # engine_data cost its dict (184 bytes), which the flows of an IPS then never make.
+    app_state: Any = field(default=None, repr=False)
+    ips_state: Any = field(default=None, repr=False)
     # engine_data and held are created on first access: most flows never need them.
     _engine_data: dict[str, Any] | None = field(default=None, repr=False)
     _held: list | None = field(default=None, repr=False)
@@ -122,6 +130,38 @@ class Flow:
     def is_held(self) -> bool:
         return bool(self._held)
 
+    @property
+    def toserver(self) -> Stream:
+        """The client-to-server stream, made on first use: a table holds 100,000 flows and more,
+        and a stream the size of a third of the flow is waste for a direction that sends nothing."""
+        s = self._toserver
+        if s is None:
+            s = self._toserver = Stream()
+        return s
+
+    @toserver.setter
+    def toserver(self, value: Stream) -> None:
+        self._toserver = value
+
+    @property
+    def toclient(self) -> Stream:
+        """The server-to-client stream, made on first use (see toserver)."""
+        s = self._toclient
+        if s is None:
+            s = self._toclient = Stream()
+        return s
+
+    @toclient.setter
+    def toclient(self, value: Stream) -> None:
+        self._toclient = value
+
+    @property
+    def depth_reached(self) -> bool:
+        """Both directions reached their stream depth: no more data for the engines (a direction
+        without a stream yet has not)."""
+        s, r = self._toserver, self._toclient
+        return s is not None and r is not None and s.depth_reached and r.depth_reached
+
     def reverse(self) -> None:
         """Swap client and server: a midstream pickup whose first packet was the server's (found out
         by the app layer, e.g. an HTTP response seen "to server")."""
@@ -130,7 +170,7 @@ class Flow:
         self.client_side = {Side.LAN: Side.WAN, Side.WAN: Side.LAN}.get(self.client_side, self.client_side)
         self.pkts_toserver, self.pkts_toclient = self.pkts_toclient, self.pkts_toserver
         self.bytes_toserver, self.bytes_toclient = self.bytes_toclient, self.bytes_toserver
-        self.toserver, self.toclient = self.toclient, self.toserver
+        self._toserver, self._toclient = self._toclient, self._toserver
 
     def stream(self, to_server: bool) -> Stream:
         return self.toserver if to_server else self.toclient
@@ -229,6 +269,9 @@ class FlowTable:
         self._ended: collections.deque[Flow] = collections.deque(maxlen=max_flows)
         self._next_id = 0
         self._id_salt = random.getrandbits(63)
+        # One bytes object per address for the flows that share it (a client's flows, a busy
+        # server's): each packet brings its own copies, which a flow's key would keep (37 bytes each).
+        self._addrs: dict[bytes, bytes] = {}
 
     # -- table ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -369,10 +412,15 @@ class FlowTable:
         if self._count >= self.max_flows and not self._evict_one():
             self.counters["table_full"] += 1
             return None
+        addrs = self._addrs
+        if len(addrs) >= MAX_SHARED_ADDRS:
+            addrs.clear()
+        src, dst = addrs.setdefault(pkt.src_addr, pkt.src_addr), addrs.setdefault(pkt.dst_addr, pkt.dst_addr)
+        key = _key(key[0], key[1], src, sport, dst, dport)
         if client_is_src:
-            caddr, cport, saddr, sport_, side = pkt.src_addr, sport, pkt.dst_addr, dport, pkt.side
+            caddr, cport, saddr, sport_, side = src, sport, dst, dport, pkt.side
         else:
-            caddr, cport, saddr, sport_, side = pkt.dst_addr, dport, pkt.src_addr, sport, _OPPOSITE[pkt.side]
+            caddr, cport, saddr, sport_, side = dst, dport, src, sport, _OPPOSITE[pkt.side]
         flow = Flow(
             key, self._new_id(), pkt.version, pkt.proto, caddr, cport, saddr, sport_, side, pkt.ts, pkt.ts,
             midstream=midstream, no_session=no_session,
@@ -417,8 +465,9 @@ class FlowTable:
     def _unlink(self, flow: Flow) -> None:
         del self._queues[flow.timeout_class][flow.key]
         self._count -= 1
-        self.streams.drop_pending(flow.toserver)
-        self.streams.drop_pending(flow.toclient)
+        for s in (flow._toserver, flow._toclient):
+            if s is not None:
+                self.streams.drop_pending(s)
 
 
 def _check_timeouts(timeouts: Mapping[str, float]) -> dict[str, float]:

@@ -667,7 +667,7 @@ class Pipeline:
             self._count("memcap.cut")
             rec = eve.base_record("anomaly", pkt.ts, pkt if victim is flow else None, victim)
             rec["anomaly"] = {"type": "applayer", "event": "memcap_exceeded", "layer": "app_layer",
-                              "app_proto": str(victim.engine_data["app"].proto.value), "held": bytes_held,
+                              "app_proto": str(victim.app_state.proto.value), "held": bytes_held,
                               "memcap": memcap, "action": "drop" if drop else "pass"}
             self.emit(rec)
             log.warning("worker memcap (%d bytes) exceeded: app-layer inspection of flow %d cut (%d bytes held)",

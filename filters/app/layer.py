@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # The parsers are imported here, not on a flow's first use: the daemon imports this module before
@@ -28,6 +28,7 @@ from filters.packet import PROTO_TCP, PROTO_UDP
 log = logging.getLogger(__name__)
 
 DETECT_LIMIT = 4096  # bytes per direction looked at before giving up on detection
+EOF_TS, EOF_TC = 1, 2  # AppState.eof: the client's, the server's FIN was handed on
 HTTP_REQUEST_RE = re.compile(rb"^[A-Za-z][A-Za-z_-]{1,15}[ \t]+\S")
 HTTP_METHODS = frozenset(
     b"GET POST HEAD PUT DELETE OPTIONS CONNECT TRACE PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK "
@@ -70,16 +71,22 @@ class AppSettings:
 
 @dataclass(slots=True, eq=False)
 class AppState:
+    """A worker holds one per flow that carried data (100,000 and more), most of them never
+    detected: plain slots, no container until one is needed (a list or dict per direction cost
+    four times the state itself)."""
+
     proto: AppProto = AppProto.UNKNOWN
     parser: Any = None
-    # per direction, indexed by to_server (False 0, True 1): lists, half the size of a dict per flow
-    seen: list[int] = field(default_factory=lambda: [0, 0])
-    next_offset: list[int] = field(default_factory=lambda: [0, 0])
-    early: list[tuple[bool, bytes]] = field(default_factory=list)  # bytes before detection (other side)
+    # per direction: bytes seen before detection, and the stream offset expected next
+    seen_ts: int = 0
+    seen_tc: int = 0
+    next_ts: int = 0
+    next_tc: int = 0
+    early: tuple[tuple[bool, bytes], ...] = ()  # bytes before detection (other side), at most 16 entries
     changed_from: AppProto | None = None  # the protocol before a protocol change (CONNECT, STARTTLS)
     held: int = 0  # bytes this flow's parser held at the last count (AppLayer.held_total)
     cut: bool = False  # parsing was stopped by the worker's memcap (AppLayer.cut)
-    eof: dict[bool, bool] = field(default_factory=lambda: {True: False, False: False})  # a side's FIN was handed on
+    eof: int = 0  # the sides whose FIN was handed on: EOF_TS, EOF_TC
 
 
 def _looks_http(to_server: bool, data: bytes) -> bool:
@@ -93,13 +100,13 @@ def _looks_http(to_server: bool, data: bytes) -> bool:
 
 def flow_app_proto(flow: Any) -> str | None:
     """The app-layer protocol name of a flow ("http", "unknown", "failed"...), None before any data."""
-    st = flow.engine_data.get("app")
+    st = flow.app_state
     # the member's value attribute itself: ``.value`` is a property, and engines ask this per packet
     return st.proto._value_ if st is not None else None
 
 
 class AppLayer:
-    """Owns the per-flow app-layer state (in ``flow.engine_data['app']``)."""
+    """Owns the per-flow app-layer state (in ``flow.app_state``)."""
 
     def __init__(self, settings: AppSettings = AppSettings(), *, files: bool = True) -> None:
         self.settings = settings
@@ -110,9 +117,9 @@ class AppLayer:
         self._holders: dict[int, Any] = {}  # flow_id -> flow, for the flows whose parsers hold bytes
 
     def state(self, flow: Any) -> AppState:
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is None:
-            st = flow.engine_data["app"] = AppState()
+            st = flow.app_state = AppState()
         return st
 
     def on_chunk(self, flow: Any, to_server: bool, data: bytes, offset: int) -> list[tuple[Hook, Any]]:
@@ -120,20 +127,22 @@ class AppLayer:
         if st.proto is AppProto.FAILED or st.cut or not data:
             return []
         self._release(st)
-        expected = st.next_offset[to_server]
-        st.next_offset[to_server] = offset + len(data)
+        if to_server:
+            expected, st.next_ts = st.next_ts, offset + len(data)
+        else:
+            expected, st.next_tc = st.next_tc, offset + len(data)
         if offset > expected and flow.proto == PROTO_TCP:
             self._count("app.gaps")
             self.on_gap(flow, to_server, offset - expected)
         if st.proto is AppProto.UNKNOWN:
-            if flow.midstream and to_server and not st.seen[False] and _looks_http(False, data):
+            if flow.midstream and to_server and not st.seen_tc and _looks_http(False, data):
                 flow.reverse()  # picked up midstream with the server's packet first
-                st.next_offset[True], st.next_offset[False] = st.next_offset[False], st.next_offset[True]
+                st.next_ts, st.next_tc = st.next_tc, st.next_ts
                 to_server = False
                 self._count("app.reversed")
             if not self._detect(flow, st, to_server, data):
                 return []
-            early, st.early = st.early, []
+            early, st.early = st.early, ()
             out: list[tuple[Hook, Any]] = []
             for ts, d in early:
                 out += self._feed(flow, st, ts, d)
@@ -141,23 +150,24 @@ class AppLayer:
         return self._feed(flow, st, to_server, data)
 
     def on_gap(self, flow: Any, to_server: bool, length: int) -> None:
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is not None and st.proto in _HTTP_PROTOS and hasattr(st.parser, "gap"):
             st.parser.gap(to_server, length)
 
     def on_eof(self, flow: Any, to_server: bool) -> list[tuple[Hook, Any]]:
         """One side of a TCP flow closed (its FIN, all its bytes before it delivered): once per side."""
-        st = flow.engine_data.get("app")
-        if st is None or st.eof[to_server] or st.proto is AppProto.FAILED or st.cut:
+        st = flow.app_state
+        side = EOF_TS if to_server else EOF_TC
+        if st is None or st.eof & side or st.proto is AppProto.FAILED or st.cut:
             return []
-        st.eof[to_server] = True
+        st.eof |= side
         eof = getattr(st.parser, "eof", None)
         if eof is None:
             return []
         return self._wrap(flow, st.proto, eof(to_server))
 
     def on_close(self, flow: Any) -> list[tuple[Hook, Any]]:
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is None:
             return []
         self._uncount(flow, st)  # what the parser holds goes with the flow (after these last events)
@@ -169,7 +179,7 @@ class AppLayer:
         """Has the app layer nothing more to do with ``flow``'s bytes: its protocol is none of ours
         (or its parsing was cut), for good, and it holds nothing? ``on_chunk`` then gives no event
         and ``inspected`` does nothing, and the pipeline skips both on each of its packets."""
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         return (st is not None and (st.proto is AppProto.FAILED or st.cut) and st.parser is None
                 and not st.early and not st.held)
 
@@ -177,7 +187,7 @@ class AppLayer:
     def inspected(self, flow: Any) -> None:
         """The events of the last ``on_chunk`` went through the engines: release what only they
         needed (decoded bodies of complete messages) and count what the flow's parser holds."""
-        st = flow.engine_data.get("app")
+        st = flow.app_state
         if st is None:
             return
         self._release(st)
@@ -216,7 +226,7 @@ class AppLayer:
         out: list[tuple[Any, int]] = []
         if self.held_total <= target:
             return out
-        for flow in sorted(self._holders.values(), key=lambda f: -f.engine_data["app"].held):
+        for flow in sorted(self._holders.values(), key=lambda f: -f.app_state.held):
             if self.held_total <= target:
                 break
             out.append((flow, self.cut(flow)))
@@ -228,7 +238,7 @@ class AppLayer:
         st = self.state(flow)
         held = st.held
         self._uncount(flow, st)
-        st.cut, st.parser, st.early = True, None, []
+        st.cut, st.parser, st.early = True, None, ()
         self._count("app.memcap_cut")
         return held
 
@@ -244,12 +254,15 @@ class AppLayer:
             elif h2 is None and proto is AppProto.FAILED:
                 proto = None
         if proto is None:
-            st.seen[to_server] += len(data)
+            if to_server:
+                st.seen_ts += len(data)
+            else:
+                st.seen_tc += len(data)
             if len(st.early) < 16:
-                st.early.append((to_server, data[:DETECT_LIMIT]))
-            if st.seen[True] >= DETECT_LIMIT or st.seen[False] >= DETECT_LIMIT or (st.seen[True] and st.seen[False] > 0 and len(st.early) >= 4):
+                st.early += ((to_server, data[:DETECT_LIMIT]),)
+            if st.seen_ts >= DETECT_LIMIT or st.seen_tc >= DETECT_LIMIT or (st.seen_ts and st.seen_tc > 0 and len(st.early) >= 4):
                 st.proto = AppProto.FAILED
-                st.early = []
+                st.early = ()
                 self._count("app.failed")
             return False
         if proto not in self.settings.enabled:
@@ -355,8 +368,8 @@ class AppLayer:
         st.changed_from = st.proto
         self._uncount(flow, st)  # the old parser's held bytes leave the worker's budget with it
         st.proto, st.parser = AppProto.UNKNOWN, None
-        st.seen = [0, 0]
-        st.early = []
+        st.seen_ts = st.seen_tc = 0
+        st.early = ()
         out: list[tuple[Hook, Any]] = []
         if upgrade is not None:  # Upgrade: h2c granted: HTTP/2 from here on, the request is stream 1
             st.proto = AppProto.HTTP2
@@ -374,7 +387,7 @@ class AppLayer:
             if st.proto is AppProto.UNKNOWN:
                 if not self._detect(flow, st, to_server, data):
                     continue
-                early, st.early = st.early, []
+                early, st.early = st.early, ()
                 for ts, d in early:
                     out += self._feed(flow, st, ts, d)
             out += self._feed(flow, st, to_server, data)

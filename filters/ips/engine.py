@@ -138,7 +138,9 @@ class _FlowState:
     relevant: tuple[bool, bool, bool] | None = None  # could (iponly, packet, stream) rules apply at all
     # Rule headers (protocol, addresses, ports) judged once per flow and direction: 2 * rule + to_server.
     headers: dict[int, bool] | None = None
-    headers_for: tuple[bytes, int] = (b"", -1)  # the flow's client when ``headers`` was filled
+    # the flow's client when ``headers`` was filled (two slots: a tuple per flow costs 56 bytes)
+    headers_addr: bytes = b""
+    headers_port: int = -1
     tx_memos: OrderedDict[Any, _TxMemo] | None = None
     # Per direction: the packet group's judgement of this direction's header (see _HeaderClass;
     # the header never changes within a direction).
@@ -414,19 +416,19 @@ class Ips(Engine):
 
     # -- per-flow state ------------------------------------------------------------------
     def _state(self, flow: Any) -> _FlowState:
-        st = flow.engine_data.get("ips")
+        st = flow.ips_state
         if st is None:
-            st = flow.engine_data["ips"] = _FlowState(detector=self._generation)
-            st.headers_for = (flow.client_addr, flow.client_port)
+            st = flow.ips_state = _FlowState(detector=self._generation)
+            st.headers_addr, st.headers_port = flow.client_addr, flow.client_port
         elif st.detector != self._generation:
             st.rebind(self._generation)
-        elif st.headers_for[0] is not flow.client_addr:
-            now = (flow.client_addr, flow.client_port)
-            if st.headers_for != now:  # the flow was turned around (midstream pickup): directions changed
+        elif st.headers_addr is not flow.client_addr or st.headers_port != flow.client_port:
+            if st.headers_addr != flow.client_addr or st.headers_port != flow.client_port:
+                # the flow was turned around (midstream pickup): directions changed
                 if st.headers:
                     st.headers.clear()
                 st.class_ts = st.class_tc = None
-            st.headers_for = now
+            st.headers_addr, st.headers_port = flow.client_addr, flow.client_port
         return st
 
     def needs_more(self, flow: Any) -> bool:
@@ -436,7 +438,7 @@ class Ips(Engine):
         if not len(det):
             return False
         st = self._state(flow)
-        if st.passed or (flow.toserver.depth_reached and flow.toclient.depth_reached):
+        if st.passed or flow.depth_reached:
             return False
         if flow.encrypted:
             if self.encryption_bypass:
@@ -955,6 +957,8 @@ class _NoFlow:
     pkts_toserver: int = 0
     pkts_toclient: int = 0
     engine_data: dict = field(default_factory=dict)
+    app_state: Any = None
+    ips_state: Any = None
 
 
 def _stateless(rule: Rule) -> bool:
@@ -1005,7 +1009,7 @@ def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _
 
 
 def _changed(flow: Any) -> bool:
-    st = flow.engine_data.get("app")
+    st = flow.app_state
     return st is not None and getattr(st, "changed_from", None) is not None
 
 

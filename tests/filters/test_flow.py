@@ -213,8 +213,9 @@ def test_tflow_factory():
 def test_memory_100k_flows():
     """100k TCP flows after a SYN each (the table-filling case), fresh address objects per packet.
 
-    Measured ~845 B/flow on CPython 3.11: Flow ~230 B, its two Streams 2 x 112 B, LRU queue entry
-    ~105 B, key tuple 88 B, two address bytes 2 x 37 B, flow_id and sequence-number ints. Established
+    Measured ~850 B/flow on CPython 3.11: Flow ~250 B, its two Streams 2 x 120 B (a SYN makes both),
+    LRU queue entry ~75 B, key tuple 88 B, the client's address bytes 37 B (the server's one object is
+    shared by all flows: MAX_SHARED_ADDRS), flow_id and sequence-number ints. Established
     flows with data both ways measure ~950 B (more live ints and floats). 1000 B/flow bounds the table
     at 100 MB for 100k flows, which keeps a worker (~15-40 MB of code) below the 150 MB RSS target.
     """
@@ -258,3 +259,37 @@ def test_conntrack_reply_direction_makes_the_receiver_the_client():
     # without it (offline, or the original direction) the sender stays the client, as before
     flow, _, _ = FlowTable().lookup(tpacket(reply=True, tcp_flags=ACK | PSH))
     assert flow.client_addr == pton(SERVER)
+
+
+def test_one_way_udp_flows_share_addresses_and_make_one_stream():
+    """The memory benchmark's flows (one UDP datagram each from a hundred clients to one server):
+    a flow makes only the stream of the direction that sent data, asking whether both directions
+    reached their depth makes none, and the flows of one address share one bytes object (each
+    packet brings its own copy) while lookups with fresh copies still find them."""
+    from filters.flow import MAX_SHARED_ADDRS
+
+    table = FlowTable()
+    flows = []
+    for i in range(300):
+        pkt = tpacket(proto=PROTO_UDP, src=f"192.0.2.{100 + i % 100}", sport=20_000 + i, dport=9, payload=b"flow")
+        flow, to_server, is_new = table.lookup(pkt)
+        assert is_new and to_server
+        assert not flow.depth_reached and flow._toserver is None and flow._toclient is None
+        assert table.update(flow, pkt, to_server) == [(True, b"flow", 0)]
+        assert flow._toserver is not None and flow._toclient is None and flow.toserver.delivered == 4
+        flows.append(flow)
+    assert flows[0].client_addr is flows[100].client_addr and flows[0].server_addr is flows[299].server_addr
+    assert flows[0].key[2] is flows[0].client_addr or flows[0].key[4] is flows[0].client_addr
+    reply = tpacket(reply=True, proto=PROTO_UDP, src=SERVER, dst="192.0.2.100", sport=9, dport=20_000, payload=b"ok")
+    back, to_server, is_new = table.lookup(reply)
+    assert back is flows[0] and not to_server and not is_new
+    assert table.update(back, reply, to_server) == [(False, b"ok", 0)] and back._toclient is not None
+    back.reverse()  # the streams swap with the endpoints
+    assert back.toserver.delivered == 2 and back.toclient.delivered == 4
+    # the shared addresses are bounded: the table starts afresh once it holds MAX_SHARED_ADDRS
+    for i in range(MAX_SHARED_ADDRS + 10):
+        table.lookup(tpacket(proto=PROTO_UDP, src=f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", sport=1000))
+    assert len(table._addrs) <= MAX_SHARED_ADDRS
+    assert table.lookup(tpacket(proto=PROTO_UDP, src="192.0.2.100", sport=20_000, dport=9))[0] is flows[0]
+    table.remove(flows[0])  # a flow without streams leaves the table like any other
+    assert table.lookup(tpacket(proto=PROTO_UDP, src="192.0.2.100", sport=20_000, dport=9))[2]

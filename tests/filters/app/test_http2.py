@@ -365,7 +365,7 @@ def test_continuation_flood_holds_little() -> None:
         app.inspected(flow)
         peak = max(peak, app.held_total)
     out = app.on_chunk(flow, True, frame(9, 0x4, 1, b""), off)
-    p = flow.engine_data["app"].parser
+    p = flow.app_state.parser
     assert peak < 300_000, peak  # the dynamic table (4 KiB), the list cap (64 KiB) and their Python cost
     (tx,) = p.transactions
     assert tx.uri == b"/" and tx.host == b"a.example"

@@ -23,7 +23,7 @@ def ips_with(tmp_path: Path, *rules: str) -> Ips:
 
 def flow_of(proto: AppProto, *, changed: bool = False):
     flow = tflow()
-    flow.engine_data["app"] = AppState(proto=proto, changed_from=AppProto.HTTP if changed else None)
+    flow.app_state = AppState(proto=proto, changed_from=AppProto.HTTP if changed else None)
     return flow
 
 
