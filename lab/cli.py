@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--modes", default=None, help="modes to run (bare always); office: among bare,agent-w2,agent-w1; "
                                                      "dataplane: among bare,brnf,kernel,fw,ips (then --out is required)")
     bench.add_argument("--scenarios", default=None,
-                       help="dataplane: only these scenarios, among bulk,connections,latency,udp,memory,offline "
-                            "(then --out is required)")
+                       help="dataplane: only these scenarios, among bulk,connections,latency,udp,floor,memory,offline "
+                            "(floor: the paired fw-against-kernel-floor runs; then --out is required)")
     bench.set_defaults(fn=cmd_bench)
 
     v = sub.add_parser("verify", help="run the suricata-verify peer suite through the agent's pcap mode")

@@ -45,12 +45,16 @@ from lab.bench.capture import (
 )
 from lab.bench.dataplane_report import (
     BULK_OMIT,
+    CONFIDENCE,
+    FLOOR_GOAL,
+    FLOOR_PAIRED,
     FW_METRICS,
     IPS_METRICS,
     METRICS,
     Report,
     Section,
     command_line,
+    paired_row,
     render_markdown,
     render_terminal,
 )
@@ -78,7 +82,8 @@ from lab.bench.host import (
     start_nginx,
 )
 from lab.bench.offline import ET_OPEN, ET_OPEN_MISSING, OfflineResult, et_open_files, offline_throughput
-from lab.bench.report import Metric, Row, compare_rows, median, noise_note, paired, percentile, summarize, verdict_ok
+from lab.bench.report import (Metric, Row, compare_rows, median, median_interval, noise_note, paired, percentile, summarize,
+                              verdict_ok)
 from lab.netns import Lab
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,8 @@ log = logging.getLogger(__name__)
 LOAD = "lab.bench.load"  # the module of the load generators (python -m lab.bench.load ROLE)
 IPERF_PORT = 5201
 BULK_REPEATS = 3  # iperf3 runs per bulk measurement; the median is the run's figure
+FLOOR_PAIRS = 12  # paired runs of the firewall-only agent and the kernel floor (the goal's figure)
+PAIR_SECONDS = 3  # each paired iperf3 run, after the omitted start: short, so that a pair sees the same machine
 HTTP_PORT = 8080
 ECHO_PORT = 7007
 SINK_PORT = 9  # UDP discard: the flow-table packets are dropped by web's own INPUT chain
@@ -127,6 +134,13 @@ KERNEL_CHAIN = "VCR-FLOOR"
 ACCT_SYSCTL = "net.netfilter.nf_conntrack_acct"
 
 
+def pair_order(pairs: int) -> list[tuple[str, str]]:
+    """The modes of each pair, in run order: (fw, kernel), (kernel, fw), ... (ABBA): each mode goes first in
+    half the pairs, so a drift within a pair favours neither, and the second run of a pair and the first of
+    the next are in the same mode (one set-up for both)."""
+    return [("fw", KERNEL) if i % 2 == 0 else (KERNEL, "fw") for i in range(pairs)]
+
+
 def floor_ruleset(bridge: str) -> str:
     """iptables-restore text of the kernel floor: what a decided flow costs the kernel in the agent's design.
 
@@ -144,6 +158,7 @@ def floor_ruleset(bridge: str) -> str:
     ])
 
 
+KERNEL_HEADERS = ("Baseline (median)", "Measured (median)", "Ratio")
 KERNEL_DESCRIPTION = (
     "no agent. The bridge with br_netfilter on, conntrack with byte counters (as `bridge up` sets it) and, in "
     "both families, the agent's FORWARD jump (`-i br0 -o br0`) to one chain whose first rule is the fast path's "
@@ -298,6 +313,16 @@ def search_rate(probe: Callable[[int], tuple[float, bool]], start: int, max_prob
 
 
 # ----------------------------------------------------------------------------- the method (docs/benchmarks.md)
+def _interval_text(n: int) -> str:
+    """Which order statistics the interval of ``n`` pairs' median is, and its coverage."""
+    interval = median_interval([float(i) for i in range(1, n + 1)], CONFIDENCE)
+    if interval is None:
+        return f"{n} pairs are too few for one"
+    k = int(interval[0])
+    nth = f"{k}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(k, 'th') }"
+    return f"with {n} pairs, from the {nth} smallest to the {nth} largest ratio, {interval[2]:.1%} coverage"
+
+
 METHOD = [
     "Topology: the lab of lab/netns.py: pc1/pc2 -- LAN switch -- UTM (lan0|wan0) -- router -- web "
     "(198.51.100.10), each a network namespace joined by veth pairs on one machine. Every client, server, "
@@ -314,6 +339,22 @@ METHOD = [
     "rule at all (no conntrack either): the part of the floor that any NFQUEUE on bridged traffic brings. Only bulk "
     "TCP is measured in these two modes. They separate what the kernel mechanism of the design costs from what the "
     "agent adds.",
+    f"Bulk TCP, the firewall-only agent against the kernel floor, paired (the goal's row; `--scenarios floor`, "
+    f"with `--modes fw,kernel` or all): run by run the medians above cannot resolve a few percent, because the bulk "
+    f"rate swings by a quarter between runs minutes apart, whatever the mode. So, after the runs, {FLOOR_PAIRS} pairs "
+    f"of one `iperf3 -P 4 -t {PAIR_SECONDS} -O {BULK_OMIT}` run each, one through the firewall-only agent and one "
+    "through the kernel floor, back to back, in the order fw, kernel | kernel, fw | fw, kernel ... (`pair_order`: "
+    "each mode goes first in half the pairs; the second run of a pair and the first of the next share one set-up). "
+    "Each side is exactly the mode of its block above (`Bench.mode`): the agent is `bridge up` + a fresh `vcr-agent "
+    "run` and its bridge taken down afterwards; the floor is the bare bridge with `floor_ruleset`; conntrack is "
+    "flushed at each switch. So the pairs measure the same two data paths as the goal, with the agent's every cost "
+    "in (its bridge, its ruleset, the first packets it decides, its process), only closer together in time. The "
+    f"figure is the median of the {FLOOR_PAIRS} per-pair ratios agent/floor; the interval is the distribution-free "
+    f"{CONFIDENCE:.0%} interval of that median (the sign test inverted, `median_interval`: {_interval_text(FLOOR_PAIRS)}; "
+    "it assumes nothing about the shape of the noise, only that the pairs are independent). Verdict: pass when the whole interval is at or above "
+    f"{FLOOR_GOAL:g}×, FAIL when it is wholly below, \"within noise\" when it spans {FLOOR_GOAL:g}× (the bench "
+    "cannot tell at this many pairs; it does not fail the bench then). Each paired run's rate, the agent's CPU "
+    "during it and how busy the machine was are listed under Diagnostics.",
     "Each run measures every scenario in every mode (bare, br_netfilter alone, kernel floor, then each agent "
     "configuration); the order rotates from run to run (bare, brnf, kernel, fw, ips; brnf, kernel, fw, ips, bare; ...) "
     "so slow drift hits all of them. The agent is "
@@ -374,8 +415,9 @@ METHOD = [
 
 
 # ----------------------------------------------------------------------------- the benchmark run
+FLOOR_SCENARIO = "bulk TCP, paired against the floor"
 SCENARIOS = {"bulk": "bulk TCP", "connections": "new connections", "latency": "latency", "udp": "small packets",
-             "memory": "memory", "offline": "offline"}  # --scenarios names -> the scenarios' own
+             "floor": FLOOR_SCENARIO, "memory": "memory", "offline": "offline"}  # --scenarios names -> the scenarios' own
 
 
 @dataclass(frozen=True)
@@ -438,6 +480,10 @@ class Bench:
         self.flow_addresses = False  # pc1 has the memory scenario's source addresses
         self.ping_tails: list[str] = []
         self.settles: list[str] = []  # scenarios that waited for a queue backlog to drain first
+        self.pairs: list[tuple[float, float]] = []  # (kernel floor, fw agent) Gbit/s of each complete pair
+        self.pair_errors: list[str] = []
+        self.pair_lines: list[str] = []  # each paired run, for the diagnostics
+        self.pair_starts: list[str] = []  # the paired runs' agent starts (kept apart from the blocks')
 
     # -- set-up ----------------------------------------------------------------------------
     def start_servers(self) -> None:
@@ -469,8 +515,9 @@ class Bench:
 
     # -- modes -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def mode(self, mode: str, run: int) -> Iterator[None]:
-        """The UTM as a bare bridge or with the agent running, for one block of measurements."""
+    def mode(self, mode: str, run: int | str, starts: list[str] | None = None) -> Iterator[None]:
+        """The UTM as a bare bridge or with the agent running, for one block of measurements (the agent's
+        start goes to ``starts``, by default its configuration's)."""
         self.lab.exec("utm", ["conntrack", "-F"])
         if mode in ("bare", BRNF):  # a plain bridge; br_netfilter on (with no rule) in BRNF
             with bare_bridge(self.lab, netfilter=mode == BRNF):
@@ -484,7 +531,7 @@ class Bench:
             return
         setup = self.setups[mode]
         with agent_mode(self, self.workdir / f"agent-{mode}-{run}", setup.overrides, setup.start_timeout,
-                        self.starts[mode]):
+                        self.starts[mode] if starts is None else starts):
             yield
 
     @contextlib.contextmanager
@@ -517,17 +564,22 @@ class Bench:
         return sum(q.dropped + q.user_dropped for q in self.nfqueue().values())
 
     # -- scenarios -------------------------------------------------------------------------
+    def iperf_bulk(self, seconds: float) -> tuple[dict[str, Any], float]:
+        """One ``iperf3 -P 4`` run from pc1 to web of ``seconds`` after the omitted start: (its JSON, the
+        share of the machine's CPU time that was busy meanwhile)."""
+        before = cpu_ticks(read_text("/proc/stat"))
+        res = self.lab.exec("pc1", ["iperf3", "-c", self.web, "-p", str(IPERF_PORT), "-P", "4", "-t",
+                                    str(max(1, round(seconds))), "-O", str(BULK_OMIT), "-J"],
+                            timeout=seconds + BULK_OMIT + 60)
+        busy = busy_share(before, cpu_ticks(read_text("/proc/stat")))
+        return parse_iperf(res.stdout), busy
+
     def bulk(self, mode: str) -> dict[str, float]:
         """BULK_REPEATS iperf3 runs back to back; the run's figure is their median (over veth the
         rate swings by a quarter from one run to the next, whatever the mode)."""
-        secs = str(max(1, round(self.seconds)))
         rates, starts = [], []
         for _ in range(BULK_REPEATS):
-            before = cpu_ticks(read_text("/proc/stat"))
-            res = self.lab.exec("pc1", ["iperf3", "-c", self.web, "-p", str(IPERF_PORT), "-P", "4", "-t", secs,
-                                        "-O", str(BULK_OMIT), "-J"], timeout=self.seconds + BULK_OMIT + 60)
-            busy = busy_share(before, cpu_ticks(read_text("/proc/stat")))
-            data = parse_iperf(res.stdout)
+            data, busy = self.iperf_bulk(self.seconds)
             gbps = iperf_tcp_gbps(data)
             rates.append(gbps)
             start = iperf_omitted_gbps(data)
@@ -539,6 +591,52 @@ class Bench:
         mid, first = median(rates), median(starts)
         assert mid is not None
         return {"bulk_gbps": mid} | ({"bulk_start_gbps": first} if first is not None else {})
+
+    def floor_pairs(self, pairs: int = FLOOR_PAIRS) -> None:
+        """The goal's figure: ``pairs`` pairs of one short bulk run through the firewall-only agent and one
+        through the kernel floor, back to back in ``pair_order``; each side in its own ``mode`` (the agent
+        started afresh, the floor installed), one set-up for the runs of the same mode in a row. A pair
+        one of whose runs failed is left out (the error is reported)."""
+        runs = [(i, mode) for i, pair in enumerate(pair_order(pairs)) for mode in pair]
+        rates: dict[int, dict[str, float]] = {}
+        k = 0
+        while k < len(runs):
+            mode = runs[k][1]
+            group = [i for i, m in runs[k:k + 2] if m == mode]
+            k += len(group)
+            print(f"floor pairs {', '.join(str(i + 1) for i in group)}/{pairs}: {mode} "
+                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+            try:
+                with self.mode(mode, f"pair{group[0] + 1}", self.pair_starts):
+                    for i in group:
+                        try:
+                            rates.setdefault(i, {})[mode] = self.pair_run(mode, i)
+                        except Exception as exc:  # noqa: BLE001 - the other pairs go on
+                            log.exception("paired run %d (%s) failed", i + 1, mode)
+                            self.pair_errors.append(f"pair {i + 1}, {mode}: {exc}")
+            except Exception as exc:  # noqa: BLE001
+                log.exception("paired runs %s (%s): set-up failed", group, mode)
+                self.pair_errors.append(f"pair {group[0] + 1}, {mode}: {exc}")
+        self.pairs = [(r[KERNEL], r["fw"]) for _, r in sorted(rates.items()) if KERNEL in r and "fw" in r]
+
+    def pair_run(self, mode: str, i: int) -> float:
+        """One paired bulk run: its Gbit/s, with the agent's CPU and how busy the machine was (diagnostics)."""
+        pid = self.agent.proc.pid if self.agent and self.agent.proc else None
+        cpu0 = agent_cpu_seconds(pid) if pid else 0.0
+        data, busy = self.iperf_bulk(PAIR_SECONDS)
+        gbps = iperf_tcp_gbps(data)
+        cpu = f", agent CPU {agent_cpu_seconds(pid) - cpu0:.2f} s" if pid else ""
+        self.pair_lines.append(f"pair {i + 1} {mode}: {gbps:.2f} Gbit/s{cpu}, machine {busy * 100:.0f}% busy")
+        print(f"  {mode:5s} pair {i + 1}: {gbps:.2f} Gbit/s{cpu}", flush=True)
+        return gbps
+
+    def wants_pairs(self) -> bool:
+        """Whether this run measures the paired goal: a full run, or a partial one with the floor scenario
+        and both of its modes (the firewall-only agent must be set up)."""
+        fw = self.setups.get("fw")
+        if fw is None or fw.skipped:
+            return False
+        return self.only is None or self.only.has_scenario(FLOOR_SCENARIO) and self.only.has_mode(KERNEL)
 
     def connections(self, mode: str) -> dict[str, float]:
         argv = helper_argv(LOAD, "http-load", "--ip", self.web, "--port", str(HTTP_PORT), "--seconds", f"{self.seconds:g}",
@@ -806,6 +904,10 @@ class Bench:
             out += ["### Bulk TCP, CPU", "", "CPU share the iperf3 processes got (iperf3's own accounting; the "
                     "bridge's softirq work is not all in it) and how busy the whole machine was (/proc/stat):", ""]
             out += [f"- {line}" for line in self.bulk_cpu] + [""]
+        if self.pair_lines:
+            out += ["### Bulk TCP, paired runs against the kernel floor", "", "Each paired run in run order (the "
+                    "agent's CPU over the run: user and system time of the agent and its workers):", ""]
+            out += [f"- {line}" for line in self.pair_lines] + [""]
         return out
 
     # -- driver ----------------------------------------------------------------------------
@@ -814,6 +916,8 @@ class Bench:
             for mode in rotated(self.modes, run):
                 if self.scenarios(mode):  # a mode without a chosen scenario (--scenarios) is not set up
                     self.block(mode, run)
+        if self.wants_pairs():
+            self.floor_pairs()
         for setup in self.setups.values():
             if setup.memory and not setup.skipped and (self.only is None or self.only.has_scenario("memory")
                                                        and self.only.has_mode(setup.mode)):
@@ -856,13 +960,18 @@ class Bench:
                 measured = {k for _, _, keys in self.scenarios(setup.mode) for k in keys}
                 metrics = [m for m in metrics if m.key in measured]
             rows = compare_rows(metrics, self.samples, self.errors, "bare", setup.mode)
-            out.append(Section(setup.title, setup.description, rows))
-            if setup.mode == "fw" and (self.only is None or self.only.has_scenario("bulk TCP")):
+            if rows or self.only is None:  # a partial run of the paired goal alone has no row here
+                out.append(Section(setup.title, setup.description, rows))
+            if setup.mode == "fw" and (self.only is None or self.only.has_scenario("bulk TCP") or self.wants_pairs()):
                 out.append(self.kernel_section())
         return out
 
     def kernel_section(self) -> Section:
-        """Bulk through the kernel floor against the bare bridge, and the firewall-only agent against the floor."""
+        """Bulk through the kernel floor against the bare bridge, the firewall-only agent against the floor,
+        and the paired measurement of the same (the goal's row)."""
+        paired_rows = [paired_row(FLOOR_PAIRED, self.pairs, self.pair_errors)] if self.wants_pairs() else []
+        if self.only is not None and not self.only.has_scenario("bulk TCP"):
+            return Section(KERNEL_TITLE, KERNEL_DESCRIPTION, paired_rows, headers=KERNEL_HEADERS)
         bulk = next(m for m in METRICS if m.key == "bulk_gbps")
         samples = {mode: self.samples[mode].get(bulk.key, []) for mode in ("bare", BRNF, KERNEL, "fw")}
         errors = {mode: self.errors[mode].get(bulk.key, []) for mode in ("bare", BRNF, KERNEL, "fw")}
@@ -876,7 +985,7 @@ class Bench:
                                           goal=None),
                       samples[KERNEL], samples["fw"], errors[KERNEL] + errors["fw"]),
         ]
-        return Section(KERNEL_TITLE, KERNEL_DESCRIPTION, rows, headers=("Baseline (median)", "Measured (median)", "Ratio"))
+        return Section(KERNEL_TITLE, KERNEL_DESCRIPTION, rows + paired_rows, headers=KERNEL_HEADERS)
 
     def run_notes(self) -> list[str]:
         notes = list(self.notes)
@@ -895,6 +1004,10 @@ class Bench:
                          + ", ".join(f"{v:.2f}×" for v in paired(bare, floor, False))
                          + "; the firewall-only agent against the floor per run "
                          + ", ".join(f"{v:.2f}×" for v in paired(floor, fw, False)) + ".")
+        if self.pairs:
+            notes.append(f"{KERNEL_TITLE}, paired runs (the goal): per pair in run order, floor -> agent Gbit/s (ratio): "
+                         + "; ".join(f"{b:.2f} -> {a:.2f} ({a / b:.2f}×)" for b, a in self.pairs)
+                         + (f". Agent starts: {'; '.join(self.pair_starts)}" if self.pair_starts else "") + ".")
         if self.settles:
             notes.append("Queue backlog left by the scenario before (each scenario with the agent starts once no packet "
                           "waits in its queues): " + "; ".join(self.settles) + ".")

@@ -19,8 +19,12 @@ from lab.bench.report import (
     closing_lines,
     fmt,
     header_lines,
+    interval_verdict,
     markdown,
     md_table,
+    median,
+    median_interval,
+    paired,
     render_table,
     samples_cells,
     table_cells,
@@ -44,6 +48,10 @@ METRICS = (
 
 
 FW_METRICS = METRICS  # the goals of the foundation issue
+FLOOR_GOAL = 0.97  # issue 15: the firewall-only agent at least this share of the kernel floor's bulk rate
+CONFIDENCE = 0.95  # of the interval the paired goal is judged on
+FLOOR_PAIRED = Metric("floor_pairs", "Bulk TCP, iperf3 -P 4: agent, firewall only, against the kernel floor, paired "
+                      "runs (the goal)", "Gbit/s", 2, Goal("min_ratio", FLOOR_GOAL, "floor"))
 IPS_METRICS = tuple(dataclasses.replace(m, goal=Goal("min_ratio", 0.8) if m.key == "bulk_gbps" else None)
                     for m in METRICS)
 
@@ -80,6 +88,30 @@ class Report:
     @property
     def rows(self) -> list[Row]:
         return [r for s in self.sections for r in s.rows]
+
+
+def paired_row(metric: Metric, pairs: Sequence[tuple[float, float]], errors: Sequence[str] = (),
+               confidence: float = CONFIDENCE) -> Row:
+    """The row of a paired measurement: ``pairs`` are (baseline, measured) rates taken back to back; the
+    figure is the median of the per-pair ratios and the verdict is on its distribution-free interval
+    (``median_interval``): pass when all of it is at or above the goal, FAIL when all of it is below,
+    "within noise" when it spans the goal or there are too few pairs for one. The rate columns are
+    the medians of each side (for scale; the ratio is not their quotient)."""
+    base, measured = [b for b, _ in pairs], [m for _, m in pairs]
+    ratios = paired(base, measured, False)
+    if not ratios:
+        return Row(metric, median(base), median(measured), "—", "error", list(errors))
+    mid = median(ratios)
+    assert mid is not None and metric.goal is not None
+    interval = median_interval(ratios, confidence)
+    if interval is None:
+        compare = f"{mid:.2f}× (median of {len(ratios)} pairs; too few for a {confidence:.0%} interval)"
+        verdict = "within noise"
+    else:
+        low, high, _ = interval
+        compare = f"{mid:.2f}× (median of {len(ratios)} pairs; {confidence:.0%} interval {low:.2f}–{high:.2f}×)"
+        verdict = interval_verdict(low, high, metric.goal.value)
+    return Row(metric, median(base), median(measured), compare, verdict, list(errors))
 
 
 def command_line(runs: int, seconds: float) -> str:

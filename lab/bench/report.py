@@ -7,6 +7,7 @@ header and the closing sections of a suite's Markdown are the same for every sui
 """
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -38,6 +39,31 @@ def ratio(agent: float | None, bare: float | None) -> float | None:
     return agent / bare
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """A distribution-free interval for the median of ``values``: (low, high, its coverage).
+
+    The sign test inverted: the k-th smallest and the k-th largest value, with the largest k whose
+    coverage 1 - 2·P(Binomial(n, ½) < k) is still at least ``confidence``. It assumes nothing about
+    the shape of the noise (bulk over veth has rare deep dips, not a bell curve), only that the
+    values are independent. None when there are too few values for that coverage (fewer than 6 for
+    95 %)."""
+    n, ordered, best = len(values), sorted(values), None
+    for k in range(1, n // 2 + 1):
+        coverage = 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+        if coverage < confidence:
+            break
+        best = (ordered[k - 1], ordered[n - k], coverage)
+    return best
+
+
+def interval_verdict(low: float, high: float, goal: float) -> str:
+    """The verdict on "at least ``goal``" from an interval: "pass" when all of it is at or above the goal,
+    "FAIL" when all of it is below, else "within noise" (the measurement cannot tell)."""
+    if low >= goal:
+        return "pass"
+    return "FAIL" if high < goal else "within noise"
+
+
 # ----------------------------------------------------------------------------- metrics, rows, verdicts
 @dataclass(frozen=True)
 class Goal:
@@ -45,10 +71,11 @@ class Goal:
 
     kind: str  # "min_ratio" | "max_delta"
     value: float
+    baseline: str = "bare"  # what the agent is compared with, in the goal's text
 
     def describe(self, unit: str) -> str:
         if self.kind == "min_ratio":
-            return f"agent ≥ {self.value:g}× bare"
+            return f"agent ≥ {self.value:g}× {self.baseline}"
         return f"agent − bare ≤ +{self.value:g} {unit}"
 
     def met(self, bare: float, agent: float) -> bool:
@@ -78,7 +105,7 @@ class Row:
     bare: float | None
     agent: float | None
     compare: str
-    verdict: str  # "pass" | "FAIL" | "reported" | "error" | "skipped: ..."
+    verdict: str  # "pass" | "FAIL" | "within noise" | "reported" | "error" | "skipped: ..."
     errors: list[str] = field(default_factory=list)
 
 
@@ -127,8 +154,9 @@ def summarize(metric: Metric, bare: Sequence[float], agent: Sequence[float], err
 
 
 def verdict_ok(verdict: str) -> bool:
-    """Whether a row lets the bench exit 0 (a skipped configuration does not fail it)."""
-    return verdict in ("pass", "reported") or verdict.startswith("skipped")
+    """Whether a row lets the bench exit 0 (a skipped configuration does not fail it, nor a goal the
+    measurement's interval cannot decide: "within noise")."""
+    return verdict in ("pass", "reported", "within noise") or verdict.startswith("skipped")
 
 
 # ----------------------------------------------------------------------------- tables

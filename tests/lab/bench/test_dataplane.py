@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from lab.bench.dataplane import (
+    KERNEL,
     agent_setups,
     engines_off,
     iperf_omitted_gbps,
     iperf_tcp_gbps,
     iperf_udp,
     parse_iperf,
+    pair_order,
     parse_ping,
     ping_tail,
     search_rate,
@@ -177,7 +179,15 @@ def test_kernel_floor_section_compares_floor_to_bare_and_agent_to_floor(tmp_path
     assert [s.title for s in secs] == ["Agent, firewall only", KERNEL_TITLE]
     floor = secs[1]
     assert [(r.bare, r.agent, r.compare, r.verdict) for r in floor.rows] == [
-        (21.0, 18.0, "0.86×", "reported"), (21.0, 17.0, "0.81×", "reported"), (17.0, 17.0, "1.00×", "reported")]
+        (21.0, 18.0, "0.86×", "reported"), (21.0, 17.0, "0.81×", "reported"), (17.0, 17.0, "1.00×", "reported"),
+        (None, None, "—", "error")]  # the paired goal row, not measured here
+    bench.pairs = [(20.0, 19.8), (15.0, 15.3)] * 5
+    goal = bench.kernel_section().rows[-1]
+    assert goal.metric.key == "floor_pairs" and goal.metric.goal == Goal("min_ratio", 0.97, "floor")
+    assert (goal.verdict, goal.bare, goal.agent) == ("pass", 17.5, 17.55)
+    assert goal.compare == "1.00× (median of 10 pairs; 95% interval 0.99–1.02×)"
+    assert "paired runs (the goal): per pair in run order, floor -> agent Gbit/s (ratio): 20.00 -> 19.80 (0.99×); " \
+        "15.00 -> 15.30 (1.02×)" in "\n".join(bench.run_notes())
     table = render_table(floor.rows, floor.headers)
     assert "Baseline (median)" in table and "against the kernel floor" in table and "br_netfilter alone" in table
     note = next(n for n in bench.run_notes() if n.startswith(KERNEL_TITLE))
@@ -245,3 +255,75 @@ def test_a_partial_run_does_not_overwrite_the_benchmarks_document() -> None:
 
     args = argparse.Namespace(runs=1, seconds=3.0, out=None, prefix="vbt", scenarios="udp", modes=None)
     assert run_bench(args) == 2  # refused before building anything: --out is required
+
+
+def test_pair_order_alternates_which_mode_goes_first() -> None:
+    assert pair_order(4) == [("fw", KERNEL), (KERNEL, "fw"), ("fw", KERNEL), (KERNEL, "fw")]
+    flat = [m for pair in pair_order(10) for m in pair]
+    switches = sum(1 for a, b in zip(flat, flat[1:]) if a != b)
+    assert switches == 10 and flat.count("fw") == flat.count(KERNEL) == 10  # 11 set-ups for 20 runs
+
+
+def test_floor_pairs_set_up_each_mode_once_per_run_of_it_and_drop_a_broken_pair(tmp_path: Path) -> None:
+    import contextlib
+    from typing import Iterator
+
+    from lab.bench.dataplane import Bench
+
+    bench = Bench(_FakeLab(), 1, 5.0, tmp_path, [s for s in agent_setups(Path("/nonexistent")) if s.mode == "fw"])  # type: ignore[arg-type]
+    setups: list[tuple[str, object]] = []
+    runs: list[tuple[str, int]] = []
+
+    @contextlib.contextmanager
+    def mode(mode: str, run: object, starts: list[str] | None = None) -> Iterator[None]:
+        assert starts is bench.pair_starts  # the blocks' agent starts stay apart
+        setups.append((mode, run))
+        if (mode, run) == (KERNEL, "pair5"):
+            raise RuntimeError("bridge busy")
+        yield
+
+    def pair_run(mode: str, i: int) -> float:
+        runs.append((mode, i))
+        if (mode, i) == ("fw", 2):
+            raise RuntimeError("iperf3 printed no JSON")
+        return 10.0 + i + (0.5 if mode == "fw" else 0.0)
+
+    bench.mode = mode  # type: ignore[method-assign]
+    bench.pair_run = pair_run  # type: ignore[method-assign]
+    bench.floor_pairs(6)
+    assert setups == [("fw", "pair1"), (KERNEL, "pair1"), ("fw", "pair2"), (KERNEL, "pair3"), ("fw", "pair4"),
+                      (KERNEL, "pair5"), ("fw", "pair6")]
+    assert runs == [("fw", 0), (KERNEL, 0), (KERNEL, 1), ("fw", 1), ("fw", 2), (KERNEL, 2), (KERNEL, 3), ("fw", 3),
+                    ("fw", 4), ("fw", 5)]
+    # pair 3 lost its agent run, pairs 5 and 6 their floor run (the set-up failed): three complete pairs
+    assert bench.pairs == [(10.0, 10.5), (11.0, 11.5), (13.0, 13.5)]
+    assert bench.pair_errors == ["pair 3, fw: iperf3 printed no JSON", "pair 5, kernel: bridge busy"]
+
+
+def test_a_partial_run_of_the_paired_floor_goal(tmp_path: Path) -> None:
+    from lab.bench.dataplane import KERNEL_TITLE, Bench, Selection
+
+    setups = agent_setups(Path("/nonexistent"))
+    bench = Bench(_FakeLab(), 1, 5.0, tmp_path, setups, Selection.parse("floor", "fw,kernel"))  # type: ignore[arg-type]
+    assert bench.modes == [] and bench.wants_pairs()  # no block: the pairs set up their own modes
+    bench.pairs = [(20.0, 19.0)] * 10
+    [section] = bench.sections()
+    assert section.title == KERNEL_TITLE
+    assert [(r.metric.key, r.verdict) for r in section.rows] == [("floor_pairs", "FAIL")]
+    # every mode (no --modes) measures it too; without the floor's mode or the scenario it is not measured
+    assert Bench(_FakeLab(), 1, 5.0, tmp_path, setups, Selection.parse("floor", None)).wants_pairs()  # type: ignore[arg-type]
+    assert not Bench(_FakeLab(), 1, 5.0, tmp_path, setups, Selection.parse("floor", "fw")).wants_pairs()  # type: ignore[arg-type]
+    bulk = Bench(_FakeLab(), 1, 5.0, tmp_path, setups, Selection.parse("bulk", "fw,kernel"))  # type: ignore[arg-type]
+    assert not bulk.wants_pairs()
+    assert "floor_pairs" not in [r.metric.key for r in bulk.sections()[1].rows]
+    assert Bench(_FakeLab(), 1, 5.0, tmp_path, setups).wants_pairs()  # type: ignore[arg-type]  # make bench
+
+
+def test_the_method_says_how_the_paired_goal_is_measured_and_judged() -> None:
+    from lab.bench.dataplane import FLOOR_PAIRS, METHOD, _interval_text
+
+    text = next(m for m in METHOD if "paired" in m)
+    assert "`--scenarios floor`" in text and f"{FLOOR_PAIRS} pairs" in text and "pass when the whole interval" in text
+    assert _interval_text(10) == "with 10 pairs, from the 2nd smallest to the 2nd largest ratio, 97.9% coverage"
+    assert _interval_text(12) == "with 12 pairs, from the 3rd smallest to the 3rd largest ratio, 96.1% coverage"
+    assert _interval_text(5) == "5 pairs are too few for one"

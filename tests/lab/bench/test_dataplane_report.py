@@ -7,17 +7,19 @@ import pytest
 
 from lab.bench.dataplane import agent_setups, skipped_rows
 from lab.bench.dataplane_report import (
+    FLOOR_PAIRED,
     FW_METRICS,
     METRICS,
     Report,
     Section,
     command_line,
     offline_cells,
+    paired_row,
     render_markdown,
     render_terminal,
 )
 from lab.bench.offline import OfflineResult
-from lab.bench.report import Metric, render_table, summarize
+from lab.bench.report import Metric, md_table, render_table, summarize, table_cells
 
 BULK = next(m for m in FW_METRICS if m.key == "bulk_gbps")
 PING50 = next(m for m in METRICS if m.key == "ping_p50")
@@ -137,3 +139,39 @@ def test_render_table_aligns_columns() -> None:
     assert lines[0].startswith("Scenario")
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert any("8.50 Gbit/s" in ln and "pass" in ln for ln in lines)
+
+
+def _pairs(ratios: list[float], floor: float = 20.0) -> list[tuple[float, float]]:
+    return [(floor, floor * r) for r in ratios]
+
+
+def test_paired_row_judges_the_goal_on_the_interval_of_the_median_ratio() -> None:
+    # 10 pairs: the interval is the 2nd smallest to the 2nd largest ratio
+    row = paired_row(FLOOR_PAIRED, _pairs([0.99, 1.02, 0.98, 1.0, 0.975, 1.01, 0.96, 1.03, 0.99, 1.0]))
+    assert row.verdict == "pass" and row.compare == "0.99× (median of 10 pairs; 95% interval 0.97–1.02×)"
+    assert (row.bare, row.agent) == (20.0, pytest.approx(19.9))  # each side's median, for scale
+    row = paired_row(FLOOR_PAIRED, _pairs([0.9, 0.92, 0.95, 0.91, 0.89, 0.96, 0.93, 0.99, 0.9, 0.94]))
+    assert row.verdict == "FAIL" and "interval 0.90–0.96×" in row.compare
+    row = paired_row(FLOOR_PAIRED, _pairs([0.9, 1.05, 0.95, 1.01, 0.93, 0.98, 1.1, 0.97, 0.94, 1.0]))
+    assert row.verdict == "within noise" and "interval 0.93–1.05×" in row.compare
+    # the ratio is the median of the pairs' ratios, not the ratio of the medians: a slow pair
+    # slows both of its runs and cancels out
+    row = paired_row(FLOOR_PAIRED, [(10.0, 9.9), (30.0, 29.7), (12.0, 11.9), (25.0, 24.9), (11.0, 10.9),
+                                    (28.0, 27.9), (13.0, 12.9), (26.0, 25.8), (14.0, 13.9), (27.0, 26.8)])
+    assert row.verdict == "pass" and row.compare.startswith("0.99×")
+
+
+def test_paired_row_with_too_few_pairs_or_none() -> None:
+    row = paired_row(FLOOR_PAIRED, _pairs([1.0, 0.99, 1.01]), ["pair 4, fw: iperf3 printed no JSON"])
+    assert row.verdict == "within noise" and "too few for a 95% interval" in row.compare
+    assert row.errors == ["pair 4, fw: iperf3 printed no JSON"]
+    row = paired_row(FLOOR_PAIRED, [], ["pair 1, fw: bridge up failed"])
+    assert (row.verdict, row.compare, row.bare, row.agent) == ("error", "—", None, None)
+
+
+def test_paired_row_in_the_table() -> None:
+    row = paired_row(FLOOR_PAIRED, _pairs([1.0] * 10))
+    [_, line] = table_cells([row], ("Baseline (median)", "Measured (median)", "Ratio"))
+    assert line == [FLOOR_PAIRED.label, "20.00 Gbit/s", "20.00 Gbit/s",
+                    "1.00× (median of 10 pairs; 95% interval 1.00–1.00×)", "agent ≥ 0.97× floor", "pass"]
+    assert "| agent ≥ 0.97× floor | pass |" in md_table(table_cells([row]))[-1]

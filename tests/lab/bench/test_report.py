@@ -10,8 +10,10 @@ from lab.bench.report import (
     closing_lines,
     compare_rows,
     header_lines,
+    interval_verdict,
     md_table,
     median,
+    median_interval,
     noise_note,
     paired,
     percentile,
@@ -135,3 +137,39 @@ def test_header_and_closing_lines() -> None:
     full = closing_lines(["- e"], ["n"], ["| t |"], ["m"], ["d"])
     assert [line for line in full if line.startswith("## ")] == [
         "## Errors", "## Notes on this run", "## Samples", "## Method", "## Diagnostics"]
+
+
+def test_median_interval_is_the_sign_test_inverted() -> None:
+    # 10 values: the 2nd smallest to the 2nd largest, coverage 1 - 2 * (1 + 10) / 1024
+    low, high, coverage = median_interval([float(v) for v in (7, 1, 9, 3, 10, 5, 2, 8, 4, 6)])
+    assert (low, high) == (2.0, 9.0) and coverage == pytest.approx(1 - 22 / 1024)
+    # 12 values: the 3rd to the 10th, 1 - 2 * (1 + 12 + 66) / 4096; the 4th would cover only 85 %
+    assert median_interval([float(v) for v in range(1, 13)]) == (3.0, 10.0, pytest.approx(1 - 158 / 4096))
+    assert median_interval([float(v) for v in range(1, 7)]) == (1.0, 6.0, pytest.approx(1 - 2 / 64))
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) is None  # even min..max covers only 94 %
+    assert median_interval([]) is None
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0], 0.9) == (1.0, 5.0, pytest.approx(1 - 2 / 32))
+
+
+def test_median_interval_covers_the_median_as_often_as_it_says() -> None:
+    import random
+
+    rng = random.Random(15)
+    trials, covered = 4000, 0
+    for _ in range(trials):  # skewed noise around a true median of 1.0 (lognormal: median exp(0) = 1)
+        low, high, _ = median_interval([rng.lognormvariate(0.0, 0.2) for _ in range(10)])  # type: ignore[misc]
+        covered += low <= 1.0 <= high
+    assert covered / trials == pytest.approx(1 - 22 / 1024, abs=0.01)
+
+
+def test_interval_verdict() -> None:
+    assert interval_verdict(0.97, 1.05, 0.97) == "pass"  # all of it at or above the goal
+    assert interval_verdict(0.90, 0.969, 0.97) == "FAIL"  # all of it below
+    assert interval_verdict(0.95, 1.02, 0.97) == "within noise"
+    assert interval_verdict(0.95, 0.97, 0.97) == "within noise"
+    assert verdict_ok("within noise") and not verdict_ok("FAIL")
+
+
+def test_goal_names_its_baseline() -> None:
+    assert Goal("min_ratio", 0.9).describe("Gbit/s") == "agent ≥ 0.9× bare"
+    assert Goal("min_ratio", 0.97, "floor").describe("Gbit/s") == "agent ≥ 0.97× floor"
