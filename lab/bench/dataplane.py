@@ -978,16 +978,15 @@ class Bench:
         bulk = next(m for m in METRICS if m.key == "bulk_gbps")
         samples = {mode: self.samples[mode].get(bulk.key, []) for mode in ("bare", BRNF, KERNEL, "fw")}
         errors = {mode: self.errors[mode].get(bulk.key, []) for mode in ("bare", BRNF, KERNEL, "fw")}
-        rows = [
-            summarize(dataclasses.replace(bulk, label=f"{bulk.label}: br_netfilter alone (no rules, no conntrack) "
-                                          "against the bare bridge", goal=None),
-                      samples["bare"], samples[BRNF], errors["bare"] + errors[BRNF]),
-            summarize(dataclasses.replace(bulk, label=f"{bulk.label}: kernel floor against the bare bridge", goal=None),
-                      samples["bare"], samples[KERNEL], errors["bare"] + errors[KERNEL]),
-            summarize(dataclasses.replace(bulk, label=f"{bulk.label}: agent, firewall only, against the kernel floor",
-                                          goal=None),
-                      samples[KERNEL], samples["fw"], errors[KERNEL] + errors["fw"]),
+        compared = [  # (label, baseline mode, measured mode)
+            ("br_netfilter alone (no rules, no conntrack) against the bare bridge", "bare", BRNF),
+            ("kernel floor against the bare bridge", "bare", KERNEL),
+            ("agent, firewall only, against the kernel floor", KERNEL, "fw"),
         ]
+        rows = [summarize(dataclasses.replace(bulk, label=f"{bulk.label}: {label}", goal=None),
+                          samples[base], samples[mode], errors[base] + errors[mode])
+                for label, base, mode in compared
+                if self.only is None or base in self.modes and mode in self.modes]  # what a partial run measured
         return Section(KERNEL_TITLE, KERNEL_DESCRIPTION, rows + paired_rows, headers=KERNEL_HEADERS)
 
     def run_notes(self) -> list[str]:
