@@ -274,6 +274,11 @@ class Pipeline:
             return self._hold_more(self._holds[hold_id], pkt, token)
         return self._inspect(flow, pkt, token, to_server, is_new, now)
 
+    @property
+    def gives_prefilters(self) -> bool:
+        """Inline, an engine gives kernel prefilters (Release.prefilter)."""
+        return bool(self._kernel_filters)
+
     def take_io(self) -> list[tuple[int, IORequest]]:
         """I/O requests the engines asked for since the last call, as (hold_id, request)."""
         out, self._io_out = self._io_out, []
