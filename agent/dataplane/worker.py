@@ -136,7 +136,7 @@ class Worker:
         """The kernel prefilter's ids and chains, when an engine gives prefilters (the IPS)."""
         if not self.pipeline.gives_prefilters:
             return None
-        return Prefilters(self.spec.index, self.cfg.dataplane.workers)
+        return Prefilters(self.spec.index, self.cfg.dataplane.worker_count())
 
     def _emit(self, rec: dict[str, Any]) -> None:
         self.out.put(("eve", rec))
@@ -420,8 +420,8 @@ class Worker:
         stats = self.pipeline.stats()
         stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid(),
                            "large_packets": self.large_packets}
-        if self.prefilters is not None:
-            stats["worker"]["prefilter"] = self.prefilters.stats()
+        if self.prefilters is not None:  # status.json's counters.prefilter (summed over the workers)
+            stats["prefilter"] = self.prefilters.stats()
         if self.qsock is not None:  # the kernel's answer to the queue settings (agent/dataplane/nfq.py)
             answer = self.qsock.answer
             stats["worker"]["queue_settings"] = ("no answer" if answer is None else "taken" if answer == 0
