@@ -57,8 +57,10 @@ class ConfigError(ValueError):
 
 # -- config sections: one pydantic model per engine -----------------------------------------------
 # A kernel prefilter (Engine.kernel_filter): per direction (to_server, to_client), the patterns as
-# (bytes, nocase); a packet holding none of its direction's patterns needs no inspection.
-KernelFilter = tuple[frozenset[tuple[bytes, bool]], frozenset[tuple[bytes, bool]]]
+# (bytes, nocase, icmp_type): a packet holding none of its direction's patterns (in an ICMP packet
+# of that type, when icmp_type is not -1) needs no inspection.
+KernelPattern = tuple[bytes, bool, int]
+KernelFilter = tuple[frozenset[KernelPattern], frozenset[KernelPattern]]
 
 
 class EngineConfig(BaseModel):

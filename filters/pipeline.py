@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from filters import eve
 from filters.app.layer import AppLayer
-from filters.engine import (APP_HOOKS, Action, Decision, Engine, Hold, Hook, Inject, IORequest, KernelFilter, Scope,
-                            Submit, Verdict, implemented_hooks)
+from filters.engine import (APP_HOOKS, Action, Decision, Engine, Hold, Hook, Inject, IORequest, KernelFilter,
+                            KernelPattern, Scope, Submit, Verdict, implemented_hooks)
 from filters.defrag import DefragResult, Defragmenter
 from filters.flow import Flow, FlowTable
 from filters.packet import ACK, PROTO_TCP, RST, SYN, Packet
@@ -503,8 +503,8 @@ class Pipeline:
         their union, turned to conntrack's directions, for the kernel to keep the flow's packets
         that hold none of their direction's patterns (agent/dataplane/prefilter.py). The packets
         it still queues are inspected as any other (and pass with the same prefilter)."""
-        ts: set[tuple[bytes, bool]] | None = None
-        tc: set[tuple[bytes, bool]] = set()
+        ts: set[KernelPattern] | None = None
+        tc: set[KernelPattern] = set()
         for needs_more, kernel_filter in zip(self._needs_more, self._kernel_filters):
             if needs_more(flow):
                 got = kernel_filter(flow) if kernel_filter is not None else None

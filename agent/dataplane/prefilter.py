@@ -74,18 +74,21 @@ def ct_idle_limit(proc: Path = Path("/proc/sys/net/netfilter")) -> float:
     return max(got) if got else DEFAULT_CT_TIMEOUT
 
 
-def pattern_match(pattern: bytes, nocase: bool) -> str:
-    """An xt_string match for ``pattern`` (as hex, so any byte goes; cut to xt_string's length)."""
-    return f'-m string --algo bm --hex-string "|{pattern[:MAX_PATTERN].hex()}|"' + (" --icase" if nocase else "")
+def pattern_match(pattern: bytes, nocase: bool, itype: int = -1, family: int = 4) -> str:
+    """An xt_string match for ``pattern`` (as hex, so any byte goes; cut to xt_string's length),
+    in an ICMP packet of type ``itype`` when it is not -1."""
+    icmp = "" if itype < 0 else (f"-p icmp --icmp-type {itype} " if family == 4 else
+                                 f"-p ipv6-icmp --icmpv6-type {itype} ")
+    return f'{icmp}-m string --algo bm --hex-string "|{pattern[:MAX_PATTERN].hex()}|"' + (" --icase" if nocase else "")
 
 
-def id_chain_lines(pf_id: int, kf: KernelFilter) -> list[str]:
+def id_chain_lines(pf_id: int, kf: KernelFilter, family: int = 4) -> list[str]:
     """The id's chain: a packet holding a pattern of its conntrack direction returns (queued)."""
     chain = pf_id_chain(pf_id)
     lines = []
     for ctdir, pats in (("ORIGINAL", kf[0]), ("REPLY", kf[1])):
-        for pattern, nocase in sorted(pats):
-            lines.append(f"-A {chain} -m conntrack --ctdir {ctdir} {pattern_match(pattern, nocase)} -j RETURN")
+        for pattern, nocase, itype in sorted(pats):
+            lines.append(f"-A {chain} -m conntrack --ctdir {ctdir} {pattern_match(pattern, nocase, itype, family)} -j RETURN")
     lines.append(f"-A {chain} -j ACCEPT")
     return lines
 
@@ -167,10 +170,13 @@ class Prefilters:
         chain = pf_id_chain(pf_id)
         with self._lock:
             ids = sorted(self.ready | {pf_id})
-            text = "\n".join(["*filter", f":{chain} - [0:0]", f":{pf_worker_chain(self.index)} - [0:0]",
-                              *id_chain_lines(pf_id, self.filters[pf_id]), *worker_chain_lines(self.index, ids),
-                              "COMMIT", ""])
-            if all(self.runner([RESTORE[f], "--noflush", "-w"], text) == 0 for f in self.families):
+
+            def text(family: int) -> str:
+                return "\n".join(["*filter", f":{chain} - [0:0]", f":{pf_worker_chain(self.index)} - [0:0]",
+                                  *id_chain_lines(pf_id, self.filters[pf_id], family),
+                                  *worker_chain_lines(self.index, ids), "COMMIT", ""])
+
+            if all(self.runner([RESTORE[f], "--noflush", "-w"], text(f)) == 0 for f in self.families):
                 self.ready.add(pf_id)
                 return
         self.counters["install_failures"] += 1

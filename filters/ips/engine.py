@@ -14,14 +14,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Se
 
 from filters.app.layer import flow_app_proto
 from filters.engine import (Action, BundleError, BundleLoad, ConfigError, Decision, Engine, EngineContext, KernelFilter,
-                            Verdict)
+                            KernelPattern, Verdict)
 from filters.ips.app_buffers import dns_buffers, http_buffer, tls_buffers
 from filters.ips.buffer_match import MatchContext, match_section
 from filters.ips.config import STREAM_TAIL, IpsConfig, IpsVars
 from filters.ips.netspec import Variables
 from filters.ips.packet_match import header_matches, match_packet_checks
 from filters.ips.reach import Reach
-from filters.ips.rule import BUFFERS, PKT, Action as RuleAction, BufDir, FlowbitCmd, Rule, Threshold, ThresholdType, Track
+from filters.ips.rule import (BUFFERS, PKT, Action as RuleAction, BufDir, FieldCheck, FlowbitCmd, IntOp, PacketField, Rule,
+                              Threshold, ThresholdType, Track)
 from filters.ips.rule_groups import Detector, RuleInfo, could_hold, evaluation_order
 from filters.ips.rule_parser import LoadResult, load_classification, load_files
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
@@ -522,17 +523,19 @@ class Ips(Engine):
             return None
         return ts, tc
 
-    def _class_patterns(self, hc: _HeaderClass) -> frozenset[tuple[bytes, bool]] | None:
-        """The fast patterns of the packet rules that fit a header class, as (bytes, nocase), cut
-        to xt_string's length (a shorter pattern only widens the filter) and without those that
-        contain another of them (a packet holding the longer one holds the shorter); None when a
-        rule that fits has no fast pattern on the raw payload (its ``unfiltered`` rules, or a
-        fast pattern after transforms), or when they are too many."""
+    def _class_patterns(self, hc: _HeaderClass) -> frozenset[KernelPattern] | None:
+        """The fast patterns of the packet rules that fit a header class, as (bytes, nocase,
+        icmp_type), cut to xt_string's length (a shorter pattern only widens the filter), with
+        the ICMP type a rule's ``itype:N`` demands (-1: any; the ICMP packets of one conntrack
+        direction share a type, and an echo reply holds what ET's echo rules look for) and without
+        those that hold another of them (a packet holding the longer one holds the shorter);
+        None when a rule that fits has no fast pattern on the raw payload (its ``unfiltered``
+        rules, or a fast pattern after transforms), or counts by flow, or when they are too many."""
         if hc.kernel_known:
             return hc.kernel
-        got: frozenset[tuple[bytes, bool]] | None = None
+        got: frozenset[KernelPattern] | None = None
         if not hc.unfiltered:
-            pats: set[tuple[bytes, bool]] | None = set()
+            pats: set[KernelPattern] | None = set()
             for info in self.detector.groups["packet"].rules:
                 fp = info.rule.fast_pattern
                 if fp is None or not fp.pattern or not hc.fit(info):
@@ -542,7 +545,7 @@ class Ips(Engine):
                         th is not None and th.track is Track.BY_FLOW for th in (r.threshold, r.detection_filter)):
                     pats = None  # (a count by flow restarts when the worker forgets the flow)
                     break
-                pats.add((fp.pattern[:MAX_KERNEL_PATTERN], fp.nocase))
+                pats.add((fp.pattern[:MAX_KERNEL_PATTERN], fp.nocase, _itype(r)))
             if pats is not None:
                 got = _minimal_patterns(pats)
                 if len(got) > MAX_KERNEL_PATTERNS:
@@ -1059,15 +1062,24 @@ _HTTP1_RULES = {"http", "http1"}  # rule protocols that inspect an HTTP/1 transa
 _HTTP2_RULES = {"http", "http2"}  # ... an HTTP/2 one
 
 
-def _minimal_patterns(pats: set[tuple[bytes, bool]]) -> frozenset[tuple[bytes, bool]]:
+def _itype(rule: Rule) -> int:
+    """The ICMP type the rule's ``itype:N`` demands, or -1."""
+    for c in rule.packet_checks:
+        if isinstance(c, FieldCheck) and c.field is PacketField.ITYPE and c.test.op is IntOp.EQ:
+            return c.test.a
+    return -1
+
+
+def _minimal_patterns(pats: set[KernelPattern]) -> frozenset[KernelPattern]:
     """``pats`` less every pattern that holds another one: a caseless pattern is held by any
     pattern that holds it without regard to ASCII case, a case-sensitive one only by a
-    case-sensitive pattern that holds it as it is. The same packets hold one of them."""
-    keep: list[tuple[bytes, bool]] = []
-    for pat, nocase in sorted(pats, key=lambda p: (len(p[0]), not p[1])):  # shortest first, caseless before
+    case-sensitive pattern that holds it as it is; one for any ICMP type is held by no pattern
+    for one type. The same packets hold one of them."""
+    keep: list[KernelPattern] = []
+    for pat, nocase, itype in sorted(pats, key=lambda p: (len(p[0]), not p[1], p[2])):  # shortest first, caseless before
         low = pat.lower()
-        if not any(k.lower() in low if knc else not nocase and k in pat for k, knc in keep):
-            keep.append((pat, nocase))
+        if not any((k.lower() in low if knc else not nocase and k in pat) and kt in (-1, itype) for k, knc, kt in keep):
+            keep.append((pat, nocase, itype))
     return frozenset(keep)
 
 

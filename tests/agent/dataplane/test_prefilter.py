@@ -13,8 +13,8 @@ from agent.dataplane.prefilter import Prefilters, id_chain_lines, worker_chain_l
 from agent.dataplane.ruleset import PF_NONE, PF_SHIFT
 from filters.pipeline import NO_PREFILTER
 
-KF = (frozenset({(b"uid=0(root)", False)}), frozenset({(b"ABC", True)}))
-OTHER = (frozenset({(b"other", False)}), frozenset())
+KF = (frozenset({(b"uid=0(root)", False, -1)}), frozenset({(b"ABC", True, -1), (b"PING", False, 8)}))
+OTHER = (frozenset({(b"other", False, -1)}), frozenset())
 
 
 class Recorder:
@@ -39,12 +39,14 @@ def test_lines() -> None:
     assert id_chain_lines(7, KF) == [
         '-A VCR-PF-7 -m conntrack --ctdir ORIGINAL -m string --algo bm --hex-string "|7569643d3028726f6f7429|" -j RETURN',
         '-A VCR-PF-7 -m conntrack --ctdir REPLY -m string --algo bm --hex-string "|414243|" --icase -j RETURN',
+        '-A VCR-PF-7 -m conntrack --ctdir REPLY -p icmp --icmp-type 8 -m string --algo bm --hex-string "|50494e47|" -j RETURN',
         "-A VCR-PF-7 -j ACCEPT"]
+    assert "-p ipv6-icmp --icmpv6-type 8 -m string" in id_chain_lines(7, KF, 6)[2]
     assert worker_chain_lines(1, [130, 131]) == [
         "-A VCR-PF-W1 -m connmark --mark 0x820000/0xff0000 -g VCR-PF-130",
         "-A VCR-PF-W1 -m connmark --mark 0x830000/0xff0000 -g VCR-PF-131",
         "-A VCR-PF-W1 -j CONNMARK --set-xmark 0x0/0xff0000"]
-    long = id_chain_lines(3, (frozenset({(b"x" * 300, False)}), frozenset()))[0]
+    long = id_chain_lines(3, (frozenset({(b"x" * 300, False, -1)}), frozenset()))[0]
     assert long.count("78") == 128  # cut to xt_string's longest pattern
 
 
@@ -82,7 +84,7 @@ def test_exhausted_and_failures() -> None:
     pf.start(now=0.0)
     n = len(pf.free)
     for k in range(n + 2):
-        pf.mark((frozenset({(b"p%d" % k, False)}), frozenset()), now=1.0)
+        pf.mark((frozenset({(b"p%d" % k, False, -1)}), frozenset()), now=1.0)
     assert pf.counters["exhausted"] == 2
     pf.close()
     bad = Prefilters(0, 1, runner=Recorder(fail=True), lister=lambda argv: "")

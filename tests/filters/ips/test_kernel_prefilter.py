@@ -100,9 +100,11 @@ def flows(ips: Ips, seed: int, count: int) -> list[bytes]:
     return [f for _, _, f in cap.frames]
 
 
-def _holds(raw: bytes, pats: frozenset[tuple[bytes, bool]]) -> bool:
+def _holds(raw: bytes, pats: frozenset[tuple[bytes, bool, int]], icmp_type: int) -> bool:
+    """As the kernel's xt_string (over the whole IP packet) and icmp type matches do (the kernel's
+    caseless search folds Latin-1 letters too: it holds more, never less)."""
     low = raw.lower()
-    return any((p.lower() in low) if nc else (p in raw) for p, nc in pats)
+    return any(((p.lower() in low) if nc else (p in raw)) and t in (-1, icmp_type) for p, nc, t in pats)
 
 
 class _Conn:
@@ -149,7 +151,7 @@ def run(cfg: Any, engines: list[Any], frames: list[bytes], *, kernel: bool, forg
         if kernel and conn.offloaded:
             continue
         if kernel and conn.prefilter is not None:
-            if not _holds(frame[14:], conn.prefilter[reply]):
+            if not _holds(frame[14:], conn.prefilter[reply], pkt.icmp_type if pkt.proto == 1 else -2):
                 stats["kept"] += 1
                 continue
             pkt.ct_established = all(conn.seen)
@@ -251,22 +253,25 @@ def test_which_flows_are_eligible(engines: tuple[Any, list[Any]]) -> None:
         assert rels[0].prefilter is None  # not before both directions were seen
     assert got[6001] is None and got[6002] is None and got[6003] is None and got[6006] is None
     to_server, to_client = got[6004]
-    assert (b"mixed", True) in to_server or (b"MiXeD", True) in to_server
-    assert (b"456789", False) in to_server and (b"BACK", False) in to_client
-    assert not any(p == b"EST" for p, _ in to_client)  # flow:to_server
+    assert (b"mixed", True, -1) in to_server or (b"MiXeD", True, -1) in to_server
+    assert (b"456789", False, -1) in to_server and (b"BACK", False, -1) in to_client
+    assert not any(p == b"EST" for p, _, _ in to_client)  # flow:to_server
     long = got[6005][0]
-    assert all(len(p) <= MAX_KERNEL_PATTERN for p, _ in long)
-    assert any(p.startswith(b"LONG-PATTERN-") for p, _ in long)
+    assert all(len(p) <= MAX_KERNEL_PATTERN for p, _, _ in long)
+    assert any(p.startswith(b"LONG-PATTERN-") for p, _, _ in long)
     assert got[5201] is not None and 0 < len(got[5201][0]) < 200  # the bench's flow, ET Open
     assert ips.counters.get("flows.bypassed_unmatchable", 0) >= 0
 
 
 def test_minimal_patterns() -> None:
-    got = _minimal_patterns({(b"abc", False), (b"xxabcxx", False), (b"ABCD", True), (b"abcd", False),
-                             (b"ab", True), (b"zzAbz", False), (b"q", False), (b"Q", True)})
+    got = _minimal_patterns({(b"abc", False, -1), (b"xxabcxx", False, -1), (b"ABCD", True, -1), (b"abcd", False, -1),
+                             (b"ab", True, -1), (b"zzAbz", False, -1), (b"q", False, -1), (b"Q", True, -1)})
     # b"ab" caseless is held by every pattern holding "ab" in any case, caseless "Q" by "q"
-    assert got == frozenset({(b"ab", True), (b"Q", True)})
-    assert _minimal_patterns({(b"Ab", False), (b"xab", True)}) == frozenset({(b"Ab", False), (b"xab", True)})
+    assert got == frozenset({(b"ab", True, -1), (b"Q", True, -1)})
+    assert _minimal_patterns({(b"Ab", False, -1), (b"xab", True, -1)}) == frozenset({(b"Ab", False, -1), (b"xab", True, -1)})
+    # a pattern for one ICMP type holds none for any type, nor for another type
+    assert _minimal_patterns({(b"ab", False, 8), (b"abc", False, -1), (b"abd", False, 0), (b"abe", False, 8)}) == \
+        frozenset({(b"ab", False, 8), (b"abc", False, -1), (b"abd", False, 0)})
 
 
 def test_off_switch(engines: tuple[Any, list[Any]]) -> None:
