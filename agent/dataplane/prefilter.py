@@ -82,14 +82,21 @@ def pattern_match(pattern: bytes, nocase: bool, itype: int = -1, family: int = 4
     return f'{icmp}-m string --algo bm --hex-string "|{pattern[:MAX_PATTERN].hex()}|"' + (" --icase" if nocase else "")
 
 
+def id_chains(pf_id: int) -> tuple[str, str]:
+    """The id's chains: its original direction's patterns, and its reply direction's."""
+    return pf_id_chain(pf_id), pf_id_chain(pf_id) + "R"
+
+
 def id_chain_lines(pf_id: int, kf: KernelFilter, family: int = 4) -> list[str]:
-    """The id's chain: a packet holding a pattern of its conntrack direction returns (queued)."""
-    chain = pf_id_chain(pf_id)
-    lines = []
-    for ctdir, pats in (("ORIGINAL", kf[0]), ("REPLY", kf[1])):
-        for pattern, nocase, itype in sorted(pats):
-            lines.append(f"-A {chain} -m conntrack --ctdir {ctdir} {pattern_match(pattern, nocase, itype, family)} -j RETURN")
-    lines.append(f"-A {chain} -j ACCEPT")
+    """The id's chains: a packet holding a pattern of its conntrack direction returns (queued),
+    any other is accepted. A packet of the reply direction goes on to the second chain: each
+    packet meets its own direction's patterns only (every string match costs a search)."""
+    orig, reply = id_chains(pf_id)
+    lines = [f"-A {orig} -m conntrack --ctdir REPLY -g {reply}"]
+    for chain, pats in ((orig, kf[0]), (reply, kf[1])):
+        lines += [f"-A {chain} {pattern_match(pattern, nocase, itype, family)} -j RETURN"
+                  for pattern, nocase, itype in sorted(pats)]
+        lines.append(f"-A {chain} -j ACCEPT")
     return lines
 
 
@@ -167,12 +174,12 @@ class Prefilters:
         return pf_id << PF_SHIFT
 
     def _install(self, pf_id: int) -> None:
-        chain = pf_id_chain(pf_id)
+        orig, reply = id_chains(pf_id)
         with self._lock:
             ids = sorted(self.ready | {pf_id})
 
             def text(family: int) -> str:
-                return "\n".join(["*filter", f":{chain} - [0:0]", f":{pf_worker_chain(self.index)} - [0:0]",
+                return "\n".join(["*filter", f":{orig} - [0:0]", f":{reply} - [0:0]", f":{pf_worker_chain(self.index)} - [0:0]",
                                   *id_chain_lines(pf_id, self.filters[pf_id], family),
                                   *worker_chain_lines(self.index, ids), "COMMIT", ""])
 

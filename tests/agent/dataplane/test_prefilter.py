@@ -37,16 +37,18 @@ def _wait_ready(pf: Prefilters, pf_id: int) -> None:
 
 def test_lines() -> None:
     assert id_chain_lines(7, KF) == [
-        '-A VCR-PF-7 -m conntrack --ctdir ORIGINAL -m string --algo bm --hex-string "|7569643d3028726f6f7429|" -j RETURN',
-        '-A VCR-PF-7 -m conntrack --ctdir REPLY -m string --algo bm --hex-string "|414243|" --icase -j RETURN',
-        '-A VCR-PF-7 -m conntrack --ctdir REPLY -p icmp --icmp-type 8 -m string --algo bm --hex-string "|50494e47|" -j RETURN',
-        "-A VCR-PF-7 -j ACCEPT"]
-    assert "-p ipv6-icmp --icmpv6-type 8 -m string" in id_chain_lines(7, KF, 6)[2]
+        "-A VCR-PF-7 -m conntrack --ctdir REPLY -g VCR-PF-7R",
+        '-A VCR-PF-7 -m string --algo bm --hex-string "|7569643d3028726f6f7429|" -j RETURN',
+        "-A VCR-PF-7 -j ACCEPT",
+        '-A VCR-PF-7R -m string --algo bm --hex-string "|414243|" --icase -j RETURN',
+        '-A VCR-PF-7R -p icmp --icmp-type 8 -m string --algo bm --hex-string "|50494e47|" -j RETURN',
+        "-A VCR-PF-7R -j ACCEPT"]
+    assert "-p ipv6-icmp --icmpv6-type 8 -m string" in id_chain_lines(7, KF, 6)[4]
     assert worker_chain_lines(1, [130, 131]) == [
         "-A VCR-PF-W1 -m connmark --mark 0x820000/0xff0000 -g VCR-PF-130",
         "-A VCR-PF-W1 -m connmark --mark 0x830000/0xff0000 -g VCR-PF-131",
         "-A VCR-PF-W1 -j CONNMARK --set-xmark 0x0/0xff0000"]
-    long = id_chain_lines(3, (frozenset({(b"x" * 300, False, -1)}), frozenset()))[0]
+    long = id_chain_lines(3, (frozenset({(b"x" * 300, False, -1)}), frozenset()))[1]
     assert long.count("78") == 128  # cut to xt_string's longest pattern
 
 
