@@ -12,6 +12,7 @@ import pytest
 from agent.dataplane.prefilter import Prefilters, id_chain_lines, worker_chain_lines
 from agent.dataplane.ruleset import PF_NONE, PF_SHIFT
 from filters.pipeline import NO_PREFILTER
+from tests.agent.dataplane.test_nflog import nsrun
 
 KF = (frozenset({(b"uid=0(root)", False, -1)}), frozenset({(b"ABC", True, -1), (b"PING", False, 8)}))
 OTHER = (frozenset({(b"other", False, -1)}), frozenset())
@@ -97,21 +98,14 @@ def test_exhausted_and_failures() -> None:
 
 # ------------------------------------------------------------- the real chains in a fresh netns
 
-def nsrun(netns: str, *argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, input=stdin,
-                          check=check, timeout=60)
-
-
 @pytest.fixture
 def pf_netns(lab_prefix: str) -> Iterator[str]:
     name = f"{lab_prefix}kpf"
     subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
     subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        nsrun(name, "ip", "link", "set", "lo", "up")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    nsrun(name, "ip", "link", "set", "lo", "up")
+    yield name
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def test_real_chains_keep_datagrams_without_a_pattern(pf_netns: str) -> None:
