@@ -56,6 +56,13 @@ class ConfigError(ValueError):
 
 
 # -- config sections: one pydantic model per engine -----------------------------------------------
+# A kernel prefilter (Engine.kernel_filter): per direction (to_server, to_client), the patterns as
+# (bytes, nocase, icmp_type): a packet holding none of its direction's patterns (in an ICMP packet
+# of that type, when icmp_type is not -1) needs no inspection.
+KernelPattern = tuple[bytes, bool, int]
+KernelFilter = tuple[frozenset[KernelPattern], frozenset[KernelPattern]]
+
+
 class EngineConfig(BaseModel):
     """Base of the engines' section models (``Engine.Config``): unknown keys are errors and values
     must have their exact type (YAML ``yes`` is not ``true``, ``"5"`` is not 5)."""
@@ -456,6 +463,13 @@ class Engine:
     def needs_more(self, flow: "Flow") -> bool:
         """True while this engine still wants to see the flow's packets (no kernel offload yet)."""
         return False
+
+    def kernel_filter(self, flow: "Flow") -> "KernelFilter | None":
+        """While ``needs_more`` says yes: the payload patterns without which no later packet of
+        the (non-TCP) flow could make this engine decide, report or count anything, per direction
+        (to_server, to_client), or None when there is no such set. The kernel then keeps the
+        flow's packets that hold none of them (agent/dataplane/prefilter.py). Default: None."""
+        return None
 
     # -- what the kernel may keep from the workers (agent/dataplane/ruleset.py), asked once the
     # engine is loaded; the answers of all enabled engines are combined (any True wins) --------

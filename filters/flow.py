@@ -92,6 +92,12 @@ class Flow:
     _toserver: Stream | None = field(default=None, repr=False)
     _toclient: Stream | None = field(default=None, repr=False)
     encrypted: bool = False
+    # Inline, UDP/ICMP: picked up from a packet the kernel prefilter passed to the queue in a
+    # connection conntrack calls established (Packet.ct_established): its earlier packets went
+    # both ways, whether this worker saw them or not (flow:established).
+    ct_established: bool = False
+    # Inline: the kernel prefilter may carry the flow (the pipeline gave one, or ct_established)
+    prefiltered: bool = False
     decided: Action | None = None
     decided_ts: float = 0.0  # when ``decided`` was set (packet time)
     timeout_class: str = field(default="", repr=False)  # the FlowTable LRU queue it sits in
@@ -425,6 +431,8 @@ class FlowTable:
             key, self._new_id(), pkt.version, pkt.proto, caddr, cport, saddr, sport_, side, pkt.ts, pkt.ts,
             midstream=midstream, no_session=no_session,
         )
+        if pkt.ct_established and pkt.proto != PROTO_TCP:
+            flow.ct_established = flow.prefiltered = True
         flow.timeout_class = _queue_of(flow)
         self._queues[flow.timeout_class][key] = flow
         self._count += 1

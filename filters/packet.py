@@ -153,6 +153,9 @@ class Packet:
     # sets a mark bit, agent/dataplane/ruleset.py), so the connection's client is its receiver.
     # A flow whose start the worker did not see takes its direction from it.
     ct_reply: bool = False
+    # Inline only: a UDP/ICMP packet the kernel prefilter queued (it holds one of its connection's
+    # patterns) in a connection conntrack calls established (agent/dataplane/prefilter.py).
+    ct_established: bool = False
 
     @property
     def is_fragment(self) -> bool:

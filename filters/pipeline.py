@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from filters import eve
 from filters.app.layer import AppLayer
-from filters.engine import (APP_HOOKS, Action, Decision, Engine, Hold, Hook, Inject, IORequest, Scope, Submit, Verdict,
-                            implemented_hooks)
+from filters.engine import (APP_HOOKS, Action, Decision, Engine, Hold, Hook, Inject, IORequest, KernelFilter,
+                            KernelPattern, Scope, Submit, Verdict, implemented_hooks)
 from filters.defrag import DefragResult, Defragmenter
 from filters.flow import Flow, FlowTable
 from filters.packet import ACK, PROTO_TCP, RST, SYN, Packet
@@ -32,16 +32,21 @@ class Outcome(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True, init=False)
 class Release:
-    """The verdict for one packet. ``offload`` asks the driver to decide the whole flow in the kernel."""
+    """The verdict for one packet. ``offload`` asks the driver to decide the whole flow in the kernel.
+    ``prefilter`` (an accept, inline): the flow's kernel prefilter, the patterns of its packets
+    in conntrack's original and reply directions (Engine.kernel_filter): the kernel may keep
+    the flow's later packets that hold none of their direction's patterns; ``NO_PREFILTER``:
+    the kernel must stop doing so."""
 
     token: Any
     outcome: Outcome
     offload: bool = False
     packet: Packet | None = None  # the judged packet, when there is something to inject
     inject: tuple[Inject, ...] = ()  # packets the driver should send in reply to ``packet``
+    prefilter: KernelFilter | None = None
 
     def __init__(self, token: Any, outcome: Outcome, offload: bool = False, packet: Packet | None = None,
-                 inject: tuple[Inject, ...] = ()) -> None:
+                 inject: tuple[Inject, ...] = (), prefilter: KernelFilter | None = None) -> None:
         # One per packet: the slots' own setters, not the frozen dataclass's object.__setattr__
         # by name (a third of the cost of a decided flow's packet in Python).
         _set_token(self, token)
@@ -49,10 +54,13 @@ class Release:
         _set_offload(self, offload)
         _set_packet(self, packet)
         _set_inject(self, inject)
+        _set_prefilter(self, prefilter)
 
 
-_set_token, _set_outcome, _set_offload, _set_packet, _set_inject = (
-    Release.__dict__[f].__set__ for f in ("token", "outcome", "offload", "packet", "inject"))
+NO_PREFILTER: Any = ()  # Release.prefilter: the flow's packets all go to the queue again
+
+_set_token, _set_outcome, _set_offload, _set_packet, _set_inject, _set_prefilter = (
+    Release.__dict__[f].__set__ for f in ("token", "outcome", "offload", "packet", "inject", "prefilter"))
 
 
 def _fin_delivered(s: Any) -> bool:
@@ -199,8 +207,14 @@ class Pipeline:
         self._packet_hooks = tuple(by_hook[Hook.PACKET])
         self._stream_hooks = tuple(by_hook[Hook.STREAM])
         self._packet_end_hooks = tuple(by_hook[Hook.PACKET_END])
-        self._needs_more = tuple(
-            fn for fn in (e.needs_more for e in self.engines) if getattr(fn, "__func__", None) is not Engine.needs_more)
+        asked = [e for e in self.engines if getattr(e.needs_more, "__func__", None) is not Engine.needs_more]
+        self._needs_more = tuple(e.needs_more for e in asked)
+        # with a kernel prefilter (inline only): per engine asked, its kernel_filter or None
+        self._kernel_filters = tuple(
+            e.kernel_filter if getattr(e.kernel_filter, "__func__", None) is not Engine.kernel_filter else None
+            for e in asked) if self.policy.kernel_offload else ()
+        if not any(self._kernel_filters):
+            self._kernel_filters = ()
 
     # -- public driver API -------------------------------------------------------------
     def process(self, pkt: Packet, token: Any, now: float | None = None) -> list[Release]:
@@ -259,6 +273,11 @@ class Pipeline:
         if hold_id is not None:
             return self._hold_more(self._holds[hold_id], pkt, token)
         return self._inspect(flow, pkt, token, to_server, is_new, now)
+
+    @property
+    def gives_prefilters(self) -> bool:
+        """Inline, an engine gives kernel prefilters (Release.prefilter)."""
+        return bool(self._kernel_filters)
 
     def take_io(self) -> list[tuple[int, IORequest]]:
         """I/O requests the engines asked for since the last call, as (hold_id, request)."""
@@ -426,7 +445,7 @@ class Pipeline:
                 decisions += self._memcap(flow, pkt)
         run(self._packet_end_hooks, decisions, pkt, flow)
         if not decisions:  # most packets: nothing to report, only whether the flow can leave Python
-            return self._pass(flow, token, now)
+            return self._pass(flow, token, now, pkt)
         return self._conclude(flow, pkt, token, decisions, now)
 
     def _conclude(
@@ -434,7 +453,7 @@ class Pipeline:
     ) -> list[Release]:
         decisions = list(decisions)
         if not decisions:  # most packets: nothing to report, only whether the flow can leave Python
-            return self._pass(flow, token, now)
+            return self._pass(flow, token, now, pkt)
         verdicts = [d for d in decisions if isinstance(d, Verdict)]
         holds = [d for d in decisions if isinstance(d, Hold)]
         for d in decisions:
@@ -463,18 +482,52 @@ class Pipeline:
             return [Release(token, _OUTCOME[strictest], offload=flow_wide, packet=pkt if inject else None, inject=inject)]
         if holds:
             return self._start_hold(flow, holds[0], token, pkt, now, rest=tuple(holds[1:]))
-        return self._pass(flow, token, now)
+        return self._pass(flow, token, now, pkt)
 
-    def _pass(self, flow: Flow, token: Any, now: float) -> list[Release]:
+    def _pass(self, flow: Flow, token: Any, now: float, pkt: Packet | None = None) -> list[Release]:
         """The packet passes; the flow too, in the kernel, once no engine needs more of it. Every
         engine that can say yes is asked on every packet: its answer may change with any packet
         (an app-layer protocol found, a stream depth reached...), so none is remembered."""
+        if self._kernel_filters and pkt is not None and flow.proto != PROTO_TCP:
+            return self._prefilter(flow, token, pkt, now)
         for needs_more in self._needs_more:
             if needs_more(flow):
                 return [Release(token, _ACCEPT)]
         flow.decided, flow.decided_ts = _PASS, now
         self._count("flows.offloaded")
         return [Release(token, _ACCEPT, True)]
+
+    def _prefilter(self, flow: Flow, token: Any, pkt: Packet, now: float) -> list[Release]:
+        """_pass for a non-TCP flow, inline, with engines that give kernel prefilters: when every
+        engine that still needs the flow gives one (Engine.kernel_filter), the packet passes with
+        their union, turned to conntrack's directions, for the kernel to keep the flow's packets
+        that hold none of their direction's patterns (agent/dataplane/prefilter.py). The packets
+        it still queues are inspected as any other (and pass with the same prefilter)."""
+        ts: set[KernelPattern] | None = None
+        tc: set[KernelPattern] = set()
+        for needs_more, kernel_filter in zip(self._needs_more, self._kernel_filters):
+            if needs_more(flow):
+                got = kernel_filter(flow) if kernel_filter is not None else None
+                if got is None:
+                    if flow.prefiltered:  # the kernel must send every packet again
+                        flow.prefiltered = False
+                        self._count("flows.prefilter_stopped")
+                        return [Release(token, _ACCEPT, prefilter=NO_PREFILTER)]
+                    return [Release(token, _ACCEPT)]
+                ts = (ts or set()) | got[0]
+                tc |= got[1]
+        if ts is None:
+            flow.decided, flow.decided_ts = _PASS, now
+            self._count("flows.offloaded")
+            return [Release(token, _ACCEPT, True)]
+        both = (frozenset(ts), frozenset(tc))
+        # conntrack's original direction is the flow's to_server one unless this packet's
+        # direction and conntrack's disagree (a flow picked up from its reply)
+        original = both if flow.to_server(pkt) != pkt.ct_reply else (both[1], both[0])
+        if not flow.prefiltered:
+            flow.prefiltered = True
+            self._count("flows.prefiltered")
+        return [Release(token, _ACCEPT, prefilter=original)]
 
     def _report(self, verdicts: list[Verdict], pkt: Packet | None, flow: Flow, ts: float | None = None) -> Action:
         strictest = Action.NONE

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 from agent.config import AgentConfig
 from agent.engines import kernel_stream_depth
 from agent.dataplane.ruleset import (BLOCK_SETS, CHAINS, MARK_ACCEPT, MARK_MASK, DataplaneSpec, input_jump_rule, jump_rule,
-                                    render)
+                                    pf_worker_chain, render)
 from filters.engine import KernelSet
 from filters.firewall import Policy, parse_policy
 from filters.registry import kernel_sets
@@ -221,6 +221,11 @@ class BridgeControl:
         except ValueError as exc:
             raise BridgeError(f"ファイアウォール規則を変換できません / cannot compile the firewall policy: {exc}") from None
         self.ensure_ipsets()  # the test below resolves set names
+        for tool in ("iptables", "ip6tables"):
+            # the workers' prefilter chains (agent/dataplane/prefilter.py), which VCR-PF jumps to:
+            # created here, never flushed here (each worker owns its own)
+            for i in range(self.spec.workers):
+                run([tool, "-w", "-N", pf_worker_chain(i)], check=False)
         for fam, restore in ((4, "iptables-restore"), (6, "ip6tables-restore")):
             run([restore, "--noflush", "--test", "-w"], input=texts[fam])
         return texts
@@ -289,7 +294,12 @@ class BridgeControl:
                 run([tool, "-w", "-D", "INPUT", *args], check=False)
             for chain in CHAINS:
                 run([tool, "-w", "-F", chain], check=False)
-            for chain in CHAINS:
+            # the prefilter chains the workers made (VCR-PF-W<i>, VCR-PF-<id>), now unreferenced
+            pf = [line.split()[1] for line in run([tool, "-w", "-S"], check=False).stdout.splitlines()
+                  if line.startswith("-N VCR-PF-")]
+            for chain in pf:
+                run([tool, "-w", "-F", chain], check=False)
+            for chain in (*CHAINS, *pf):
                 run([tool, "-w", "-X", chain], check=False)
             # the mail proxy's REDIRECT (agent/dataplane/mailproxy.py), if a run left it
             for args in _jumps(run([tool, "-w", "-t", "nat", "-S", "PREROUTING"], check=False).stdout, "PREROUTING", "VCR-MAIL"):

@@ -8,6 +8,9 @@ Layout (filter table, both families), entered from FORWARD for bridged packets::
     VCR-BLOCK   ipset blocklists and the engines' kernel sets (logged via NFLOG, dropped)
     VCR-POLICY  the compiled firewall rules and default policy (deny/reject logged via NFLOG)
     VCR-REJECT  TCP reset / ICMP unreachable
+    VCR-PF      the kernel prefilter of UDP/ICMP connections: on to the chain of the worker that
+                gave the connection's prefilter id (VCR-PF-W<i>, then VCR-PF-<id>: filled by the
+                workers at run time, agent/dataplane/prefilter.py)
 
 and from INPUT for what reaches the box itself through the bridge (its management address)::
 
@@ -28,7 +31,7 @@ from filters.firewall import DHCP_REPLIES, NDP_TYPES, Policy, Rule, ServiceEntry
 from filters.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from filters.registry import kernel_sets
 
-CHAINS = ("VCR-FWD", "VCR-BLOCK", "VCR-POLICY", "VCR-REJECT", "VCR-IN")
+CHAINS = ("VCR-FWD", "VCR-BLOCK", "VCR-POLICY", "VCR-REJECT", "VCR-IN", "VCR-PF")
 BLOCKPAGE_PORT = 80  # agent/dataplane/blockpage.py, on the management address
 ND_TYPES = (135, 136)  # neighbour solicitation and advertisement
 RA_TYPE = 134  # router advertisement: from the router's side only (a LAN PC must not become the box's router)
@@ -59,6 +62,15 @@ EMPTY_ACK_U32 = {
 # and alarm): its alarm is raised by the Python firewall, so it goes to the queue even when no
 # engine needs packets (_skip_lines).
 MARK_LOG = 0x01000000
+# The kernel prefilter (agent/dataplane/prefilter.py): a UDP/ICMP connection's prefilter id in
+# these connection mark bits (and, on its way back from the queue, in the packet mark's): its
+# packets holding none of the id's patterns are accepted here (VCR-PF), the others are queued.
+PF_MASK = 0x00FF0000
+PF_SHIFT = 16
+PF_NONE = 0xFF  # an id no worker gives: the connection's bits are cleared, every packet is queued
+# Set on a queued packet of a prefiltered connection that conntrack calls established: the worker
+# that forgot its flow picks it up as established (both ways seen: Packet.ct_established).
+MARK_CT_EST = 0x80000000
 QUEUE_MARK_MASK = 0xFFFF  # the HMARK values (FLOW_HASH_BASE + worker) sit in these bits
 BLOCK_SETS = {4: "vcr-block4", 6: "vcr-block6"}
 # Besides the blocklist, VCR-BLOCK matches the kernel sets the engines declare (filters/registry.py
@@ -137,10 +149,13 @@ def _queue_lines(spec: DataplaneSpec) -> list[str]:
     reply direction (conntrack) also carries ``MARK_CT_REPLY`` to the worker."""
     bypass = " --queue-bypass" if spec.fail_open else ""
     reply = f"-A VCR-FWD -m conntrack --ctdir REPLY -j MARK --set-xmark 0x{MARK_CT_REPLY:x}/0x{MARK_CT_REPLY:x}"
+    # (after HMARK, which sets the whole mark)
+    est = (f"-A VCR-FWD ! -p tcp -m connmark ! --mark 0x0/0x{PF_MASK:x} -m conntrack --ctstate ESTABLISHED"
+           f" -j MARK --set-xmark 0x{MARK_CT_EST:x}/0x{MARK_CT_EST:x}")
     if spec.workers <= 1:
-        return [reply, f"-A VCR-FWD -j NFQUEUE --queue-num {spec.queue_base}{bypass}"]
+        return [reply, est, f"-A VCR-FWD -j NFQUEUE --queue-num {spec.queue_base}{bypass}"]
     lines = [f"-A VCR-FWD -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod {spec.workers}"
-             f" --hmark-offset 0x{FLOW_HASH_BASE:x} --hmark-rnd 0x{FLOW_HASH_SEED:x}", reply]
+             f" --hmark-offset 0x{FLOW_HASH_BASE:x} --hmark-rnd 0x{FLOW_HASH_SEED:x}", reply, est]
     for i in range(spec.workers):
         lines.append(f"-A VCR-FWD -m mark --mark 0x{FLOW_HASH_BASE + i:x}/0x{QUEUE_MARK_MASK:x} -j NFQUEUE"
                      f" --queue-num {spec.queue_base + i}{bypass}")
@@ -165,6 +180,9 @@ def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
         # A packet coming back from the queue with a verdict mark (NF_REPEAT): remember the verdict
         # for the connection and act on the packet's own mark (untracked packets have no connmark).
         f"-A VCR-FWD -m mark ! --mark 0x0/{m} -j CONNMARK --save-mark --nfmask {m} --ctmask {m}",
+        # ... or with a prefilter id (accepted: the worker passed it): kept for the connection
+        f"-A VCR-FWD -m mark ! --mark 0x0/0x{PF_MASK:x} -j CONNMARK --save-mark --nfmask 0x{PF_MASK:x} --ctmask 0x{PF_MASK:x}",
+        f"-A VCR-FWD -m mark ! --mark 0x0/0x{PF_MASK:x} -j ACCEPT",
         "-A VCR-FWD -j VCR-BLOCK",
         f"-A VCR-FWD -m mark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
         f"-A VCR-FWD -m mark --mark 0x{MARK_DROP:x}/{m} -j DROP",
@@ -201,7 +219,50 @@ def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
             " --connbytes-mode bytes -j ACCEPT"
             for ctdir, cdir in (("ORIGINAL", "original"), ("REPLY", "reply"))
         ]
-    return lines + _skip_lines(spec, family) + _queue_lines(spec)
+    # A prefiltered connection (UDP/ICMP): its packets holding none of its patterns end there
+    pf = f"-A VCR-FWD ! -p tcp -m connmark ! --mark 0x0/0x{PF_MASK:x} -j VCR-PF"
+    return lines + _skip_lines(spec, family) + [pf] + _queue_lines(spec)
+
+
+def pf_block(workers: int) -> int:
+    """Prefilter ids per worker: the largest power of two that fits ``workers`` times in the id
+    byte. Worker i owns ids i * block + 1 ... (i + 1) * block - 1 (not PF_NONE), so the ids of
+    live workers never collide and VCR-PF finds a connection's worker by a mask."""
+    block = 256
+    while block * max(workers, 1) > 256:
+        block //= 2
+    return block
+
+
+def pf_ids(index: int, workers: int) -> list[int]:
+    """The prefilter ids worker ``index`` may give (see pf_block)."""
+    block = pf_block(workers)
+    return [i for i in range(index * block + 1, (index + 1) * block) if i != PF_NONE]
+
+
+def pf_worker_chain(index: int) -> str:
+    """The chain worker ``index`` owns (agent/dataplane/prefilter.py): a goto per id it gives to
+    the id's chain, then a line clearing the bits of any other id of its block (a stale one)."""
+    return f"VCR-PF-W{index}"
+
+
+def pf_id_chain(pf_id: int) -> str:
+    """The chain of one prefilter id: its patterns, per conntrack direction, return (the packet
+    is queued); anything else is accepted."""
+    return f"VCR-PF-{pf_id}"
+
+
+def _pf_lines(spec: DataplaneSpec) -> list[str]:
+    """VCR-PF: a prefiltered connection's packet goes to its worker's chain (pf_worker_chain),
+    which that worker fills at run time; a packet that comes back is queued. Gotos, so that a
+    pattern's RETURN comes back to VCR-FWD. The daemon never flushes the workers' chains
+    (bridge.prepare_ruleset creates them)."""
+    if spec.workers <= 1:
+        return [f"-A VCR-PF -g {pf_worker_chain(0)}"]
+    block = pf_block(spec.workers)
+    mask = (~(block - 1) & 0xFF) << PF_SHIFT
+    return [f"-A VCR-PF -m connmark --mark 0x{(i * block) << PF_SHIFT:x}/0x{mask:x} -g {pf_worker_chain(i)}"
+            for i in range(spec.workers)]
 
 
 def _skip_lines(spec: DataplaneSpec, family: int) -> list[str]:
@@ -347,7 +408,7 @@ def _policy_lines(spec: DataplaneSpec, policy: Policy, family: int) -> list[str]
 def render(spec: DataplaneSpec, policy: Policy, family: int) -> str:
     """iptables-restore (family 4) or ip6tables-restore (6) input for ``--noflush``."""
     lines = ["*filter"] + [f":{c} - [0:0]" for c in CHAINS]
-    lines += _fwd_lines(spec, family) + _block_lines(spec, family) + _policy_lines(spec, policy, family) + _reject_lines(family)
+    lines += _fwd_lines(spec, family) + _pf_lines(spec) + _block_lines(spec, family) + _policy_lines(spec, policy, family) + _reject_lines(family)
     lines += _input_lines(spec, family)
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"

@@ -19,7 +19,8 @@ from agent.engines import build_engines
 from agent.dataplane.inject import Injector
 from agent.dataplane.nfq import QueueSocket
 from agent.dataplane.performers import SLOW_KINDS, perform
-from agent.dataplane.ruleset import MARK_ACCEPT, MARK_CT_REPLY, MARK_DROP, MARK_MASK, MARK_REJECT
+from agent.dataplane.prefilter import Prefilters
+from agent.dataplane.ruleset import MARK_ACCEPT, MARK_CT_EST, MARK_CT_REPLY, MARK_DROP, MARK_MASK, MARK_REJECT, PF_MASK
 from filters import registry
 from filters.app.layer import AppLayer, AppSettings
 from filters.defrag import DefragSettings, Defragmenter
@@ -129,6 +130,13 @@ class Worker:
         self.large_packets = 0  # packets over 1500 bytes: GSO packets queued whole (agent/dataplane/nfq.py)
         self.qsock: QueueSocket | None = None
         self.busy_poll = cfg.dataplane.busy_poll_us / 1e6
+        self.prefilters = self._prefilters()
+
+    def _prefilters(self) -> Prefilters | None:
+        """The kernel prefilter's ids and chains, when an engine gives prefilters (the IPS)."""
+        if not self.pipeline.gives_prefilters:
+            return None
+        return Prefilters(self.spec.index, self.cfg.dataplane.worker_count())
 
     def _emit(self, rec: dict[str, Any]) -> None:
         self.out.put(("eve", rec))
@@ -142,6 +150,12 @@ class Worker:
             for inj in rel.inject:
                 self.injector.send(rel.packet, inj)
         try:
+            if rel.prefilter is not None and self.prefilters is not None and rel.outcome is Outcome.ACCEPT:
+                bits = self.prefilters.mark(rel.prefilter)
+                if bits is not None:  # VCR-FWD saves the id to the connmark and accepts the packet
+                    nfpkt.set_mark((nfpkt.get_mark() & ~PF_MASK) | bits)
+                    nfpkt.repeat()
+                    return
             if not rel.offload:
                 nfpkt.accept() if rel.outcome is Outcome.ACCEPT else nfpkt.drop()
                 return
@@ -165,8 +179,11 @@ class Worker:
                 self.large_packets += 1
             side = self.sides.get(nfpkt.physindev, Side.UNKNOWN)
             pkt = parse_ip(data, time.time(), side)
-            if nfpkt.get_mark() & MARK_CT_REPLY:
+            mark = nfpkt.get_mark()
+            if mark & MARK_CT_REPLY:
                 pkt.ct_reply = True
+            if mark & MARK_CT_EST:
+                pkt.ct_established = True
             releases = self.pipeline.process(pkt, nfpkt)
         except Exception:
             self.callback_errors += 1
@@ -218,6 +235,8 @@ class Worker:
         fd = self._nfq_fd = nfq.get_fd()
         self.qsock = QueueSocket(fd, self.spec.queue_num)
         self.qsock.configure(gso=True, fail_open=self.cfg.dataplane.fail_mode == "open")
+        if self.prefilters is not None:  # the queue is this worker's: so is its prefilter chain
+            self.prefilters.start()
         # what the kernel may keep from this worker (the daemon installs the ruleset for it)
         self.out.put(("needs", self.spec.index, self.spec.generation, registry.dataplane_needs(self.pipeline.engines)))
         self.out.put(("ready", self.spec.index, self.spec.generation, os.getpid()))
@@ -254,6 +273,8 @@ class Worker:
                     last_stats = now
             self._handover(nfq, fd)
         finally:
+            if self.prefilters is not None:
+                self.prefilters.close()
             self._send_stats()
             if self.qsock is not None:
                 self.qsock.close()
@@ -318,6 +339,7 @@ class Worker:
         engines = self.pipeline.engines
         self.spec = WorkerSpec(index, queue_num, self.spec.config_path, generation=self.spec.generation)
         self.pipeline = pipeline_from_config(self.cfg, self._emit, engines=engines, kernel_offload=True)
+        self.prefilters = self._prefilters()  # the dead worker's chain: this one's from now on
         self.injector = Injector()
         self.io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"io-w{index}")
         self.io_done = _queue.SimpleQueue()
@@ -398,6 +420,8 @@ class Worker:
         stats = self.pipeline.stats()
         stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid(),
                            "large_packets": self.large_packets}
+        if self.prefilters is not None:  # status.json's counters.prefilter (summed over the workers)
+            stats["prefilter"] = self.prefilters.stats()
         if self.qsock is not None:  # the kernel's answer to the queue settings (agent/dataplane/nfq.py)
             answer = self.qsock.answer
             stats["worker"]["queue_settings"] = ("no answer" if answer is None else "taken" if answer == 0

@@ -53,3 +53,9 @@ class IpsConfig(EngineConfig):
                     "app-layer rule for its app protocol, once that is known): bypass = the rest of the flow is "
                     "passed in the kernel; inspect = it stays in Python until it ends or reaches the stream "
                     "depth (a rule reload then reaches it)")
+    kernel_prefilter: Literal["on", "off"] = Field(
+        "on",
+        description="inline: once a UDP or ICMP flow was seen both ways and every rule that could match a later "
+                    "packet of it has a fast pattern in the packet payload, its packets holding none of those "
+                    "patterns stay in the kernel (an xt_string chain per pattern set); off = every packet of "
+                    "such a flow goes to a worker")

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from filters.app.layer import flow_app_proto
-from filters.engine import Action, BundleError, BundleLoad, ConfigError, Decision, Engine, EngineContext, Verdict
+from filters.engine import (Action, BundleError, BundleLoad, ConfigError, Decision, Engine, EngineContext, KernelFilter,
+                            KernelPattern, Verdict)
 from filters.ips.app_buffers import dns_buffers, http_buffer, tls_buffers
 from filters.ips.buffer_match import MatchContext, match_section
 from filters.ips.config import STREAM_TAIL, IpsConfig, IpsVars
 from filters.ips.netspec import Variables
 from filters.ips.packet_match import header_matches, match_packet_checks
 from filters.ips.reach import Reach
-from filters.ips.rule import BUFFERS, PKT, Action as RuleAction, BufDir, FlowbitCmd, Rule, Threshold, ThresholdType, Track
+from filters.ips.rule import (BUFFERS, PKT, Action as RuleAction, BufDir, FieldCheck, FlowbitCmd, IntOp, PacketField, Rule,
+                              Threshold, ThresholdType, Track)
 from filters.ips.rule_groups import Detector, RuleInfo, could_hold, evaluation_order
 from filters.ips.rule_parser import LoadResult, load_classification, load_files
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
@@ -42,6 +44,8 @@ VERDICT_ACTION = {
 }
 
 
+MAX_KERNEL_PATTERN = 128  # xt_string's longest pattern (XT_STRING_MAX_PATTERN_SIZE); longer ones are cut
+MAX_KERNEL_PATTERNS = 256  # patterns per direction past which a header class is not prefiltered in the kernel
 MAX_CLASS_CACHE = 4096  # header classes (protocol, addresses, port classes, direction) kept, and IP-only answers
 MAX_CLASS_FITS = 256  # prefilter hits whose fit is remembered per header class
 MAX_HEADER_CACHE = 256  # rule headers remembered per TCP flow (bounds the memory of 100k flows)
@@ -108,6 +112,10 @@ class _HeaderClass:
     to_server: bool
     unfiltered: tuple[RuleInfo, ...] = ()
     fits: dict[int, bool] = field(default_factory=dict)
+    # the kernel prefilter's patterns of the class (Ips._class_patterns, once ``kernel_known``):
+    # None when a rule that fits has no fast pattern on the payload
+    kernel: Any = None
+    kernel_known: bool = False
 
     def fit(self, info: RuleInfo) -> bool:
         """Could the rule match a packet of this class, judging by what the class fixes?"""
@@ -227,7 +235,8 @@ def _established(flow: Any) -> bool:
         if flow.midstream:
             return flow.state is not TcpState.CLOSED
         return flow.prev_state in (TcpState.ESTABLISHED, TcpState.CLOSING)
-    return flow.pkts_toserver > 0 and flow.pkts_toclient > 0
+    # ct_established: a flow the kernel prefilter carried while the worker forgot it (see Ips._state)
+    return flow.pkts_toserver > 0 and flow.pkts_toclient > 0 or flow.ct_established
 
 
 @dataclass(slots=True)
@@ -282,6 +291,7 @@ class Ips(Engine):
         self.stream_tail = STREAM_TAIL
         self.encryption_bypass = True  # engines.ips.encryption_handling: bypass (see needs_more)
         self.unmatchable_bypass = True  # engines.ips.unmatchable_flows: bypass (see needs_more)
+        self.kernel_prefilter = True  # engines.ips.kernel_prefilter: on (see kernel_filter)
         self._reach = Reach(self.detector)  # rebuilt with the detector in prepare()
         self.vars = Variables.suricata_defaults()
         self._pkt: Packet | None = None
@@ -310,6 +320,7 @@ class Ips(Engine):
         self.stream_tail = conf.stream_tail
         self.encryption_bypass = conf.encryption_handling == "bypass"
         self.unmatchable_bypass = conf.unmatchable_flows == "bypass"
+        self.kernel_prefilter = conf.kernel_prefilter == "on"
         self._files, self._classification = files, classification
 
     def prepare(self) -> None:
@@ -420,6 +431,10 @@ class Ips(Engine):
         if st is None:
             st = flow.ips_state = _FlowState(detector=self._generation)
             st.headers_addr, st.headers_port = flow.client_addr, flow.client_port
+            if flow.ct_established:
+                # picked up from a kernel-prefiltered connection (agent/dataplane/prefilter.py):
+                # a worker saw its first packets both ways and ran the IP-only rules on them
+                st.iponly_done = 3
         elif st.detector != self._generation:
             st.rebind(self._generation)
         elif st.headers_addr is not flow.client_addr or st.headers_port != flow.client_port:
@@ -468,6 +483,77 @@ class Ips(Engine):
         if app in _CAN_CHANGE and any(app not in _aliases(p) for p in det.app_protos) and not _changed(flow):
             return True  # HTTP CONNECT/Upgrade, SMTP STARTTLS: another protocol may follow
         return app != "failed" and ("*" in det.app_protos or any(app in _aliases(p) for p in det.app_protos))
+
+    def kernel_filter(self, flow: Any) -> KernelFilter | None:
+        """The patterns without which no later packet of ``flow`` can match a loaded rule, per
+        direction (to_server, to_client), or None. Suricata's own prefilter, moved into the
+        kernel (agent/dataplane/prefilter.py): a packet holding none of them meets no candidate
+        rule here either (_packet_candidates). Only for a flow
+
+        * not TCP (TCP rules meet the reassembled stream and the app layer);
+        * seen both ways (so UDP/ICMP ``flow:established`` holds for every later packet, and the
+          IP-only rules have had the first packet of each direction: ``iponly_done``);
+        * on which no app-layer rule can apply (UDP: its app protocol known, none loaded for it;
+          ICMP has none);
+        * whose two directions' header classes (_HeaderClass) hold no rule without a fast
+          pattern on the packet payload nor one counting by flow (_class_patterns);
+        * without flowbits or flowints set: the worker may forget a flow the kernel carries (its
+          timeout passes while the kernel keeps the packets), and with it that state; when a
+          queued packet sets some, the answer turns to None and the pipeline has the kernel
+          send the flow's packets again (Release.prefilter).
+
+        Asked while ``needs_more`` says yes, i.e. packet rules still fit the flow."""
+        if not self.kernel_prefilter or flow.proto == PROTO_TCP or flow.encrypted:
+            return None
+        st = self._state(flow)
+        if st.passed or st.iponly_done != 3 or not (flow.pkts_toserver and flow.pkts_toclient):
+            return None
+        if st.flowbits or st.flowints:
+            # state a later packet's rules may read: kept only while the worker keeps the flow,
+            # which it may forget while the kernel carries the packets (no alert may depend on it)
+            return None
+        hts, htc = st.class_ts, st.class_tc
+        if hts is None or htc is None:
+            return None
+        if flow.proto == PROTO_UDP:
+            app, det = flow_app_proto(flow), self.detector
+            if app != "failed" and (app in (None, "unknown") or "*" in det.app_protos
+                                    or any(app in _aliases(p) for p in det.app_protos)):
+                return None
+        ts, tc = self._class_patterns(hts), self._class_patterns(htc)
+        if ts is None or tc is None:
+            return None
+        return ts, tc
+
+    def _class_patterns(self, hc: _HeaderClass) -> frozenset[KernelPattern] | None:
+        """The fast patterns of the packet rules that fit a header class, as (bytes, nocase,
+        icmp_type), cut to xt_string's length (a shorter pattern only widens the filter), with
+        the ICMP type a rule's ``itype:N`` demands (-1: any; the ICMP packets of one conntrack
+        direction share a type, and an echo reply holds what ET's echo rules look for) and without
+        those that hold another of them (a packet holding the longer one holds the shorter);
+        None when a rule that fits has no fast pattern on the raw payload (its ``unfiltered``
+        rules, or a fast pattern after transforms), or counts by flow, or when they are too many."""
+        if hc.kernel_known:
+            return hc.kernel
+        got: frozenset[KernelPattern] | None = None
+        if not hc.unfiltered:
+            pats: set[KernelPattern] | None = set()
+            for info in self.detector.groups["packet"].rules:
+                fp = info.rule.fast_pattern
+                if fp is None or not fp.pattern or not hc.fit(info):
+                    continue  # a rule without one that fits is in hc.unfiltered
+                r = info.rule
+                if fp.buffer != PKT or fp.transforms or any(
+                        th is not None and th.track is Track.BY_FLOW for th in (r.threshold, r.detection_filter)):
+                    pats = None  # (a count by flow restarts when the worker forgets the flow)
+                    break
+                pats.add((fp.pattern[:MAX_KERNEL_PATTERN], fp.nocase, _itype(r)))
+            if pats is not None:
+                got = _minimal_patterns(pats)
+                if len(got) > MAX_KERNEL_PATTERNS:
+                    got = None
+        hc.kernel, hc.kernel_known = got, True
+        return got
 
     def _bypassed(self, st: _FlowState, counter: str) -> None:
         if not st.bypassed:
@@ -956,6 +1042,7 @@ class _NoFlow:
     prev_state: TcpState = TcpState.NONE
     pkts_toserver: int = 0
     pkts_toclient: int = 0
+    ct_established: bool = False
     engine_data: dict = field(default_factory=dict)
     app_state: Any = None
     ips_state: Any = None
@@ -977,6 +1064,27 @@ _BUFFER_SIDE = {name: None if info.direction is BufDir.BOTH else info.direction 
 _BUFFER_APP = {"http": "http", "http1": "http", "http2": "http", "tls": "tls", "dns": "dns"}  # rule.BUFFERS' app names
 _HTTP1_RULES = {"http", "http1"}  # rule protocols that inspect an HTTP/1 transaction
 _HTTP2_RULES = {"http", "http2"}  # ... an HTTP/2 one
+
+
+def _itype(rule: Rule) -> int:
+    """The ICMP type the rule's ``itype:N`` demands, or -1."""
+    for c in rule.packet_checks:
+        if isinstance(c, FieldCheck) and c.field is PacketField.ITYPE and c.test.op is IntOp.EQ:
+            return c.test.a
+    return -1
+
+
+def _minimal_patterns(pats: set[KernelPattern]) -> frozenset[KernelPattern]:
+    """``pats`` less every pattern that holds another one: a caseless pattern is held by any
+    pattern that holds it without regard to ASCII case, a case-sensitive one only by a
+    case-sensitive pattern that holds it as it is; one for any ICMP type is held by no pattern
+    for one type. The same packets hold one of them."""
+    keep: list[KernelPattern] = []
+    for pat, nocase, itype in sorted(pats, key=lambda p: (len(p[0]), not p[1], p[2])):  # shortest first, caseless before
+        low = pat.lower()
+        if not any((k.lower() in low if knc else not nocase and k in pat) and kt in (-1, itype) for k, knc, kt in keep):
+            keep.append((pat, nocase, itype))
+    return frozenset(keep)
 
 
 def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _TxMemo) -> bool:

@@ -172,3 +172,78 @@ def test_a_udp_flow_no_rule_can_match_leaves_python_and_an_attack_on_a_rule_port
     finally:
         a.kill()
         a.bridge_down()
+
+
+# web echoes every datagram to its sender (a UDP service both ways)
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(data, peer)
+"""
+# pc1 sends COUNT datagrams to (host, port) from one socket, one every 2 ms, then LAST; reads the echoes
+UDP_PINGER = """
+import socket, sys, time
+host, port, count, last = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.2)
+for i in range(count):
+    s.sendto(b"benign datagram %05d" % i, (host, port))
+    try:
+        s.recv(2048)
+    except OSError:
+        pass
+    time.sleep(0.002)
+s.sendto(last, (host, port))
+s.recv(2048)
+"""
+KPF_RULES = (
+    # ET Open's sid 2100498 (GPL ATTACK_RESPONSE id check returned root): every flow fits it
+    'alert ip any any -> any any (msg:"VCR TEST id check returned root"; content:"uid=0|28|root|29|"; sid:9209980; rev:1;)\n'
+    'alert udp any any -> any 7000 (msg:"VCR TEST udp established"; flow:established,to_server; content:"VCR-KPF-EST"; '
+    'sid:9209981; rev:1;)\n'
+    'alert icmp any any -> any any (msg:"VCR TEST ping pattern"; itype:8; content:"VCRPING"; sid:9209982; rev:1;)\n'
+)
+
+
+def test_the_kernel_prefilter_keeps_datagrams_and_pings_without_a_pattern(office: Lab, tmp_path: Path):
+    """engines.ips.kernel_prefilter: on. Every rule that fits the UDP flow and the ping has a fast
+    pattern: once both directions were seen, the flow's packets holding none of them stay in the
+    kernel; a datagram or an echo holding one is still queued and alerted on, as established."""
+    import sys
+
+    rules = tmp_path / "kpf.rules"
+    rules.write_text(KPF_RULES)
+    a = LabAgent(office, tmp_path / "agent", overrides={"engines.ips.rule_files": [str(rules)]})
+    a.bridge_up()
+    try:
+        a.start()
+        web = office.hosts["web"].ipv4
+        office.popen("web", [sys.executable, "-c", UDP_ECHO, "7000"], name="udp-echo")
+        time.sleep(0.5)
+        before = a.counter("pipeline", "packets")
+        office.exec("pc1", [sys.executable, "-c", UDP_PINGER, web, "7000", "300", "x uid=0(root) VCR-KPF-EST"])
+        rec = alert(a, 9209980)
+        assert rec is not None, "the datagram with the pattern was not inspected"
+        assert alert(a, 9209981) is not None, "flow:established did not hold on the queued datagram"
+        assert a.wait_counter("prefilter", "marked", 1) >= 1
+        time.sleep(2.5)  # the workers send their counters every 2 s
+        seen = a.counter("pipeline", "packets") - before
+        assert 0 < seen < 150, f"{seen} of 602 datagrams reached Python"  # before the chain was installed, and the hits
+        assert a.counter("pipeline", "flows.prefiltered") >= 1
+        # ping: 60 echoes and their replies without a pattern, then echoes that carry one
+        before = a.counter("pipeline", "packets")
+        office.exec("pc1", ["ping", "-c", "60", "-i", "0.01", "-W", "1", web])
+        time.sleep(2.5)
+        seen = a.counter("pipeline", "packets") - before
+        assert 0 < seen < 80, f"{seen} of 120 pings reached Python"
+        hex_pattern = b"VCRPING".hex()
+        office.exec("pc1", ["ping", "-c", "3", "-i", "0.01", "-W", "1", "-p", hex_pattern, web])
+        assert alert(a, 9209982) is not None, "the echo with the pattern was not inspected"
+        st = a.status() or {}
+        assert st["counters"]["prefilter"]["install_failures"] == 0
+    finally:
+        a.kill()
+        a.bridge_down()

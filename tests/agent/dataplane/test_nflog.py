@@ -120,8 +120,8 @@ def in_netns(netns: str, factory: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
-def nsrun(netns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
+def nsrun(netns: str, *argv: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, input=stdin,
                           check=check, timeout=60)
 
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.dataplane.ruleset import (EMPTY_ACK_U32, MARK_CT_REPLY, MARK_LOG, MARK_MASK, QUEUE_MARK_MASK, SKIP_MASK, DataplaneSpec,
-                                     parse_nflog_prefix, render)
+from agent.dataplane.ruleset import (EMPTY_ACK_U32, MARK_CT_EST, MARK_CT_REPLY, MARK_LOG, MARK_MASK, PF_MASK, PF_NONE,
+                                     QUEUE_MARK_MASK, SKIP_MASK, DataplaneSpec, parse_nflog_prefix, pf_block, pf_ids,
+                                     render)
 from filters.firewall import parse_policy
 
 SPEC = DataplaneSpec("br0", "lan0", "wan0", queue_base=0, workers=2, fail_open=True, nflog_group=17, stream_depth=1 << 20)
@@ -21,11 +22,22 @@ def test_fast_path_and_queue():
     fwd = [l for l in lines if l.startswith("-A VCR-FWD")]
     # the fast path comes first (a decided flow costs one compare), then the mark save; the queue last
     assert fwd[0] == "-A VCR-FWD -m connmark --mark 0x10000000/0x70000000 -j ACCEPT"
-    assert "CONNMARK --save-mark" in fwd[3] and "-j VCR-BLOCK" in fwd[4]
+    assert "CONNMARK --save-mark" in fwd[3] and "-j VCR-BLOCK" in fwd[6]
+    # a packet back from the queue with a prefilter id: saved for the connection, accepted
+    assert fwd[4] == "-A VCR-FWD -m mark ! --mark 0x0/0xff0000 -j CONNMARK --save-mark --nfmask 0xff0000 --ctmask 0xff0000"
+    assert fwd[5] == "-A VCR-FWD -m mark ! --mark 0x0/0xff0000 -j ACCEPT"
+    # a prefiltered connection (not TCP) goes through its prefilter before the queue
+    assert fwd[-7] == "-A VCR-FWD ! -p tcp -m connmark ! --mark 0x0/0xff0000 -j VCR-PF"
     # two workers: a symmetric 5-tuple hash picks the queue (flows of one address pair spread too)
-    assert "-j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 2 --hmark-offset 0x100" in fwd[-5]
+    assert "-j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod 2 --hmark-offset 0x100" in fwd[-6]
     # a packet in its connection's reply direction tells the worker so (a flow it did not see start)
-    assert fwd[-4] == "-A VCR-FWD -m conntrack --ctdir REPLY -j MARK --set-xmark 0x8000000/0x8000000"
+    assert fwd[-5] == "-A VCR-FWD -m conntrack --ctdir REPLY -j MARK --set-xmark 0x8000000/0x8000000"
+    # ... and a prefiltered connection's packet that it is established (after HMARK, which sets the mark)
+    assert fwd[-4] == ("-A VCR-FWD ! -p tcp -m connmark ! --mark 0x0/0xff0000 -m conntrack --ctstate ESTABLISHED"
+                       " -j MARK --set-xmark 0x80000000/0x80000000")
+    # VCR-PF: to the chain of the worker whose block holds the id (two workers: 128 ids each)
+    assert [l for l in lines if l.startswith("-A VCR-PF")] == [
+        "-A VCR-PF -m connmark --mark 0x0/0x800000 -g VCR-PF-W0", "-A VCR-PF -m connmark --mark 0x800000/0x800000 -g VCR-PF-W1"]
     assert fwd[-3] == "-A VCR-FWD -m mark --mark 0x100/0xffff -j NFQUEUE --queue-num 0 --queue-bypass"
     assert fwd[-2] == "-A VCR-FWD -m mark --mark 0x101/0xffff -j NFQUEUE --queue-num 1 --queue-bypass"
     assert fwd[-1].endswith("-j NFQUEUE --queue-balance 0:1 --queue-bypass")
@@ -188,7 +200,8 @@ def test_empty_acks_stay_in_the_kernel_after_the_handshake_until_a_fin():
     for fam in (4, 6):
         fwd = fwd_lines(replace(SPEC, empty_acks=False), fam)
         queue = next(i for i, l in enumerate(fwd) if "HMARK" in l)
-        syn, fin, skip, first = fwd[queue - 4:queue]
+        syn, fin, skip, first, prefilter = fwd[queue - 5:queue]
+        assert prefilter.endswith("-j VCR-PF")
         assert syn == "-A VCR-FWD -p tcp --syn -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x2000000/0x6000000"
         assert fin == "-A VCR-FWD -p tcp --tcp-flags FIN FIN -j CONNMARK --set-xmark 0x6000000/0x6000000"
         empty = "-p tcp --tcp-flags SYN,ACK,FIN,RST ACK -m connmark --mark"
@@ -199,6 +212,9 @@ def test_empty_acks_stay_in_the_kernel_after_the_handshake_until_a_fin():
         assert EMPTY_ACK_U32[fam] in skip and EMPTY_ACK_U32[fam] in first
         # the marks stay clear of the verdict bits, the reply bit and the queue hash
         assert SKIP_MASK & (MARK_MASK | MARK_CT_REPLY | QUEUE_MARK_MASK) == 0
+        # so do the prefilter's, and they of each other (MARK_LOG: a connection mark bit)
+        bits = [MARK_MASK, MARK_CT_REPLY, QUEUE_MARK_MASK, SKIP_MASK, MARK_LOG, PF_MASK, MARK_CT_EST]
+        assert all(a & b == 0 for n, a in enumerate(bits) for b in bits[n + 1:])
 
 
 def empty_ack_u32(fam: int, packet: bytes) -> bool:
@@ -244,3 +260,18 @@ def test_a_log_rule_marks_its_connections_for_the_worker():
         assert "-A VCR-POLICY -p tcp --dport 80 -j RETURN" in pol
         assert not any("--dport 80 -j CONNMARK" in l for l in pol)
     assert MARK_LOG & (MARK_MASK | MARK_CT_REPLY | QUEUE_MARK_MASK | SKIP_MASK) == 0
+
+
+def test_prefilter_ids_of_live_workers_never_collide():
+    for workers in (1, 2, 3, 4, 5, 8):
+        block = pf_block(workers)
+        seen: set[int] = set()
+        for i in range(workers):
+            ids = pf_ids(i, workers)
+            assert ids and not seen & set(ids) and 0 not in ids and PF_NONE not in ids
+            # VCR-PF finds the worker by the block mask
+            assert all(pid // block == i for pid in ids) and max(ids) <= 0xFF
+            seen |= set(ids)
+    assert len(pf_ids(0, 1)) == 254 and len(pf_ids(1, 2)) == 126
+    single = render(replace(SPEC, workers=1), policy(), 4).splitlines()
+    assert [l for l in single if l.startswith("-A VCR-PF")] == ["-A VCR-PF -g VCR-PF-W0"]
