@@ -672,9 +672,15 @@ class Ips(Engine):
             st.tail_ts, st.hits_ts = keep, now
         else:
             st.tail_tc, st.hits_tc = keep, now
+        headers = st.headers
+        if hits and headers:  # hits whose rule header is known not to fit this direction: no match
+            # (_matches would reject them on that cached judgement first)
+            hits = {i for i in hits if headers.get(2 * i + to_server) is not False}
+        if hits is not None and not hits and not group.always:
+            return self._defer(flow, [])  # no candidate: no site to build
         site = self._flow_site(flow, to_server, lambda name: [window] if name == PKT else [])
         found = group.candidates(site.buffers, infos, (site.src, site.dst), hits=hits)
-        if tail:  # a match wholly inside the old tail was reported with the earlier chunk
+        if tail and found:  # a match wholly inside the old tail was reported with the earlier chunk
             # the window first: most candidates fail there (their header, their other contents),
             # and only those that match it are looked for in the old tail alone
             old = self._flow_site(flow, to_server, lambda name: [tail] if name == PKT else [])

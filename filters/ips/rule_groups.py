@@ -133,6 +133,9 @@ class Group:
     # per app protocol and direction: the prefilters whose buffer that protocol's events can fill
     # (others are empty) and whose rules are inspected in that direction
     by_app: dict[tuple[str | None, bool | None], list[tuple[PrefilterKey, Prefilter]]] = field(default_factory=dict)
+    # the same, of the buffers that can change within a body stage (``changing`` of candidates)
+    by_change: dict[tuple[str | None, bool | None, frozenset[str]], list[tuple[PrefilterKey, Prefilter]]] = field(
+        default_factory=dict)
 
     def finish(self, infos: list[RuleInfo]) -> None:
         self.index = AddressIndex((i, infos[i].rule.src, infos[i].rule.dst) for i in self.always)
@@ -235,9 +238,11 @@ class Group:
                         self._prefilter(key, pf, buffers, memo, static)
                 memo[static_key] = static
             found |= static
-            for key, pf in prefilters:
-                if key[0] in changing:
-                    self._prefilter(key, pf, buffers, memo, found)
+            grown = self.by_change.get((app, to_server, changing))
+            if grown is None:  # each event of a body in progress: only these, not a walk over all
+                grown = self.by_change[(app, to_server, changing)] = [kp for kp in prefilters if kp[0][0] in changing]
+            for key, pf in grown:
+                self._prefilter(key, pf, buffers, memo, found)
         else:
             for key, pf in prefilters:
                 self._prefilter(key, pf, buffers, memo, found)

@@ -123,3 +123,24 @@ def test_window_hits_with_et_open(et_open) -> None:
             cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(1, 40))))
             chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
             assert _window_hits_agree(det, chunks, tail_len) > 0
+
+
+def test_a_rule_header_judged_for_one_direction_does_not_decide_the_other(tmp_path: Path) -> None:
+    """on_stream drops the hits whose header the flow's cache already rejected, per direction: the
+    server sending the pattern first (sid 21 cannot fit that direction) must not hide the client's."""
+    c, s = 1000, 5000
+    server_data, client_data = b"s" * 50 + b"EARLY-MARK", b"c" * 50 + b"EARLY-MARK"
+    pkts = [Ether() / IP(src=CLIENT, dst=SERVER) / TCP(sport=40000, dport=9999, flags="S", seq=c - 1),
+            Ether() / IP(src=SERVER, dst=CLIENT) / TCP(sport=9999, dport=40000, flags="SA", seq=s - 1, ack=c),
+            Ether() / IP(src=CLIENT, dst=SERVER) / TCP(sport=40000, dport=9999, flags="A", seq=c, ack=s),
+            Ether() / IP(src=SERVER, dst=CLIENT) / TCP(sport=9999, dport=40000, flags="PA", seq=s, ack=c) / server_data,
+            Ether() / IP(src=CLIENT, dst=SERVER) / TCP(sport=40000, dport=9999, flags="A", seq=c, ack=s + len(server_data)),
+            Ether() / IP(src=SERVER, dst=CLIENT) / TCP(sport=9999, dport=40000, flags="PA", seq=s + len(server_data), ack=c)
+            / server_data,
+            Ether() / IP(src=CLIENT, dst=SERVER) / TCP(sport=40000, dport=9999, flags="PA", seq=c,
+                                                       ack=s + 2 * len(server_data)) / client_data,
+            Ether() / IP(src=SERVER, dst=CLIENT) / TCP(sport=9999, dport=40000, flags="A", seq=s + 2 * len(server_data),
+                                                       ack=c + len(client_data))]
+    for i, p in enumerate(pkts):
+        p.time = 1_700_000_000 + i * 0.001
+    assert [sid for _, sid in alerts(tmp_path, pkts)] == [21]
