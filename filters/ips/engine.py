@@ -801,7 +801,7 @@ class Ips(Engine):
             r = info.rule
             if memo is not None and not (info.has_pkt or r.packet_checks or r.flowbits or r.flowints):
                 # the same buffers as when this rule last ran for the transaction: the same answer
-                seen = tuple(memo.version(n, site.buffers) for n in info.app_buffers)
+                seen = tuple([memo.version(n, site.buffers) for n in info.app_buffers])
                 if memo.evaluated.get(info.idx) == seen:
                     continue
             if memo is not None and info.required and _still_absent(info, site.buffers, memo):
