@@ -86,7 +86,6 @@ def cmd_pcap(args: argparse.Namespace) -> int:
         simulate_ips=args.simulate_ips,
         checksum_mode=args.k,
         sets=args.set or [],
-        freeze=True,
     )
     summary = run_pcap(opts, cfg)
     skipped = sum(summary.get("skipped_records", {}).values())

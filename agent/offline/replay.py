@@ -41,10 +41,6 @@ class OfflineOptions:
     simulate_ips: bool = False
     checksum_mode: str = "none"
     sets: list[str] = field(default_factory=list)
-    # once the pipeline (its rules) is built: collect, then freeze what is left (gc.freeze), as the
-    # daemon does: the compiled rules (400k objects with ET Open) stay out of the collector's full
-    # scans, 0.25 to 0.37 s each. For a process that replays one capture (`vcr-agent pcap`).
-    freeze: bool = False
 
 
 def _parse_value(text: str) -> Any:
@@ -134,11 +130,6 @@ def run_pcap(opts: OfflineOptions, cfg: AgentConfig, out: IO[str] | None = None)
         fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     pipeline = pipeline_from_config(cfg, emit, ips=opts.simulate_ips)
-    if opts.freeze:
-        import gc
-
-        gc.collect()
-        gc.freeze()
     outcomes = {o: 0 for o in Outcome}
     last_ts = 0.0
 

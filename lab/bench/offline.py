@@ -123,7 +123,6 @@ def _pipeline(rules_dir: Path, pcap: Path, eve: Path, summary: dict[str, Any]) -
     """``vcr-agent pcap -r PCAP -S RULES`` with the rules loaded once: (a pass over the capture, the IPS).
     A pass writes EVE to ``eve`` and the run's summary into ``summary``."""
     import functools
-    import gc
     from unittest import mock
 
     from agent.offline import replay as offline
@@ -133,9 +132,6 @@ def _pipeline(rules_dir: Path, pcap: Path, eve: Path, summary: dict[str, Any]) -
     rules, _ = et_open_files(rules_dir)
     cfg = offline.offline_config(None, [], rule_files=[str(f) for f in rules])  # what `-S` builds
     engines = build_engines(cfg)
-    # as `vcr-agent pcap` (OfflineOptions.freeze) once its rules are loaded: out of the collector's scans
-    gc.collect()
-    gc.freeze()
     # run_pcap builds its pipeline with pipeline_from_config(cfg, ...): hand it the engines loaded above
     prepared = functools.partial(pipeline_from_config, engines=engines)
 
