@@ -217,9 +217,11 @@ class PcapReader:
         rec = _PCAP_REC[self._endian]
         div = self._ts_div
         linktype = self.linktype or 0
+        read = self._file.read  # _read inline (the per-record path): self._offset kept up to date here
         while True:
             start = self._offset
-            hdr = self._read(16)
+            hdr = read(16)
+            self._offset = start + len(hdr)
             if not hdr:
                 return
             if len(hdr) < 16:
@@ -232,7 +234,8 @@ class PcapReader:
                     self._truncate(start, "oversized record")
                     return
                 continue
-            data = self._read(incl)
+            data = read(incl)
+            self._offset += len(data)
             if len(data) < incl:
                 self._truncate(start, "record data")
                 return

@@ -143,6 +143,10 @@ class _FlowState:
     fired_tx: dict[tuple[Any, int, int], None] | None = None  # (tx, gid, sid) that fired, oldest first
     tail_ts: bytes = b""  # the end of each stream direction, for matches across two chunks
     tail_tc: bytes = b""
+    # per stream direction: the stream rules whose fast pattern was in the window that ends with
+    # the tail (Group.window_hits); None: not known (a reload)
+    hits_ts: tuple[int, ...] | None = ()
+    hits_tc: tuple[int, ...] | None = ()
     relevant: tuple[bool, bool, bool] | None = None  # could (iponly, packet, stream) rules apply at all
     # Rule headers (protocol, addresses, ports) judged once per flow and direction: 2 * rule + to_server.
     headers: dict[int, bool] | None = None
@@ -165,6 +169,7 @@ class _FlowState:
         self.class_ts = self.class_tc = None
         self.tx_memos = None
         self.relevant = None
+        self.hits_ts = self.hits_tc = None
 
     def tx_memo(self, key: Any) -> _TxMemo:
         if self.tx_memos is None:
@@ -745,16 +750,25 @@ class Ips(Engine):
         st = self._state(flow)
         if st.passed:
             return None
-        tail = st.tail_ts if to_server else st.tail_tc
+        tail, before = (st.tail_ts, st.hits_ts) if to_server else (st.tail_tc, st.hits_tc)
         window = tail + data
         keep = window[-self.stream_tail:] if self.stream_tail else b""
+        group, infos = self.detector.groups["stream"], self.detector.infos
+        hits = group.window_hits(tail, window, before, infos)
+        now = (tuple(hits) if hits else ()) if hits is not None and keep else None
         if to_server:
-            st.tail_ts = keep
+            st.tail_ts, st.hits_ts = keep, now
         else:
-            st.tail_tc = keep
+            st.tail_tc, st.hits_tc = keep, now
+        headers = st.headers
+        if hits and headers:  # hits whose rule header is known not to fit this direction: no match
+            # (_matches would reject them on that cached judgement first)
+            hits = {i for i in hits if headers.get(2 * i + to_server) is not False}
+        if hits is not None and not hits and not group.always:
+            return self._defer(flow, [])  # no candidate: no site to build
         site = self._flow_site(flow, to_server, lambda name: [window] if name == PKT else [])
-        found = self.detector.groups["stream"].candidates(site.buffers, self.detector.infos, (site.src, site.dst))
-        if tail:  # a match wholly inside the old tail was reported with the earlier chunk
+        found = group.candidates(site.buffers, infos, (site.src, site.dst), hits=hits)
+        if tail and found:  # a match wholly inside the old tail was reported with the earlier chunk
             # the window first: most candidates fail there (their header, their other contents),
             # and only those that match it are looked for in the old tail alone
             old = self._flow_site(flow, to_server, lambda name: [tail] if name == PKT else [])
@@ -875,7 +889,7 @@ class Ips(Engine):
             r = info.rule
             if memo is not None and not (info.has_pkt or r.packet_checks or r.flowbits or r.flowints):
                 # the same buffers as when this rule last ran for the transaction: the same answer
-                seen = tuple(memo.version(n, site.buffers) for n in info.app_buffers)
+                seen = tuple([memo.version(n, site.buffers) for n in info.app_buffers])
                 if memo.evaluated.get(info.idx) == seen:
                     continue
             if memo is not None and info.required and _still_absent(info, site.buffers, memo):

@@ -133,6 +133,9 @@ class Group:
     # per app protocol and direction: the prefilters whose buffer that protocol's events can fill
     # (others are empty) and whose rules are inspected in that direction
     by_app: dict[tuple[str | None, bool | None], list[tuple[PrefilterKey, Prefilter]]] = field(default_factory=dict)
+    # the same, of the buffers that can change within a body stage (``changing`` of candidates)
+    by_change: dict[tuple[str | None, bool | None, frozenset[str]], list[tuple[PrefilterKey, Prefilter]]] = field(
+        default_factory=dict)
 
     def finish(self, infos: list[RuleInfo]) -> None:
         self.index = AddressIndex((i, infos[i].rule.src, infos[i].rule.dst) for i in self.always)
@@ -161,11 +164,46 @@ class Group:
                     pf.scan(apply_transforms(transforms, payload) if transforms else payload, found)
         return found
 
+    def window_hits(self, tail: bytes, window: bytes, before: Iterable[int] | None,
+                    infos: list[RuleInfo]) -> set[int] | None:
+        """The rules whose fast pattern is in a stream chunk's ``window`` (the old ``tail`` and the
+        chunk), the same as a scan of the whole window, without scanning the tail again: the chunk
+        is scanned with the tail's last bytes that a pattern ending in the chunk can start in,
+        and a pattern wholly inside the tail belongs to a rule found in the previous window
+        (``before``, its answer: the tail is that window's end), looked for in the tail alone. The
+        stream group scanned each chunk with its 4 KB tail again (2.8 times its bytes offline).
+        None when the group's prefilters are not one over the plain payload (then scan the
+        window); ``before`` None (unknown, after a reload): the whole window is scanned."""
+        prefilters = self.prefilters_for(None, None)
+        if len(prefilters) != 1 or prefilters[0][0] != (PKT, (), None):
+            return None
+        pf = prefilters[0][1]
+        found: set[int] = set()
+        if not tail or before is None:
+            pf.scan(window, found)
+            return found
+        pf.scan(window[max(0, len(tail) - pf.max_len + 1):], found)  # the patterns that end in the chunk
+        low = None
+        for i in before:
+            if i in found:
+                continue
+            fp = infos[i].rule.fast_pattern
+            assert fp is not None
+            if fp.nocase:
+                if low is None:
+                    low = tail.lower()
+                if fp.pattern.lower() in low:
+                    found.add(i)
+            elif fp.pattern in tail:
+                found.add(i)
+        return found
+
     def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo],
                    addrs: tuple[bytes, bytes] | None = None,
                    memo: dict[Any, Any] | None = None,
                    base: Iterable[int] | None = None, changing: frozenset[str] | None = None,
-                   app: str | None = None, to_server: bool | None = None) -> list[RuleInfo]:
+                   app: str | None = None, to_server: bool | None = None,
+                   hits: set[int] | None = None) -> list[RuleInfo]:
         """Rules worth a full evaluation: prefilter hits, and the unprefiltered rules whose
         addresses could match ``addrs`` (all of them when no addresses are given).
 
@@ -177,7 +215,8 @@ class Group:
         caller drops that entry, ``("static", changing)``, when the others may change).
         ``base``: the unprefiltered candidates, already worked out (per flow). ``app``: the app
         protocol whose buffers ``buffers`` gives (the buffers of other protocols are empty then).
-        ``to_server``: the direction of the event (None: rules of either)."""
+        ``to_server``: the direction of the event (None: rules of either). ``hits``: the
+        prefilter hits, already worked out (window_hits): no prefilter is scanned."""
         prefilters = self.prefilters_for(app, to_server)
         if base is not None:
             found = set(base)
@@ -187,7 +226,9 @@ class Group:
             found = self.index.lookup(*addrs)
         else:
             found = set(self.always)
-        if changing is not None and memo is not None:
+        if hits is not None:
+            found |= hits
+        elif changing is not None and memo is not None:
             static_key = ("static", changing)
             static = memo.get(static_key)
             if static is None:
@@ -197,9 +238,11 @@ class Group:
                         self._prefilter(key, pf, buffers, memo, static)
                 memo[static_key] = static
             found |= static
-            for key, pf in prefilters:
-                if key[0] in changing:
-                    self._prefilter(key, pf, buffers, memo, found)
+            grown = self.by_change.get((app, to_server, changing))
+            if grown is None:  # each event of a body in progress: only these, not a walk over all
+                grown = self.by_change[(app, to_server, changing)] = [kp for kp in prefilters if kp[0][0] in changing]
+            for key, pf in grown:
+                self._prefilter(key, pf, buffers, memo, found)
         else:
             for key, pf in prefilters:
                 self._prefilter(key, pf, buffers, memo, found)
