@@ -387,7 +387,7 @@ METHOD = [
     f"{UDP_START_PPS:,} pkt/s and doubles until a probe loses a packet (iperf3's "
     "lost_packets), NFQUEUE drops one (queue_dropped + user_dropped in the UTM's "
     f"{NFQUEUE_PROC}) or a full queue lets one pass uninspected (fail-open: the packets the NFQUEUE rules of "
-    "VCR-FWD counted minus the queues' id sequences, less queue_dropped), then bisects; at most {UDP_MAX_PROBES} probes. The figure is the achieved rate of the "
+    f"VCR-FWD counted minus the queues' id sequences, less queue_dropped), then bisects; at most {UDP_MAX_PROBES} probes. The figure is the achieved rate of the "
     "best loss-free probe. Each iperf3 3.x client sends from one thread; when they cannot reach their target the figure is "
     "marked generator-limited (a lower bound for the bridge). On this machine a sender's own CPU also runs the "
     "forwarding path of its packets (veth, bridge, router), so the generator limit is largely the cost of that path.",
