@@ -60,6 +60,7 @@ class ConfigError(ValueError):
 # (bytes, nocase, icmp_type): a packet holding none of its direction's patterns (in an ICMP packet
 # of that type, when icmp_type is not -1) needs no inspection.
 KernelPattern = tuple[bytes, bool, int]
+MAX_KERNEL_PATTERN = 128  # bytes: xt_string's longest pattern (XT_STRING_MAX_PATTERN_SIZE); longer ones are cut
 KernelFilter = tuple[frozenset[KernelPattern], frozenset[KernelPattern]]
 
 

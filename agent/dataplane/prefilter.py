@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent.dataplane.ruleset import PF_MASK, PF_NONE, PF_SHIFT, pf_id_chain, pf_ids, pf_worker_chain
-from filters.engine import KernelFilter
+from filters.engine import MAX_KERNEL_PATTERN, KernelFilter
 
 log = logging.getLogger(__name__)
 
-MAX_PATTERN = 128  # xt_string's XT_STRING_MAX_PATTERN_SIZE (the IPS cuts its patterns to it)
 # The conntrack timeouts an entry of a UDP or ICMP connection can live idle (the longest of them
 # bounds how long a predecessor's id can sit on an entry that passes no packet); the default when
 # they cannot be read is the kernel's longest (udp stream: 120 s; 180 s in newer kernels).
@@ -79,7 +78,7 @@ def pattern_match(pattern: bytes, nocase: bool, itype: int = -1, family: int = 4
     in an ICMP packet of type ``itype`` when it is not -1."""
     icmp = "" if itype < 0 else (f"-p icmp --icmp-type {itype} " if family == 4 else
                                  f"-p ipv6-icmp --icmpv6-type {itype} ")
-    return f'{icmp}-m string --algo bm --hex-string "|{pattern[:MAX_PATTERN].hex()}|"' + (" --icase" if nocase else "")
+    return f'{icmp}-m string --algo bm --hex-string "|{pattern[:MAX_KERNEL_PATTERN].hex()}|"' + (" --icase" if nocase else "")
 
 
 def id_chains(pf_id: int) -> tuple[str, str]:
@@ -173,26 +172,26 @@ class Prefilters:
         self.counters["marked"] += 1
         return pf_id << PF_SHIFT
 
+    def _restore(self, chains: tuple[str, ...], lines: Callable[[int], list[str]]) -> bool:
+        """Declare (create or flush) ``chains`` and fill them with ``lines(family)``, in every
+        family, with ``iptables-restore --noflush`` (the rest of the table stays as it is)."""
+        head = ["*filter", *(f":{c} - [0:0]" for c in chains)]
+        return all(self.runner([RESTORE[f], "--noflush", "-w"], "\n".join([*head, *lines(f), "COMMIT", ""])) == 0
+                   for f in self.families)
+
     def _install(self, pf_id: int) -> None:
-        orig, reply = id_chains(pf_id)
         with self._lock:
             ids = sorted(self.ready | {pf_id})
-
-            def text(family: int) -> str:
-                return "\n".join(["*filter", f":{orig} - [0:0]", f":{reply} - [0:0]", f":{pf_worker_chain(self.index)} - [0:0]",
-                                  *id_chain_lines(pf_id, self.filters[pf_id], family),
-                                  *worker_chain_lines(self.index, ids), "COMMIT", ""])
-
-            if all(self.runner([RESTORE[f], "--noflush", "-w"], text(f)) == 0 for f in self.families):
+            if self._restore((*id_chains(pf_id), pf_worker_chain(self.index)),
+                             lambda f: [*id_chain_lines(pf_id, self.filters[pf_id], f),
+                                        *worker_chain_lines(self.index, ids)]):
                 self.ready.add(pf_id)
                 return
         self.counters["install_failures"] += 1
         log.error("worker %d: kernel prefilter %d not installed; its flows stay in Python", self.index, pf_id)
 
     def _install_worker_chain(self, ids: list[int]) -> bool:
-        text = "\n".join(["*filter", f":{pf_worker_chain(self.index)} - [0:0]",
-                          *worker_chain_lines(self.index, ids), "COMMIT", ""])
-        ok = all(self.runner([RESTORE[f], "--noflush", "-w"], text) == 0 for f in self.families)
+        ok = self._restore((pf_worker_chain(self.index),), lambda f: worker_chain_lines(self.index, ids))
         if not ok:
             self.counters["install_failures"] += 1
             log.error("worker %d: kernel prefilter chain not cleared; no prefilter", self.index)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from filters.app.layer import flow_app_proto
-from filters.engine import (Action, BundleError, BundleLoad, ConfigError, Decision, Engine, EngineContext, KernelFilter,
-                            KernelPattern, Verdict)
+from filters.engine import (MAX_KERNEL_PATTERN, Action, BundleError, BundleLoad, ConfigError, Decision, Engine,
+                            EngineContext, KernelFilter, KernelPattern, Verdict)
 from filters.ips.app_buffers import dns_buffers, http_buffer, tls_buffers
 from filters.ips.buffer_match import MatchContext, match_section
 from filters.ips.config import STREAM_TAIL, IpsConfig, IpsVars
@@ -44,7 +44,6 @@ VERDICT_ACTION = {
 }
 
 
-MAX_KERNEL_PATTERN = 128  # xt_string's longest pattern (XT_STRING_MAX_PATTERN_SIZE); longer ones are cut
 MAX_KERNEL_PATTERNS = 256  # patterns per direction past which a header class is not prefiltered in the kernel
 MAX_CLASS_CACHE = 4096  # header classes (protocol, addresses, port classes, direction) kept, and IP-only answers
 MAX_CLASS_FITS = 256  # prefilter hits whose fit is remembered per header class

@@ -20,8 +20,9 @@ import pytest
 from agent.dataplane.worker import pipeline_from_config
 from agent.engines import build_engines
 from agent.offline import replay as offline
+from filters.engine import MAX_KERNEL_PATTERN
 from filters.flow import flow_key
-from filters.ips.engine import MAX_KERNEL_PATTERN, Ips, Thresholds, _minimal_patterns
+from filters.ips.engine import Ips, Thresholds, _minimal_patterns
 from filters.packet import parse_ethernet
 from filters.pipeline import NO_PREFILTER, Outcome
 from lab.bench.capture import Capture
