@@ -480,6 +480,15 @@ class Engine:
         goes to a worker. By default: yes, if the engine takes any hook."""
         return bool(implemented_hooks(self))
 
+    def needs_handshake(self, flow: "Flow") -> bool:
+        """Inline, asked on a TCP connection's SYN (while some engine still needs the flow): could
+        this engine decide, report or count anything on the connection's SYN+ACK (without
+        payload)? While no engine says yes, the kernel keeps it from the workers (the handshake
+        skip, agent/dataplane/ruleset.py ``MARK_HS``): one trip through a worker less in every
+        connection's first round trip. The handshake's last ACK still comes. By default: yes,
+        if the engine takes packets (the packet hooks)."""
+        return bool(implemented_hooks(self) & PACKET_HOOKS)
+
     def needs_empty_acks(self) -> bool:
         """Could this engine decide, report or count anything on an empty ACK: a TCP packet without
         payload with ACK and none of SYN, FIN and RST, of a connection whose SYN, SYN+ACK and first

@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterable, Sequence
 
 from filters import eve
 from filters.app.layer import AppLayer
-from filters.engine import (APP_HOOKS, Action, Decision, Engine, Hold, Hook, Inject, IORequest, KernelFilter,
-                            KernelPattern, Scope, Submit, Verdict, implemented_hooks)
+from filters.engine import (APP_HOOKS, PACKET_HOOKS, Action, Decision, Engine, Hold, Hook, Inject, IORequest,
+                            KernelFilter, KernelPattern, Scope, Submit, Verdict, implemented_hooks)
 from filters.defrag import DefragResult, Defragmenter
 from filters.flow import Flow, FlowTable
-from filters.packet import ACK, PROTO_TCP, RST, SYN, Packet
+from filters.packet import ACK, FIN, PROTO_TCP, RST, SYN, Packet
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ class Release:
     ``prefilter`` (an accept, inline): the flow's kernel prefilter, the patterns of its packets
     in conntrack's original and reply directions (Engine.kernel_filter): the kernel may keep
     the flow's later packets that hold none of their direction's patterns; ``NO_PREFILTER``:
-    the kernel must stop doing so."""
+    the kernel must stop doing so. ``handshake`` (an accepted SYN, inline): no engine needs the
+    connection's SYN+ACK, the kernel may keep it (Engine.needs_handshake)."""
 
     token: Any
     outcome: Outcome
@@ -44,9 +45,11 @@ class Release:
     packet: Packet | None = None  # the judged packet, when there is something to inject
     inject: tuple[Inject, ...] = ()  # packets the driver should send in reply to ``packet``
     prefilter: KernelFilter | None = None
+    handshake: bool = False
 
     def __init__(self, token: Any, outcome: Outcome, offload: bool = False, packet: Packet | None = None,
-                 inject: tuple[Inject, ...] = (), prefilter: KernelFilter | None = None) -> None:
+                 inject: tuple[Inject, ...] = (), prefilter: KernelFilter | None = None,
+                 handshake: bool = False) -> None:
         # One per packet: the slots' own setters, not the frozen dataclass's object.__setattr__
         # by name (a third of the cost of a decided flow's packet in Python).
         _set_token(self, token)
@@ -55,12 +58,13 @@ class Release:
         _set_packet(self, packet)
         _set_inject(self, inject)
         _set_prefilter(self, prefilter)
+        _set_handshake(self, handshake)
 
 
 NO_PREFILTER: Any = ()  # Release.prefilter: the flow's packets all go to the queue again
 
-_set_token, _set_outcome, _set_offload, _set_packet, _set_inject, _set_prefilter = (
-    Release.__dict__[f].__set__ for f in ("token", "outcome", "offload", "packet", "inject", "prefilter"))
+_set_token, _set_outcome, _set_offload, _set_packet, _set_inject, _set_prefilter, _set_handshake = (
+    Release.__dict__[f].__set__ for f in ("token", "outcome", "offload", "packet", "inject", "prefilter", "handshake"))
 
 
 def _fin_delivered(s: Any) -> bool:
@@ -112,6 +116,7 @@ class _HoldState:
 HookMethod = Callable[..., "Iterable[Decision] | None"]
 _PASS = Action.PASS
 _ACCEPT = Outcome.ACCEPT
+_HANDSHAKE_FLAGS = SYN | ACK | FIN | RST  # a connection's first SYN has SYN alone of these
 _NOT_IP = frozenset({"eth.not_ip", "link.not_ip", "link.unsupported"})
 _OUTCOME = {Action.DROP: Outcome.DROP, Action.REJECT: Outcome.REJECT}
 MAX_EXPIRED_HOLDS = 4096  # timed-out holds whose late I/O result still goes to the engine
@@ -215,6 +220,11 @@ class Pipeline:
             for e in asked) if self.policy.kernel_offload else ()
         if not any(self._kernel_filters):
             self._kernel_filters = ()
+        # the handshake skip (inline only): the engines that could need a connection's SYN+ACK
+        self._needs_handshake = tuple(
+            e.needs_handshake for e in self.engines
+            if implemented_hooks(e) & PACKET_HOOKS or type(e).needs_handshake is not Engine.needs_handshake
+        ) if self.policy.kernel_offload else None
 
     # -- public driver API -------------------------------------------------------------
     def process(self, pkt: Packet, token: Any, now: float | None = None) -> list[Release]:
@@ -492,6 +502,11 @@ class Pipeline:
             return self._prefilter(flow, token, pkt, now)
         for needs_more in self._needs_more:
             if needs_more(flow):
+                if (pkt is not None and pkt.proto == PROTO_TCP and pkt.tcp_flags & _HANDSHAKE_FLAGS == SYN
+                        and not flow.pkts_toclient and self._needs_handshake is not None
+                        and not any(needs(flow) for needs in self._needs_handshake)):
+                    self._count("flows.handshake_skipped")
+                    return [Release(token, _ACCEPT, handshake=True)]
                 return [Release(token, _ACCEPT)]
         flow.decided, flow.decided_ts = _PASS, now
         self._count("flows.offloaded")

@@ -148,6 +148,11 @@ class Reassembler:
             state = flow.state
             if state is TcpState.NONE or (flags & ACK and (state is TcpState.SYN_SENT or state is TcpState.SYN_RECV)):
                 flow.state = TcpState.ESTABLISHED
+                if state is TcpState.SYN_SENT and to_server and r.next_seq is None and not r.pending:
+                    # the client's ACK of a SYN+ACK not seen here (the kernel kept it: the
+                    # handshake skip, or it was lost): it tells the server's next sequence number,
+                    # so the server's first bytes are placed by it, not by whichever segment comes first
+                    r.isn, r.next_seq = (pkt.ack - 1) & _SEQ_MASK, pkt.ack
         seg_len = segment_length(pkt) if pkt.payload or pkt.truncated else 0
         if seg_len:
             self._tcp_data(s, seq, pkt.payload, seg_len, to_server, out)

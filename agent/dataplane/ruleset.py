@@ -50,7 +50,8 @@ SKIP_MASK = 0x06000000
 SKIP_SYN = 0x02000000
 SKIP_ON = 0x04000000
 SKIP_OFF = 0x06000000
-# An empty ACK: ACK without SYN, FIN and RST, and no payload. The IP headers and TCP data offset
+# An empty ACK: ACK without SYN, FIN and RST, and no payload (the payload test holds for any TCP
+# packet: the SYN+ACK of the handshake skip too). The IP headers and TCP data offset
 # are multiples of 4 bytes, so the payload length is the IP length mod 4 (0 when empty), and a
 # payload of 4 bytes or more leaves 4 bytes to read after the TCP header (u32 fails past the end).
 # IPv6 only without extension headers (next header TCP); anything else goes to the queue.
@@ -71,7 +72,13 @@ PF_NONE = 0xFF  # an id no worker gives: the connection's bits are cleared, ever
 # Set on a queued packet of a prefiltered connection that conntrack calls established: the worker
 # that forgot its flow picks it up as established (both ways seen: Packet.ct_established).
 MARK_CT_EST = 0x80000000
-QUEUE_MARK_MASK = 0xFFFF  # the HMARK values (FLOW_HASH_BASE + worker) sit in these bits
+QUEUE_MARK_MASK = 0x7FFF  # the HMARK values (FLOW_HASH_BASE + worker) sit in these bits
+# The handshake skip: set by the worker on a connection's SYN (in the packet mark, saved to the
+# connection mark) when no engine needs the server's SYN+ACK (Engine.needs_handshake), which
+# then stays in the kernel (_fwd_lines): one trip through a worker less on every connection's
+# first round trip. The client's ACK that completes the handshake still goes to the worker (it
+# tells the server's sequence numbers: filters/stream.py).
+MARK_HS = 0x8000
 BLOCK_SETS = {4: "vcr-block4", 6: "vcr-block6"}
 # Besides the blocklist, VCR-BLOCK matches the kernel sets the engines declare (filters/registry.py
 # ``kernel_sets``: ATP's C&C addresses and ip:port channels), filled by the daemon.
@@ -183,10 +190,16 @@ def _fwd_lines(spec: DataplaneSpec, family: int) -> list[str]:
         # ... or with a prefilter id (accepted: the worker passed it): kept for the connection
         f"-A VCR-FWD -m mark ! --mark 0x0/0x{PF_MASK:x} -j CONNMARK --save-mark --nfmask 0x{PF_MASK:x} --ctmask 0x{PF_MASK:x}",
         f"-A VCR-FWD -m mark ! --mark 0x0/0x{PF_MASK:x} -j ACCEPT",
+        # ... or with the handshake skip (a SYN the worker passed): kept for the connection
+        f"-A VCR-FWD -m mark --mark 0x{MARK_HS:x}/0x{MARK_HS:x} -j CONNMARK --set-xmark 0x{MARK_HS:x}/0x{MARK_HS:x}",
+        f"-A VCR-FWD -m mark --mark 0x{MARK_HS:x}/0x{MARK_HS:x} -j ACCEPT",
         "-A VCR-FWD -j VCR-BLOCK",
         f"-A VCR-FWD -m mark --mark 0x{MARK_ACCEPT:x}/{m} -j ACCEPT",
         f"-A VCR-FWD -m mark --mark 0x{MARK_DROP:x}/{m} -j DROP",
         f"-A VCR-FWD -m mark --mark 0x{MARK_REJECT:x}/{m} -j VCR-REJECT",
+        # The server's SYN+ACK (without payload) of a connection with the handshake skip
+        f"-A VCR-FWD -p tcp --tcp-flags SYN,ACK,FIN,RST SYN,ACK -m connmark --mark 0x{MARK_HS:x}/0x{MARK_HS:x}"
+        f" {EMPTY_ACK_U32[family]} -j ACCEPT",
         # Only a new connection is matched against the policy, as stateful firewalls do. A TCP
         # packet without SYN that conntrack calls NEW (nf_conntrack_tcp_loose picks up a
         # connection midstream: a late retransmission or reply after the kernel forgot its

@@ -20,7 +20,8 @@ from agent.dataplane.inject import Injector
 from agent.dataplane.nfq import QueueSocket
 from agent.dataplane.performers import SLOW_KINDS, perform
 from agent.dataplane.prefilter import Prefilters
-from agent.dataplane.ruleset import MARK_ACCEPT, MARK_CT_EST, MARK_CT_REPLY, MARK_DROP, MARK_MASK, MARK_REJECT, PF_MASK
+from agent.dataplane.ruleset import (MARK_ACCEPT, MARK_CT_EST, MARK_CT_REPLY, MARK_DROP, MARK_HS, MARK_MASK, MARK_REJECT,
+                                     PF_MASK)
 from filters import registry
 from filters.app.layer import AppLayer, AppSettings
 from filters.defrag import DefragSettings, Defragmenter
@@ -156,6 +157,10 @@ class Worker:
                     nfpkt.set_mark((nfpkt.get_mark() & ~PF_MASK) | bits)
                     nfpkt.repeat()
                     return
+            if rel.handshake and rel.outcome is Outcome.ACCEPT:  # VCR-FWD saves the bit to the connmark
+                nfpkt.set_mark(nfpkt.get_mark() | MARK_HS)
+                nfpkt.repeat()
+                return
             if not rel.offload:
                 nfpkt.accept() if rel.outcome is Outcome.ACCEPT else nfpkt.drop()
                 return

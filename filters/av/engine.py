@@ -515,6 +515,9 @@ class Antivirus(Engine):
             flow.engine_data[self.name]["packets"] += 1
         return None
 
+    def needs_handshake(self, flow: Any) -> bool:
+        return False  # it numbers a flow's packets from its first HTTP message on, after the handshake
+
     def needs_empty_acks(self) -> bool:
         # on_packet only numbers the packets, so that a file completed by the very packet that
         # started its response can be replaced by the block page; an empty ACK never carries

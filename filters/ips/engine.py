@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Sequence
 
 from filters.app.layer import flow_app_proto
 from filters.engine import (MAX_KERNEL_PATTERN, Action, BundleError, BundleLoad, ConfigError, Decision, Engine,
@@ -23,7 +23,7 @@ from filters.ips.packet_match import header_matches, match_packet_checks
 from filters.ips.reach import Reach
 from filters.ips.rule import (BUFFERS, PKT, Action as RuleAction, BufDir, FieldCheck, FlowbitCmd, IntOp, PacketField, Rule,
                               Threshold, ThresholdType, Track)
-from filters.ips.rule_groups import Detector, RuleInfo, could_hold, evaluation_order
+from filters.ips.rule_groups import Detector, RuleInfo, could_hold, could_match_synack, evaluation_order
 from filters.ips.rule_parser import LoadResult, load_classification, load_files
 from filters.packet import PROTO_TCP, PROTO_UDP, Packet
 from filters.stream import TcpState
@@ -115,6 +115,8 @@ class _HeaderClass:
     # None when a rule that fits has no fast pattern on the payload
     kernel: Any = None
     kernel_known: bool = False
+    # could a rule of the class match a SYN+ACK without payload (Ips.needs_handshake; None: not asked yet)
+    synack: bool | None = None
 
     def fit(self, info: RuleInfo) -> bool:
         """Could the rule match a packet of this class, judging by what the class fixes?"""
@@ -563,6 +565,28 @@ class Ips(Engine):
         if not st.bypassed:
             st.bypassed = True
             self.count(counter)
+
+    def needs_handshake(self, flow: Any) -> bool:
+        """Could a loaded rule match the connection's SYN+ACK (without payload)? The IP-only rules
+        of the reply direction (they run on its first packet) and the packet rules of the reply's
+        header class that need no payload and whose checks a SYN+ACK can meet
+        (rule_groups.could_match_synack). Without payload no fast pattern is hit, so only the
+        class's rules without one count. Asked on the SYN: the reply's class is worked out from
+        the flow's addresses and ports (the class its first packet will have)."""
+        if self.load is None:
+            return True
+        st = self._state(flow)
+        if st.passed:
+            return False
+        if self._iponly(flow.proto, flow.server_addr, flow.client_addr):
+            return True
+        hc = st.class_tc
+        if hc is None:
+            hc = st.class_tc = self._header_class(flow.proto, _Reply(flow.server_addr, flow.server_port,
+                                                                     flow.client_addr, flow.client_port), False)
+        if hc.synack is None:
+            hc.synack = any(could_match_synack(info) for info in hc.unfiltered)
+        return hc.synack
 
     def needs_empty_acks(self) -> bool:
         """Some loaded rule could match an empty ACK (rule_groups.could_match_empty_ack); before
@@ -1042,6 +1066,16 @@ class Ips(Engine):
             meta["rule_metadata"] = {k: list(v) for k, v in r.metadata.items()}
         return Verdict(action, self.name, rule_id=r.sid, gid=r.gid, rev=r.rev, signature=r.msg, category=r.category,
                        severity=r.severity, metadata=meta)
+
+
+class _Reply(NamedTuple):
+    """The header of a flow's reply packet (a packet's header fields that _header_class reads)."""
+
+    src_addr: bytes
+    sport: int
+    dst_addr: bytes
+    dport: int
+    has_ports: bool = True
 
 
 @dataclass(slots=True, eq=False)

@@ -335,6 +335,8 @@ def _dsize_needs_payload(rule: Rule) -> bool:
 # The TCP flags of the packets the kernel may keep from the workers as "empty ACKs"
 # (agent/dataplane/ruleset.py): ACK set, SYN/FIN/RST clear, PSH/URG/ECE/CWR either way.
 _EMPTY_ACK_FLAGS = tuple(0x10 | extra for extra in range(0, 0x100, 0x08) if not extra & 0x17)
+# ... and those of a SYN+ACK the kernel may keep (the handshake skip): SYN and ACK set, FIN/RST clear
+_SYNACK_FLAGS = tuple(0x12 | extra for extra in range(0, 0x100, 0x08) if not extra & 0x17)
 # Header fields a TCP packet without payload and options cannot make a check of true: dsize is 0,
 # the ICMP fields are absent (the check fails), ip_proto is 6.
 _ICMP_FIELDS = frozenset({PacketField.ITYPE, PacketField.ICODE, PacketField.ICMP_ID, PacketField.ICMP_SEQ})
@@ -364,10 +366,11 @@ def could_hold(rule: Rule, proto: int, same_ip: bool) -> bool:
     return True
 
 
-def _check_allows_empty_ack(check: Any) -> bool:
-    """Could this packet check hold for an empty ACK? Unknown kinds: yes."""
+def _check_allows_empty_ack(check: Any, flag_sets: tuple[int, ...] = _EMPTY_ACK_FLAGS) -> bool:
+    """Could this packet check hold for an empty ACK (a TCP packet without payload with one of
+    ``flag_sets``)? Unknown kinds: yes."""
     if isinstance(check, FlagsCheck):
-        return any(bits_match(f & ~check.ignore & 0xFF, check.flags, check.mode) for f in _EMPTY_ACK_FLAGS)
+        return any(bits_match(f & ~check.ignore & 0xFF, check.flags, check.mode) for f in flag_sets)
     if isinstance(check, FieldCheck):
         if check.field is PacketField.DSIZE:
             return check.test(0)
@@ -389,6 +392,18 @@ def could_match_empty_ack(info: RuleInfo) -> bool:
     cannot hold (flags needing SYN, FIN or RST or excluding ACK, dsize not allowing 0, ICMP fields).
     Anything else (flags:A, ack/seq/window/ttl checks, app-protocol-only rules, flowbits, stream_size,
     thresholds on such rules...) could."""
+    return _could_match_empty(info, _EMPTY_ACK_FLAGS)
+
+
+def could_match_synack(info: RuleInfo) -> bool:
+    """Could the rule match a connection's SYN+ACK without payload (the handshake skip,
+    Ips.needs_handshake)? As could_match_empty_ack, with the flags of a SYN+ACK (a rule with
+    ``flags:SA`` or no flags check at all, ``tcp.mss`` or ``window`` could). IP-only rules are
+    judged apart, by the flow's addresses."""
+    return _could_match_empty(info, _SYNACK_FLAGS)
+
+
+def _could_match_empty(info: RuleInfo, flag_sets: tuple[int, ...]) -> bool:
     if info.group != "packet":
         return False
     r = info.rule
@@ -396,7 +411,7 @@ def could_match_empty_ack(info: RuleInfo) -> bool:
         return False
     if r.sections or info.needs_payload:
         return False
-    return all(_check_allows_empty_ack(c) for c in r.packet_checks)
+    return all(_check_allows_empty_ack(c, flag_sets) for c in r.packet_checks)
 
 
 def _required(rule: Rule) -> tuple[tuple[str, bytes, bool], ...]:

@@ -152,6 +152,7 @@ class Sandbox(Engine):
         return None
 
     needs_empty_acks = Antivirus.needs_empty_acks  # its on_packet numbers the packets as the antivirus's does
+    needs_handshake = Antivirus.needs_handshake
 
     def on_http_response(self, flow: Any, ev: HttpEvent) -> Iterable[Decision] | None:
         if ev.stage == "response_headers":

@@ -208,6 +208,17 @@ KPF_RULES = (
 )
 
 
+def _settled(a: LabAgent, section: str, key: str) -> int:
+    """A counter once both workers have sent it twice without a change (every 2 s each)."""
+    last, since = a.counter(section, key), time.monotonic()
+    while time.monotonic() - since < 4.5:
+        time.sleep(0.5)
+        now = a.counter(section, key)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def test_the_kernel_prefilter_keeps_datagrams_and_pings_without_a_pattern(office: Lab, tmp_path: Path):
     """engines.ips.kernel_prefilter: on. Every rule that fits the UDP flow and the ping has a fast
     pattern: once both directions were seen, the flow's packets holding none of them stay in the
@@ -234,10 +245,9 @@ def test_the_kernel_prefilter_keeps_datagrams_and_pings_without_a_pattern(office
         assert 0 < seen < 150, f"{seen} of 602 datagrams reached Python"  # before the chain was installed, and the hits
         assert a.counter("pipeline", "flows.prefiltered") >= 1
         # ping: 60 echoes and their replies without a pattern, then echoes that carry one
-        before = a.counter("pipeline", "packets")
+        before = _settled(a, "pipeline", "packets")
         office.exec("pc1", ["ping", "-c", "60", "-i", "0.01", "-W", "1", web])
-        time.sleep(2.5)
-        seen = a.counter("pipeline", "packets") - before
+        seen = _settled(a, "pipeline", "packets") - before
         assert 0 < seen < 80, f"{seen} of 120 pings reached Python"
         hex_pattern = b"VCRPING".hex()
         office.exec("pc1", ["ping", "-c", "3", "-i", "0.01", "-W", "1", "-p", hex_pattern, web])
@@ -247,3 +257,44 @@ def test_the_kernel_prefilter_keeps_datagrams_and_pings_without_a_pattern(office
     finally:
         a.kill()
         a.bridge_down()
+
+
+HS_RULES = (
+    'alert tcp any any -> any 80 (msg:"VCR TEST request"; flow:established,to_server; content:"GET /hs-probe"; '
+    'sid:9209970; rev:1;)\n'
+    'alert tcp any 80 -> any any (msg:"VCR TEST response"; flow:established,to_client; content:"HTTP/1."; '
+    'sid:9209971; rev:1;)\n'
+)
+HS_SYNACK_RULE = 'alert tcp any 80 -> $HOME_NET any (msg:"VCR TEST syn-ack"; flags:SA; sid:9209972; rev:1;)\n'
+
+
+def test_the_kernel_keeps_the_synack_no_rule_needs(office: Lab, tmp_path: Path):
+    """The handshake skip: with no rule that could match a connection's SYN+ACK, the SYN passes
+    with MARK_HS and the SYN+ACK stays in the kernel (one packet per connection less reaches
+    Python); the request and the response are still inspected as established. With a rule on
+    the SYN+ACK of port 80, every SYN+ACK reaches Python again and that rule alerts."""
+    web = office.hosts["web"].ipv4
+    per_conn = {}
+    for extra in ("", HS_SYNACK_RULE):
+        rules = tmp_path / f"hs{len(extra)}.rules"
+        rules.write_text(HS_RULES + extra)
+        a = LabAgent(office, tmp_path / f"agent{len(extra)}", overrides={"engines.ips.rule_files": [str(rules)]})
+        a.bridge_up()
+        try:
+            a.start()
+            assert curl(office, "pc1", f"http://{web}/")[0]  # the first: the path is up
+            before = _settled(a, "pipeline", "packets")
+            skipped = _settled(a, "pipeline", "flows.handshake_skipped")
+            assert skipped == (0 if extra else 1)
+            for _ in range(10):
+                curl(office, "pc1", f"http://{web}/hs-probe")
+            assert alert(a, 9209970) is not None, "the request was not inspected as established"
+            assert alert(a, 9209971) is not None, "the response was not inspected as established"
+            if extra:
+                assert alert(a, 9209972) is not None, "the SYN+ACK did not reach the IPS"
+            assert _settled(a, "pipeline", "flows.handshake_skipped") - skipped == (0 if extra else 10)
+            per_conn[bool(extra)] = (_settled(a, "pipeline", "packets") - before) / 10
+        finally:
+            a.kill()
+            a.bridge_down()
+    assert per_conn[True] - per_conn[False] >= 0.9, per_conn

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.dataplane.ruleset import (EMPTY_ACK_U32, MARK_CT_EST, MARK_CT_REPLY, MARK_LOG, MARK_MASK, PF_MASK, PF_NONE,
+from agent.dataplane.ruleset import (EMPTY_ACK_U32, MARK_CT_EST, MARK_CT_REPLY, MARK_HS, MARK_LOG, MARK_MASK, PF_MASK, PF_NONE,
                                      QUEUE_MARK_MASK, SKIP_MASK, DataplaneSpec, parse_nflog_prefix, pf_block, pf_ids,
                                      render)
 from filters.firewall import parse_policy
@@ -22,10 +22,16 @@ def test_fast_path_and_queue():
     fwd = [l for l in lines if l.startswith("-A VCR-FWD")]
     # the fast path comes first (a decided flow costs one compare), then the mark save; the queue last
     assert fwd[0] == "-A VCR-FWD -m connmark --mark 0x10000000/0x70000000 -j ACCEPT"
-    assert "CONNMARK --save-mark" in fwd[3] and "-j VCR-BLOCK" in fwd[6]
+    assert "CONNMARK --save-mark" in fwd[3] and "-j VCR-BLOCK" in fwd[8]
     # a packet back from the queue with a prefilter id: saved for the connection, accepted
     assert fwd[4] == "-A VCR-FWD -m mark ! --mark 0x0/0xff0000 -j CONNMARK --save-mark --nfmask 0xff0000 --ctmask 0xff0000"
     assert fwd[5] == "-A VCR-FWD -m mark ! --mark 0x0/0xff0000 -j ACCEPT"
+    # ... or a SYN with the handshake skip: the bit kept for the connection, the SYN accepted
+    assert fwd[6] == "-A VCR-FWD -m mark --mark 0x8000/0x8000 -j CONNMARK --set-xmark 0x8000/0x8000"
+    assert fwd[7] == "-A VCR-FWD -m mark --mark 0x8000/0x8000 -j ACCEPT"
+    # such a connection's SYN+ACK without payload stays in the kernel (after the blocklists)
+    synack = [n for n, l in enumerate(fwd) if "SYN,ACK -m connmark --mark 0x8000/0x8000" in l]
+    assert len(synack) == 1 and synack[0] > 8 and fwd[synack[0]].endswith(EMPTY_ACK_U32[4] + " -j ACCEPT")
     # a prefiltered connection (not TCP) goes through its prefilter before the queue
     assert fwd[-7] == "-A VCR-FWD ! -p tcp -m connmark ! --mark 0x0/0xff0000 -j VCR-PF"
     # two workers: a symmetric 5-tuple hash picks the queue (flows of one address pair spread too)
@@ -38,8 +44,8 @@ def test_fast_path_and_queue():
     # VCR-PF: to the chain of the worker whose block holds the id (two workers: 128 ids each)
     assert [l for l in lines if l.startswith("-A VCR-PF")] == [
         "-A VCR-PF -m connmark --mark 0x0/0x800000 -g VCR-PF-W0", "-A VCR-PF -m connmark --mark 0x800000/0x800000 -g VCR-PF-W1"]
-    assert fwd[-3] == "-A VCR-FWD -m mark --mark 0x100/0xffff -j NFQUEUE --queue-num 0 --queue-bypass"
-    assert fwd[-2] == "-A VCR-FWD -m mark --mark 0x101/0xffff -j NFQUEUE --queue-num 1 --queue-bypass"
+    assert fwd[-3] == "-A VCR-FWD -m mark --mark 0x100/0x7fff -j NFQUEUE --queue-num 0 --queue-bypass"
+    assert fwd[-2] == "-A VCR-FWD -m mark --mark 0x101/0x7fff -j NFQUEUE --queue-num 1 --queue-bypass"
     assert fwd[-1].endswith("-j NFQUEUE --queue-balance 0:1 --queue-bypass")
     assert any("connmark --mark 0x10000000/0x70000000 -j ACCEPT" in l for l in fwd)
     assert any("connbytes" in l for l in fwd)
@@ -181,7 +187,7 @@ def fwd_lines(spec: DataplaneSpec, fam: int) -> list[str]:
 def test_what_the_engines_need_decides_what_the_kernel_keeps():
     """Issue 15: by default (unknown needs) every undecided packet goes to the queue, as before."""
     for fam in (4, 6):
-        assert not any("u32" in l or "0x6000000" in l for l in fwd_lines(SPEC, fam))
+        assert not any("SYN,ACK,FIN,RST ACK " in l or "0x6000000" in l for l in fwd_lines(SPEC, fam))
         # no engine needs packets: an allowed connection is accepted and marked before the queue
         # (INVALID packets still go to the worker); the policy and blocklists come first
         fwd = fwd_lines(replace(SPEC, inspect=False), fam)
@@ -213,7 +219,7 @@ def test_empty_acks_stay_in_the_kernel_after_the_handshake_until_a_fin():
         # the marks stay clear of the verdict bits, the reply bit and the queue hash
         assert SKIP_MASK & (MARK_MASK | MARK_CT_REPLY | QUEUE_MARK_MASK) == 0
         # so do the prefilter's, and they of each other (MARK_LOG: a connection mark bit)
-        bits = [MARK_MASK, MARK_CT_REPLY, QUEUE_MARK_MASK, SKIP_MASK, MARK_LOG, PF_MASK, MARK_CT_EST]
+        bits = [MARK_MASK, MARK_CT_REPLY, QUEUE_MARK_MASK, SKIP_MASK, MARK_LOG, PF_MASK, MARK_CT_EST, MARK_HS]
         assert all(a & b == 0 for n, a in enumerate(bits) for b in bits[n + 1:])
 
 
