@@ -8,7 +8,8 @@ datagrams (the small-packet scenario) and ping (echo request and reply), their d
 the offline pipeline with ET Open loaded (the worker's pipeline, kernel offload on as inline) and
 its CPU time per packet is printed; ``--profile N`` adds cProfile's top N entries (by own time)
 of the whole run; ``--kernel`` runs the connections twice, every packet (before issue 15's kernel
-rules) and only what the kernel queues for the loaded engines (after), with the packets per
+rules) and only what the kernel queues for the loaded engines (after: the empty ACKs and the
+handshake skip's SYN+ACKs kept), with the packets per
 connection that reach Python. ``--tls N`` instead measures ``engines.ips.encryption_handling``: N HTTPS-like
 flows (a TLS 1.2 handshake, then a request and a 20 KB to 500 KB answer of ciphertext) through
 the pipeline once with ``bypass`` and once with ``full``: the packets that still reach Python
@@ -211,19 +212,33 @@ def kernel_view(frames: list[bytes], needs: tuple[bool, bool]) -> list[bytes]:
     return out
 
 
-def run(cfg: Any, engines: Any, frames: list[bytes]) -> tuple[float, dict[str, Any]]:
-    """CPU seconds of the pipeline over ``frames`` (a fresh pipeline, kernel offload on), and its stats."""
+def run(cfg: Any, engines: Any, frames: list[bytes], kernel: bool = False) -> tuple[float, dict[str, Any]]:
+    """CPU seconds of the pipeline over ``frames`` (a fresh pipeline, kernel offload on), and its
+    stats. ``kernel``: the SYN+ACK (without payload) of a connection whose SYN passed with the
+    handshake skip (``Release.handshake``) stays in the kernel, as agent/dataplane/ruleset.py
+    ``MARK_HS`` keeps it (counted in the stats as ``kernel.synack_kept``)."""
     from agent.dataplane.worker import pipeline_from_config
-    from filters.packet import parse_ethernet
+    from filters.flow import flow_key
+    from filters.packet import ACK, SYN, parse_ethernet
 
     pipe = pipeline_from_config(cfg, lambda rec: None, engines=engines, kernel_offload=True)
+    marked: set[Any] = set()
+    kept = 0
     t0 = time.process_time()
     now = 1000.0
     for i, frame in enumerate(frames):
         now += 1e-5
         pkt = parse_ethernet(frame, now)
-        pipe.process(pkt, i, now)
-    return time.process_time() - t0, pipe.stats()
+        if marked and pkt.tcp_flags & (SYN | ACK) == SYN | ACK and not pkt.payload and flow_key(pkt) in marked:
+            kept += 1
+            continue
+        for rel in pipe.process(pkt, i, now):
+            if kernel and rel.handshake:
+                marked.add(flow_key(pkt))
+    secs = time.process_time() - t0
+    stats = pipe.stats()
+    stats["kernel"] = {"synack_kept": kept}
+    return secs, stats
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -264,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = {"new connections": conns, "udp 64 B": udp_small(args.udp, args.payload),
              "ping": pings(args.ping, args.payload)}
     if args.kernel:
-        # the same connections as the kernel's empty-ACK rules hand them over (issue 15), beside all of them
+        # the same connections as the kernel's empty-ACK rules and the handshake skip hand them over
+        # (issue 15), beside all of them
         kinds = {"new connections, every packet queued": conns,
                  "new connections, as the kernel queues them now": kernel_view(conns, needs), **kinds}
         del kinds["new connections"]
@@ -273,17 +289,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not frames:
             print(f"{name}: no packet reaches Python")
             continue
-        run(cfg, engines, frames[:50])  # warm-up
+        kernel = name.endswith("as the kernel queues them now")
+        run(cfg, engines, frames[:50], kernel)  # warm-up
         if prof:
             prof.enable()
-        secs, stats = run(cfg, engines, frames)
+        secs, stats = run(cfg, engines, frames, kernel)
         if prof:
             prof.disable()
         else:
             for _ in range(args.repeat - 1):
-                secs = min(secs, run(cfg, engines, frames)[0])
+                secs = min(secs, run(cfg, engines, frames, kernel)[0])
         pl = stats["pipeline"]
-        python = len(frames) - pl.get("packets.decided", 0)  # inline, the rest stays in the kernel (connmark)
+        # inline, the rest stays in the kernel (connmark; the handshake skip's SYN+ACKs)
+        python = len(frames) - pl.get("packets.decided", 0) - stats["kernel"]["synack_kept"]
         per_conn = (f"; {python / args.flows:.2f} packets per connection reach Python ({secs / args.flows * 1e6:.0f} µs"
                     " CPU per connection)") if name.startswith("new connections") else (
                     f"; {python:,} packets of the flow reach Python")  # one UDP flow, one ping flow
