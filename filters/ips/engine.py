@@ -497,8 +497,10 @@ class Ips(Engine):
         rule here either (_packet_candidates). Only for a flow
 
         * not TCP (TCP rules meet the reassembled stream and the app layer);
-        * seen both ways (so UDP/ICMP ``flow:established`` holds for every later packet, and the
-          IP-only rules have had the first packet of each direction: ``iponly_done``);
+        * seen both ways, by the worker or by conntrack (a flow the worker forgot and picked up
+          again from a prefiltered connection: ``ct_established``), so that UDP/ICMP
+          ``flow:established`` holds for every later packet, and the IP-only rules have had the
+          first packet of each direction (``iponly_done``);
         * on which no app-layer rule can apply (UDP: its app protocol known, none loaded for it;
           ICMP has none);
         * whose two directions' header classes (_HeaderClass) hold no rule without a fast
@@ -512,7 +514,7 @@ class Ips(Engine):
         if not self.kernel_prefilter or flow.proto == PROTO_TCP or flow.encrypted:
             return None
         st = self._state(flow)
-        if st.passed or st.iponly_done != 3 or not (flow.pkts_toserver and flow.pkts_toclient):
+        if st.passed or st.iponly_done != 3 or not _established(flow):
             return None
         if st.flowbits or st.flowints:
             # state a later packet's rules may read: kept only while the worker keeps the flow,
@@ -520,7 +522,16 @@ class Ips(Engine):
             return None
         hts, htc = st.class_ts, st.class_tc
         if hts is None or htc is None:
-            return None
+            if not flow.ct_established:
+                return None
+            # picked up with one direction seen (a one-way flow): the other's class from the flow
+            has_ports = flow.proto == PROTO_UDP
+            if hts is None:
+                hts = st.class_ts = self._header_class(flow.proto, _Reply(
+                    flow.client_addr, flow.client_port, flow.server_addr, flow.server_port, has_ports), True)
+            if htc is None:
+                htc = st.class_tc = self._header_class(flow.proto, _Reply(
+                    flow.server_addr, flow.server_port, flow.client_addr, flow.client_port, has_ports), False)
         if flow.proto == PROTO_UDP:
             app, det = flow_app_proto(flow), self.detector
             if app != "failed" and (app in (None, "unknown") or "*" in det.app_protos
@@ -1069,7 +1080,8 @@ class Ips(Engine):
 
 
 class _Reply(NamedTuple):
-    """The header of a flow's reply packet (a packet's header fields that _header_class reads)."""
+    """The header of a flow's packet not seen yet, its reply's on the SYN (the header fields of a
+    packet that _header_class reads)."""
 
     src_addr: bytes
     sport: int

@@ -291,3 +291,22 @@ def test_off_switch(engines: tuple[Any, list[Any]]) -> None:
         assert all(r.prefilter is None for r in rels)
     finally:
         ips.kernel_prefilter = True
+
+
+def test_a_one_way_flow_picked_up_is_prefiltered_again(tmp_path: Path) -> None:
+    """A UDP flow the worker forgot while the kernel prefiltered it comes back as established
+    (``ct_established``): its first queued packet gives the prefilter again, though the worker has
+    seen only that packet's direction (the other's header class comes from the flow)."""
+    from scapy.layers.inet import IP, UDP
+
+    from filters.packet import parse_ip
+
+    rules = tmp_path / "one.rules"
+    rules.write_text('alert udp any any -> any 6004 (msg:"x"; flow:established,to_server; content:"EST"; sid:1; rev:1;)\n')
+    cfg = offline.offline_config(None, [], rule_files=[str(rules)])
+    pipe = pipeline_from_config(cfg, lambda rec: None, engines=build_engines(cfg), kernel_offload=True)
+    pkt = parse_ip(bytes(IP(src="192.168.10.10", dst="198.51.100.20") / UDP(sport=5000, dport=6004) / b"EST"), 1.0)
+    pkt.ct_established = True
+    rel = pipe.process(pkt, 0, 1.0)[0]
+    assert rel.prefilter is not None and rel.prefilter is not NO_PREFILTER
+    assert {p[0] for p in rel.prefilter[0]} == {b"EST"} and rel.prefilter[1] == frozenset()
