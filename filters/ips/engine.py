@@ -358,6 +358,7 @@ class Ips(Engine):
                 continue
             usable.append(rule)
         detector = Detector(usable)
+        detector.scan_cache.attach(self.counters)  # its hits and misses in the engine's stats
         reach = Reach(detector)  # built with the rules, not on the first packet after the reload
         self.detector, self._reach, self.load, self.inert = detector, reach, result, inert
         self._generation = next(_GENERATIONS)

@@ -83,11 +83,67 @@ def _add_hit(rule_id: int, start: int, end: int, flags: int, hits: set[int]) -> 
     hits.add(rule_id)
 
 
+_NO_HITS: frozenset[int] = frozenset()
+
+# The buffers whose prefilter answers are kept by bytes (ScanCache): header fields a browser and a
+# server repeat on every request and answer (host, user agent, accept..., status, server, content
+# type), the header names, TLS names and DNS queries. Those that differ on almost every event (the
+# URI, request line, whole header blocks, bodies, the packet) would only fill the cache.
+CACHED_BUFFERS = frozenset({
+    "http.method", "http.host", "http.host.raw", "http.user_agent", "http.accept", "http.accept_enc",
+    "http.accept_lang", "http.content_type", "http.content_len", "http.connection", "http.server",
+    "http.protocol", "http.stat_code", "http.stat_msg", "http.response_line", "http.header_names",
+    "http.cookie", "http.referer", "http.location",
+    "tls.sni", "tls.cert_subject", "tls.cert_issuer", "ja3.hash", "ja3s.hash", "ja4.hash", "dns.query",
+})
+
+
+class ScanCache:
+    """Prefilter answers by buffer bytes, shared by a Detector's prefilters (each keeps its own
+    table; the bounds are over all of them). A browser and a server repeat most header values on
+    every request and answer; a scan's hits are a function of the database and the bytes alone, so
+    an answer kept is the answer a scan would give. Only buffers of at most ``max_len`` bytes are
+    kept; past ``max_entries`` entries or ``max_bytes`` bytes of keys every table is emptied (a flood
+    of distinct values costs a miss each, nothing more). A reload builds new prefilters and with
+    them a new cache. ``counters``: where hits, misses and clears are counted (the engine's)."""
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 256 * 1024, max_len: int = 256,
+                 counters: dict[str, int] | None = None) -> None:
+        self.max_entries, self.max_bytes, self.max_len = max_entries, max_bytes, max_len
+        self.entries = 0
+        self.bytes = 0
+        self._tables: list[dict[bytes, frozenset[int]]] = []
+        self.counters: dict[str, int] = {}
+        self.attach(counters if counters is not None else {})
+
+    def attach(self, counters: dict[str, int]) -> None:
+        for key in ("prefilter_cache.hits", "prefilter_cache.misses", "prefilter_cache.clears"):
+            counters.setdefault(key, 0)
+        self.counters = counters
+
+    def table(self) -> dict[bytes, frozenset[int]]:
+        t: dict[bytes, frozenset[int]] = {}
+        self._tables.append(t)
+        return t
+
+    def add(self, table: dict[bytes, frozenset[int]], data: bytes, hits: frozenset[int]) -> None:
+        if self.entries >= self.max_entries or self.bytes + len(data) > self.max_bytes:
+            for t in self._tables:
+                t.clear()
+            self.entries = self.bytes = 0
+            self.counters["prefilter_cache.clears"] += 1
+        table[data] = hits
+        self.entries += 1
+        self.bytes += len(data)
+
+
 class Prefilter:
     """Multi-pattern search of fast patterns (hyperscan; a plain search without it)."""
 
-    def __init__(self, patterns: list[tuple[int, bytes, bool]]) -> None:
+    def __init__(self, patterns: list[tuple[int, bytes, bool]], cache: ScanCache | None = None) -> None:
         self.count = len(patterns)
+        self._cache = cache if patterns else None
+        self._seen: dict[bytes, frozenset[int]] = cache.table() if cache is not None and patterns else {}
         self.max_len = max((len(p) for _, p, _ in patterns), default=0)  # overlap of an incremental scan
         self._db: Any = None
         self._plain: list[tuple[int, bytes, bool]] = []
@@ -106,6 +162,25 @@ class Prefilter:
         db.compile(expressions=[_hs_escape(p) for _, p, _ in patterns], ids=[i for i, _, _ in patterns],
                    elements=len(patterns), flags=flags)
         self._db = db
+
+    def hits(self, data: bytes) -> frozenset[int]:
+        """The ids whose pattern is in ``data``, as ``scan`` finds them; kept by bytes (ScanCache)
+        for a prefilter of a cached buffer."""
+        cache = self._cache
+        if cache is None or len(data) > cache.max_len:
+            found: set[int] = set()
+            self.scan(data, found)
+            return frozenset(found) if found else _NO_HITS
+        got = self._seen.get(data)
+        if got is not None:
+            cache.counters["prefilter_cache.hits"] += 1
+            return got
+        cache.counters["prefilter_cache.misses"] += 1
+        found = set()
+        self.scan(data, found)
+        got = frozenset(found) if found else _NO_HITS
+        cache.add(self._seen, data, got)
+        return got
 
     def scan(self, data: bytes, out: set[int]) -> None:
         if not data or not self.count:
@@ -260,7 +335,7 @@ class Group:
             return
         if memo is None or transforms or len(datas) != 1:
             for data in datas:
-                pf.scan(apply_transforms(transforms, data) if transforms else data, found)
+                found |= pf.hits(apply_transforms(transforms, data) if transforms else data)
             return
         data = datas[0]
         prev = memo.get(key)
@@ -275,8 +350,7 @@ class Group:
                 memo[key] = (data, hits)
                 found |= hits
                 return
-        hits = set()
-        pf.scan(data, hits)
+        hits = pf.hits(data)
         memo[key] = (data, hits)
         found |= hits
 
@@ -487,8 +561,11 @@ class Detector:
                 pf_patterns.setdefault((info.group, fp.buffer, fp.transforms, to_server), []).append(
                     (info.idx, fp.pattern, fp.nocase))
             prefiltered += 1
+        # app buffers that repeat from one event to the next (CACHED_BUFFERS): answers kept by bytes
+        self.scan_cache = ScanCache()
         for (group, buf, transforms, to_server), pats in pf_patterns.items():
-            self.groups[group].prefilters[(buf, transforms, to_server)] = Prefilter(pats)
+            cache = self.scan_cache if group == "app" and buf in CACHED_BUFFERS else None
+            self.groups[group].prefilters[(buf, transforms, to_server)] = Prefilter(pats, cache)
         for g in self.groups.values():
             g.finish(self.infos)
         # Ports by the packet rules' port specs that hold them (Ips._header_class caches by
