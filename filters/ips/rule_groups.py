@@ -544,7 +544,7 @@ class PortClasses:
 class Detector:
     """An immutable compiled rule set."""
 
-    def __init__(self, rules: list[Rule]) -> None:
+    def __init__(self, rules: list[Rule], scan_cache: ScanCache | None = None) -> None:
         self.infos = [classify(i, r) for i, r in enumerate(rules)]
         self.groups = {name: Group(name) for name in ("iponly", "packet", "stream", "app")}
         pf_patterns: dict[tuple[str, str, tuple[Transform, ...], bool | None], list[tuple[int, bytes, bool]]] = {}
@@ -562,7 +562,7 @@ class Detector:
                     (info.idx, fp.pattern, fp.nocase))
             prefiltered += 1
         # app buffers that repeat from one event to the next (CACHED_BUFFERS): answers kept by bytes
-        self.scan_cache = ScanCache()
+        self.scan_cache = scan_cache if scan_cache is not None else ScanCache()
         for (group, buf, transforms, to_server), pats in pf_patterns.items():
             cache = self.scan_cache if group == "app" and buf in CACHED_BUFFERS else None
             self.groups[group].prefilters[(buf, transforms, to_server)] = Prefilter(pats, cache)
