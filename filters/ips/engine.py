@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Se
 from filters.app.layer import flow_app_proto
 from filters.engine import (MAX_KERNEL_PATTERN, Action, BundleError, BundleLoad, ConfigError, Decision, Engine,
                             EngineContext, KernelFilter, KernelPattern, Verdict)
-from filters.ips.app_buffers import dns_buffers, http_buffer, tls_buffers
+from filters.ips.app_buffers import dns_buffers, http_builder, tls_buffers
 from filters.ips.buffer_match import MatchContext, match_section
 from filters.ips.config import STREAM_TAIL, IpsConfig, IpsVars
 from filters.ips.netspec import Variables
@@ -830,14 +830,14 @@ class Ips(Engine):
         kept = memo.bufs
         pkt = self._pkt
         fresh[PKT] = [pkt.payload] if pkt is not None and pkt.payload else []
+        build = _HTTP_BUILD[to_server]
 
         def buffers(name: str) -> list[bytes]:
             cache = fresh if name in _GROWING else kept
             got = cache.get(name)
             if got is None:
-                side = _BUFFER_SIDE.get(name)
-                value = http_buffer(tx, name, to_server if side is None else side)
-                got = cache[name] = [value] if value is not None else []
+                b = build.get(name)
+                got = cache[name] = b(tx) if b is not None else []
             return got
 
         site = self._flow_site(flow, to_server, buffers)
@@ -1075,6 +1075,10 @@ _CAN_CHANGE = frozenset({"http", "smtp"})  # app protocols a flow can leave for 
 # the side a buffer is taken from whatever the event's direction (None: the event's own)
 _BUFFER_SIDE = {name: None if info.direction is BufDir.BOTH else info.direction is BufDir.TO_SERVER
                 for name, info in BUFFERS.items()}
+# per event direction, each HTTP buffer's builder (app_buffers.http_builder), from the side _BUFFER_SIDE gives
+_HTTP_BUILD = {to_server: {name: http_builder(name, to_server if side is None else side)
+                           for name, side in _BUFFER_SIDE.items() if name != PKT}
+               for to_server in (True, False)}
 _BUFFER_APP = {"http": "http", "http1": "http", "http2": "http", "tls": "tls", "dns": "dns"}  # rule.BUFFERS' app names
 _HTTP1_RULES = {"http", "http1"}  # rule protocols that inspect an HTTP/1 transaction
 _HTTP2_RULES = {"http", "http2"}  # ... an HTTP/2 one

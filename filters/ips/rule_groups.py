@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from filters.ips.addrindex import AddressIndex
 from filters.ips.buffer_match import apply_transforms
@@ -273,7 +273,7 @@ class Group:
                 found.add(i)
         return found
 
-    def candidates(self, buffers: Callable[[str], Iterable[bytes]], infos: list[RuleInfo],
+    def candidates(self, buffers: Callable[[str], Sequence[bytes]], infos: list[RuleInfo],
                    addrs: tuple[bytes, bytes] | None = None,
                    memo: dict[Any, Any] | None = None,
                    base: Iterable[int] | None = None, changing: frozenset[str] | None = None,
@@ -310,29 +310,34 @@ class Group:
                 static = set()
                 for key, pf in prefilters:
                     if key[0] not in changing:
-                        self._prefilter(key, pf, buffers, memo, static)
+                        datas = buffers(key[0])
+                        if datas:
+                            self._prefilter(key, pf, datas, memo, static)
                 memo[static_key] = static
             found |= static
             grown = self.by_change.get((app, to_server, changing))
             if grown is None:  # each event of a body in progress: only these, not a walk over all
                 grown = self.by_change[(app, to_server, changing)] = [kp for kp in prefilters if kp[0][0] in changing]
             for key, pf in grown:
-                self._prefilter(key, pf, buffers, memo, found)
+                datas = buffers(key[0])
+                if datas:
+                    self._prefilter(key, pf, datas, memo, found)
         else:
+            prefilter = self._prefilter
             for key, pf in prefilters:
-                self._prefilter(key, pf, buffers, memo, found)
+                datas = buffers(key[0])
+                if datas:  # most of an event's buffers are absent (no body, cookie, referer...): no call
+                    prefilter(key, pf, datas, memo, found)
         out = [infos[i] for i in found]
         if len(out) > 1:
             out.sort(key=evaluation_order)
         return out
 
     @staticmethod
-    def _prefilter(key: PrefilterKey, pf: Prefilter, buffers: Callable[[str], Iterable[bytes]],
+    def _prefilter(key: PrefilterKey, pf: Prefilter, datas: Sequence[bytes],
                    memo: dict[Any, Any] | None, found: set[int]) -> None:
-        name, transforms, _ = key
-        datas = buffers(name)
-        if not datas:
-            return
+        """The hits of one prefilter over its buffer's ``datas`` (not empty) into ``found``."""
+        transforms = key[1]
         if memo is None or transforms or len(datas) != 1:
             for data in datas:
                 found |= pf.hits(apply_transforms(transforms, data) if transforms else data)
