@@ -16,6 +16,7 @@ from filters.ips.rule_parser import LoadResult, load_text
 from filters.packet import ACK, PSH, SYN
 from filters.pipeline import Pipeline
 from tests.filters.factories import CISN, SISN, tpacket
+from tests.filters.ips.test_reload_state import ips_with, sids
 
 NO_CACHE = dict(max_len=-1)  # no buffer is short enough: every answer is a scan
 
@@ -106,21 +107,6 @@ HOST_RULE = 'alert http any any -> any any (msg:"bad host"; http.host; content:"
 SERVER_RULE = 'alert http any any -> any any (msg:"old server"; http.server; content:"Apache/1."; sid:32; rev:1;)'
 
 
-def _ips(tmp_path: Path, name: str, *rules: str) -> Ips:
-    path = tmp_path / f"{name}.rules"
-    path.write_text("\n".join(rules) + "\n")
-    ips = Ips()
-    ips.reload([path])
-    return ips
-
-
-def _alerts(pipe: Pipeline, pkt) -> list[int]:
-    out: list[dict] = []
-    pipe.emit = out.append
-    pipe.process(pkt, object())
-    return sorted(r["alert"]["signature_id"] for r in out if r.get("event_type") == "alert")
-
-
 def _connection(pipe: Pipeline, exchanges: list[tuple[bytes, bytes, bytes]],
                 reload_at: int | None = None, new: Ips | None = None) -> list[list[int]]:
     pipe.process(tpacket(tcp_flags=SYN, seq=CISN, ack=0), object())
@@ -132,12 +118,12 @@ def _connection(pipe: Pipeline, exchanges: list[tuple[bytes, bytes, bytes]],
         if n == reload_at and new is not None:
             pipe.replace_engines([new])
         req = b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\nUser-Agent: " + ua + b"\r\n\r\n"
-        got.append(_alerts(pipe, tpacket(tcp_flags=ACK | PSH, seq=CISN + 1 + c, ack=SISN + 1 + s, payload=req,
-                                         ts=1.0 + n)))
+        got.append(sorted(sids(pipe, tpacket(tcp_flags=ACK | PSH, seq=CISN + 1 + c, ack=SISN + 1 + s, payload=req,
+                                         ts=1.0 + n))))
         c += len(req)
         resp = b"HTTP/1.1 200 OK\r\nServer: " + server + b"\r\nContent-Length: 2\r\n\r\nok"
-        got.append(_alerts(pipe, tpacket(reply=True, tcp_flags=ACK | PSH, seq=SISN + 1 + s, ack=CISN + 1 + c,
-                                         payload=resp, ts=1.5 + n)))
+        got.append(sorted(sids(pipe, tpacket(reply=True, tcp_flags=ACK | PSH, seq=SISN + 1 + s, ack=CISN + 1 + c,
+                                         payload=resp, ts=1.5 + n))))
         s += len(resp)
     return got
 
@@ -152,7 +138,7 @@ def test_engine_alerts_with_a_small_cache_are_those_without_it(tmp_path: Path, m
     results = {}
     for label, kwargs in (("none", NO_CACHE), ("tiny", dict(max_entries=5)), ("default", {})):
         monkeypatch.setattr(rule_groups, "ScanCache", functools.partial(ScanCache, **kwargs))
-        ips = _ips(tmp_path, label, *rules)
+        ips = ips_with(tmp_path, label, *rules)
         results[label] = _connection(Pipeline([ips], FlowTable()), exchanges)
         counters = ips.counters
         if label == "none":
@@ -168,10 +154,10 @@ def test_engine_alerts_with_a_small_cache_are_those_without_it(tmp_path: Path, m
 def test_a_reload_drops_the_answers_of_the_old_prefilters(tmp_path: Path) -> None:
     """The same user agent, kept as "rule 0 hits" under the old rules, meets other rules after
     a reload: the answer comes from the new prefilters."""
-    old = _ips(tmp_path, "old", UA_RULE.format(sid=40))
+    old = ips_with(tmp_path, "old", UA_RULE.format(sid=40))
     pipe = Pipeline([old], FlowTable())
     exchanges = [(b"EvilBot/2", b"www.example.org", b"nginx")] * 4
-    new = _ips(tmp_path, "new", HOST_RULE, UA_RULE.format(sid=41).replace("EvilBot", "GoodBot"))
+    new = ips_with(tmp_path, "new", HOST_RULE, UA_RULE.format(sid=41).replace("EvilBot", "GoodBot"))
     got = _connection(pipe, exchanges, reload_at=2, new=new)
     assert got == [[40], [], [40], [], [], [], [], []]
     assert old.counters["prefilter_cache.hits"] == 1 and new.counters["prefilter_cache.hits"] == 2  # agent, host
