@@ -88,12 +88,13 @@ _NO_HITS: frozenset[int] = frozenset()
 # The buffers whose prefilter answers are kept by bytes (ScanCache): header fields a browser and a
 # server repeat on every request and answer (host, user agent, accept..., status, server, content
 # type), the header names, TLS names and DNS queries. Those that differ on almost every event (the
-# URI, request line, whole header blocks, bodies, the packet) would only fill the cache.
+# URI, request line, whole header blocks, cookies, bodies, the packet) would only fill the cache
+# (the bench's offline capture: cookies 0 hits in 660, the fields above 99%).
 CACHED_BUFFERS = frozenset({
     "http.method", "http.host", "http.host.raw", "http.user_agent", "http.accept", "http.accept_enc",
     "http.accept_lang", "http.content_type", "http.content_len", "http.connection", "http.server",
     "http.protocol", "http.stat_code", "http.stat_msg", "http.response_line", "http.header_names",
-    "http.cookie", "http.referer", "http.location",
+    "http.referer", "http.location",
     "tls.sni", "tls.cert_subject", "tls.cert_issuer", "ja3.hash", "ja3s.hash", "ja4.hash", "dns.query",
 })
 
