@@ -818,16 +818,23 @@ class Ips(Engine):
     def _http(self, flow: Any, st: _FlowState, ev: Any) -> list[Decision]:
         tx, to_server = ev.tx, ev.to_server
         tx_key = ("http", tx.tx_id)
-        memo = st.tx_memo(tx_key)
-        # Between two events of a body in progress only the body changes: the other buffers are
-        # kept from the first of them (each event of a large download would rebuild them all).
-        steady = ev.stage in _BODY_STAGES and memo.stage == ev.stage
-        if not steady:
-            memo.bufs = {}
-            memo.prefilter.pop(("static", _GROWING), None)
-        memo.stage = ev.stage
+        last = ev.stage in ("request_done", "response_done")
+        memo: _TxMemo | None
+        if last and (st.tx_memos is None or tx_key not in st.tx_memos):
+            # a message's only event (headers, body and end in one packet, as most requests and
+            # small answers): no later event of it could use what a memo keeps
+            memo, steady, kept = None, False, {}
+        else:
+            memo = st.tx_memo(tx_key)
+            # Between two events of a body in progress only the body changes: the other buffers are
+            # kept from the first of them (each event of a large download would rebuild them all).
+            steady = ev.stage in _BODY_STAGES and memo.stage == ev.stage
+            if not steady:
+                memo.bufs = {}
+                memo.prefilter.pop(("static", _GROWING), None)
+            memo.stage = ev.stage
+            kept = memo.bufs
         fresh: dict[str, list[bytes]] = {}
-        kept = memo.bufs
         pkt = self._pkt
         fresh[PKT] = [pkt.payload] if pkt is not None and pkt.payload else []
         build = _HTTP_BUILD[to_server]
@@ -847,7 +854,7 @@ class Ips(Engine):
         extra = {"app_proto": "http2" if h2 else "http", "http": _http_eve(tx)}
         protos = _HTTP2_RULES if h2 else _HTTP1_RULES
         out = self._app(site, st, tx_key, protos, extra, memo=memo, changing=_GROWING if steady else None)
-        if ev.stage in ("request_done", "response_done"):
+        if last and memo is not None:
             # a message's last event: its body is not inspected again, and the memo would hold it
             # (the parser releases it now); a later event of the transaction starts a new memo
             if st.tx_memos is not None:
