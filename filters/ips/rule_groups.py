@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Sequence
 
 from filters.ips.addrindex import AddressIndex
 from filters.ips.buffer_match import apply_transforms
@@ -164,14 +164,14 @@ class Prefilter:
                    elements=len(patterns), flags=flags)
         self._db = db
 
-    def hits(self, data: bytes) -> frozenset[int]:
-        """The ids whose pattern is in ``data``, as ``scan`` finds them; kept by bytes (ScanCache)
-        for a prefilter of a cached buffer."""
+    def hits(self, data: bytes) -> AbstractSet[int]:
+        """The ids whose pattern is in ``data``, as ``scan`` finds them (not to be changed: an
+        answer may be kept), by bytes (ScanCache) for a prefilter of a cached buffer."""
         cache = self._cache
         if cache is None or len(data) > cache.max_len:
             found: set[int] = set()
             self.scan(data, found)
-            return frozenset(found) if found else _NO_HITS
+            return found
         got = self._seen.get(data)
         if got is not None:
             cache.counters["prefilter_cache.hits"] += 1
