@@ -90,6 +90,64 @@ def http_buffer(tx: "HttpTransaction", name: str, to_server: bool) -> bytes | No
     return None
 
 
+HttpBuild = Callable[["HttpTransaction"], list[bytes]]
+
+
+def _field(attr: str, gate: str | None = None) -> HttpBuild:
+    """A transaction's field as a buffer (absent when empty, or when ``gate`` is)."""
+    if gate is None:
+        def build(tx: "HttpTransaction") -> list[bytes]:
+            value = getattr(tx, attr)
+            return [value] if value else []
+    else:
+        def build(tx: "HttpTransaction") -> list[bytes]:  # present, even empty, once the gate is set
+            return [getattr(tx, attr)] if getattr(tx, gate) else []
+    return build
+
+
+def _named(header: bytes, response: bool) -> HttpBuild:
+    """A header's first value (case-insensitive name; an empty value is there, as in
+    HttpTransaction.header), once the message's headers are done."""
+    n = len(header)
+    done, listed = ("response_headers_done", "response_headers") if response else (
+        "request_headers_done", "request_headers")
+
+    def build(tx: "HttpTransaction") -> list[bytes]:
+        if getattr(tx, done):
+            for k, v in getattr(tx, listed):
+                if len(k) == n and k.lower() == header:
+                    return [v]
+        return []
+    return build
+
+
+def http_builder(name: str, to_server: bool) -> HttpBuild:
+    """``http_buffer`` of one buffer and side as a function of the transaction alone, its answer
+    as a list ([] absent): an event's buffers are asked for by name once per prefilter, and the
+    dispatch by name and side is done here once rather than on every call."""
+    if name in _FIELDS:
+        return _field(*_FIELDS[name])
+    if name == "http.protocol":
+        return _field("protocol" if to_server else "response_protocol")
+    header = _HTTP_NAMED.get(name)
+    if header is not None:
+        return _named(header, not to_server)
+
+    def build(tx: "HttpTransaction") -> list[bytes]:
+        value = http_buffer(tx, name, to_server)
+        return [value] if value is not None else []
+    return build
+
+
+# the buffers of _HTTP_SIMPLE that are a field of the transaction (with the field that must be set first)
+_FIELDS: dict[str, tuple[str, str | None]] = {
+    "http.uri": ("uri", "request_line"), "http.uri.raw": ("uri_raw", "request_line"), "http.method": ("method", None),
+    "http.request_line": ("request_line", None), "http.host": ("host", None), "http.host.raw": ("host_raw", None),
+    "http.user_agent": ("user_agent", None), "http.stat_code": ("status_code", None),
+    "http.stat_msg": ("status_msg", None), "http.response_line": ("status_line", None),
+}
+
+
 def tls_buffers(hello: "TlsHello", name: str) -> list[bytes]:
     if name == "tls.sni":
         return [hello.sni] if hello.sni else []

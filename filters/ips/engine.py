@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Na
 from filters.app.layer import flow_app_proto
 from filters.engine import (MAX_KERNEL_PATTERN, Action, BundleError, BundleLoad, ConfigError, Decision, Engine,
                             EngineContext, KernelFilter, KernelPattern, Verdict)
-from filters.ips.app_buffers import dns_buffers, http_buffer, tls_buffers
+from filters.ips.app_buffers import dns_buffers, http_builder, tls_buffers
 from filters.ips.buffer_match import MatchContext, match_section
 from filters.ips.config import STREAM_TAIL, IpsConfig, IpsVars
 from filters.ips.netspec import Variables
@@ -360,6 +360,7 @@ class Ips(Engine):
                 continue
             usable.append(rule)
         detector = Detector(usable)
+        detector.scan_cache.attach(self.counters)  # its hits and misses in the engine's stats
         reach = Reach(detector)  # built with the rules, not on the first packet after the reload
         self.detector, self._reach, self.load, self.inert = detector, reach, result, inert
         self._generation = next(_GENERATIONS)
@@ -852,26 +853,33 @@ class Ips(Engine):
     def _http(self, flow: Any, st: _FlowState, ev: Any) -> list[Decision]:
         tx, to_server = ev.tx, ev.to_server
         tx_key = ("http", tx.tx_id)
-        memo = st.tx_memo(tx_key)
-        # Between two events of a body in progress only the body changes: the other buffers are
-        # kept from the first of them (each event of a large download would rebuild them all).
-        steady = ev.stage in _BODY_STAGES and memo.stage == ev.stage
-        if not steady:
-            memo.bufs = {}
-            memo.prefilter.pop(("static", _GROWING), None)
-        memo.stage = ev.stage
+        last = ev.stage in ("request_done", "response_done")
+        memo: _TxMemo | None
+        if last and (st.tx_memos is None or tx_key not in st.tx_memos):
+            # a message's only event (headers, body and end in one packet, as most requests and
+            # small answers): no later event of it could use what a memo keeps
+            memo, steady, kept = None, False, {}
+        else:
+            memo = st.tx_memo(tx_key)
+            # Between two events of a body in progress only the body changes: the other buffers are
+            # kept from the first of them (each event of a large download would rebuild them all).
+            steady = ev.stage in _BODY_STAGES and memo.stage == ev.stage
+            if not steady:
+                memo.bufs = {}
+                memo.prefilter.pop(("static", _GROWING), None)
+            memo.stage = ev.stage
+            kept = memo.bufs
         fresh: dict[str, list[bytes]] = {}
-        kept = memo.bufs
         pkt = self._pkt
         fresh[PKT] = [pkt.payload] if pkt is not None and pkt.payload else []
+        build = _HTTP_BUILD[to_server]
 
         def buffers(name: str) -> list[bytes]:
             cache = fresh if name in _GROWING else kept
             got = cache.get(name)
             if got is None:
-                side = _BUFFER_SIDE.get(name)
-                value = http_buffer(tx, name, to_server if side is None else side)
-                got = cache[name] = [value] if value is not None else []
+                b = build.get(name)
+                got = cache[name] = b(tx) if b is not None else []
             return got
 
         site = self._flow_site(flow, to_server, buffers)
@@ -881,7 +889,7 @@ class Ips(Engine):
         extra = {"app_proto": "http2" if h2 else "http", "http": _http_eve(tx)}
         protos = _HTTP2_RULES if h2 else _HTTP1_RULES
         out = self._app(site, st, tx_key, protos, extra, memo=memo, changing=_GROWING if steady else None)
-        if ev.stage in ("request_done", "response_done"):
+        if last and memo is not None:
             # a message's last event: its body is not inspected again, and the memo would hold it
             # (the parser releases it now); a later event of the transaction starts a new memo
             if st.tx_memos is not None:
@@ -1120,6 +1128,10 @@ _CAN_CHANGE = frozenset({"http", "smtp"})  # app protocols a flow can leave for 
 # the side a buffer is taken from whatever the event's direction (None: the event's own)
 _BUFFER_SIDE = {name: None if info.direction is BufDir.BOTH else info.direction is BufDir.TO_SERVER
                 for name, info in BUFFERS.items()}
+# per event direction, each HTTP buffer's builder (app_buffers.http_builder), from the side _BUFFER_SIDE gives
+_HTTP_BUILD = {to_server: {name: http_builder(name, to_server if side is None else side)
+                           for name, side in _BUFFER_SIDE.items() if name != PKT}
+               for to_server in (True, False)}
 _BUFFER_APP = {"http": "http", "http1": "http", "http2": "http", "tls": "tls", "dns": "dns"}  # rule.BUFFERS' app names
 _HTTP1_RULES = {"http", "http1"}  # rule protocols that inspect an HTTP/1 transaction
 _HTTP2_RULES = {"http", "http2"}  # ... an HTTP/2 one
