@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
 
 from filters.firewall import DHCP_REPLIES, NDP_TYPES, Policy, Rule, ServiceEntry
-from filters.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from filters.packet import ACK, FIN, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, RST, SYN
 from filters.registry import kernel_sets
 
 CHAINS = ("VCR-FWD", "VCR-BLOCK", "VCR-POLICY", "VCR-REJECT", "VCR-IN", "VCR-PF")
@@ -307,6 +308,65 @@ def _skip_lines(spec: DataplaneSpec, family: int) -> list[str]:
         f"-A VCR-FWD {ack} 0x{SKIP_ON:x}/{k} {EMPTY_ACK_U32[family]} -j ACCEPT",
         f"-A VCR-FWD {ack} 0x{SKIP_SYN:x}/{k} {EMPTY_ACK_U32[family]} -j CONNMARK --set-xmark 0x{SKIP_ON:x}/{k}",
     ]
+
+
+_SARF = SYN | ACK | FIN | RST
+MAX_SKIP_CONNECTIONS = 65536  # EmptyAckSkip: connections remembered (the oldest are forgotten: all sent)
+
+
+class EmptyAckSkip:
+    """The empty-ACK skip of ``_skip_lines`` for a pipeline fed without the kernel (``vcr-agent
+    pcap``, the benches): ``queued(pkt)`` is False for an empty ACK the kernel would keep from the
+    workers, so that offline the engines see what they see inline.
+
+    A connection's SKIP bits as the four kernel lines set them: a SYN (``--syn``, conntrack NEW)
+    sets SYN; a FIN (whatever else is set) sets OFF; an empty ACK (ACK without SYN, FIN and RST,
+    no payload; PSH, URG, ECE and CWR do not count) in SYN goes and sets ON, in ON stays. OFF and
+    no bits (a connection seen midstream) send everything, so a FIN forgets the connection, and so
+    does running out of room (``max_connections``): forgetting only ever sends more. Only a SYN, a
+    FIN and an empty ACK look the connection up; data packets pass untouched. Unlike conntrack, a
+    SYN on a connection conntrack holds as established (not NEW) starts it again here, and entries
+    do not time out; an IP fragment and an IPv6 packet with extension headers are sent (the u32
+    match reads neither)."""
+
+    __slots__ = ("_state", "_max", "kept")
+
+    def __init__(self, max_connections: int = MAX_SKIP_CONNECTIONS) -> None:
+        self._state: dict[tuple[object, ...], int] = {}  # connection -> SKIP_SYN or SKIP_ON
+        self._max = max_connections
+        self.kept = 0  # empty ACKs kept from the pipeline
+
+    def queued(self, pkt: Any) -> bool:
+        """Would the kernel hand ``pkt`` (a parsed packet) to a worker, by the skip lines?"""
+        if pkt.proto != PROTO_TCP:
+            return True
+        flags = pkt.tcp_flags & _SARF
+        if flags == ACK:
+            if pkt.payload or pkt.frag_offset or pkt.more_fragments or pkt.ext_headers:
+                return True
+            state = self._state
+            a, b = (pkt.src_addr, pkt.sport), (pkt.dst_addr, pkt.dport)
+            key = (a, b) if a <= b else (b, a)
+            bits = state.get(key)
+            if bits == SKIP_ON:
+                self.kept += 1
+                return False
+            if bits == SKIP_SYN:
+                state[key] = SKIP_ON
+            return True
+        if flags == SYN or flags & FIN:
+            if pkt.frag_offset or pkt.more_fragments:
+                return True
+            state = self._state
+            a, b = (pkt.src_addr, pkt.sport), (pkt.dst_addr, pkt.dport)
+            key = (a, b) if a <= b else (b, a)
+            if flags == SYN:
+                if key not in state and len(state) >= self._max:
+                    del state[next(iter(state))]  # the oldest: its empty ACKs go to the pipeline again
+                state[key] = SKIP_SYN
+            else:
+                state.pop(key, None)  # OFF: as if never seen
+        return True
 
 
 def _block_lines(spec: DataplaneSpec, family: int) -> list[str]:

@@ -11,11 +11,13 @@ from typing import IO, Any
 from agent.config import AgentConfig, parse_config
 from agent.offline.pcapfile import PcapReader
 from agent.dataplane.performers import perform
+from agent.dataplane.ruleset import EmptyAckSkip
 from agent.dataplane.worker import pipeline_from_config
 from filters import eve
 from filters.engine import ConfigError
 from filters.packet import Side, parse_linktype
 from filters.pipeline import Outcome, Pipeline
+from filters.registry import dataplane_needs
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,7 @@ def run_pcap(opts: OfflineOptions, cfg: AgentConfig, out: IO[str] | None = None)
         fh.write(json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n")
 
     pipeline = pipeline_from_config(cfg, emit, ips=opts.simulate_ips)
+    skip = empty_ack_skip(pipeline, opts.simulate_ips)
     outcomes = {o: 0 for o in Outcome}
     last_ts = 0.0
 
@@ -155,6 +158,9 @@ def run_pcap(opts: OfflineOptions, cfg: AgentConfig, out: IO[str] | None = None)
                         if len(sides) < MAX_SIDES:
                             sides[pkt.src_addr] = side
                     pkt.side = side
+                if skip is not None and not skip.queued(pkt):
+                    outcomes[Outcome.ACCEPT] += 1  # the kernel's accept
+                    continue
                 for rel in _process(pipeline, pkt, pcap_cnt):
                     outcomes[rel.outcome] += 1
             report(reader)
@@ -175,8 +181,19 @@ def run_pcap(opts: OfflineOptions, cfg: AgentConfig, out: IO[str] | None = None)
         "dropped": outcomes[Outcome.DROP] + outcomes[Outcome.REJECT],
         "truncated_file": truncated,
         "skipped_records": skipped,
-        "stats": dict(pipeline.stats(), pcap={"skipped": skipped, "truncated": truncated}),
+        "stats": dict(pipeline.stats(), pcap={"skipped": skipped, "truncated": truncated,
+                                              "empty_acks_kept": skip.kept if skip is not None else 0}),
     }
+
+
+def empty_ack_skip(pipeline: Pipeline, simulate_ips: bool) -> EmptyAckSkip | None:
+    """The kernel's empty-ACK skip (agent/dataplane/ruleset.py ``EmptyAckSkip``) when inline the
+    kernel would keep empty ACKs from these engines (``dataplane_needs``): the offline run then
+    pays for the packets inline pays for. Not with ``--simulate-ips``: a dropped connection's
+    packets are dropped in the kernel before the skip inline, and offline their verdicts come from
+    the pipeline; in IDS mode every verdict is an accept, so a kept ACK is counted as one."""
+    packets, empty_acks = dataplane_needs(pipeline.engines)
+    return EmptyAckSkip() if packets and not empty_acks and not simulate_ips else None
 
 
 def _finish_io(pipeline: Pipeline, now: float) -> list[Any]:

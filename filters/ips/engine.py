@@ -828,15 +828,18 @@ class Ips(Engine):
         if st.passed:
             return None
         site = self._flow_site(flow, hello.to_server, self._with_pkt(lambda n: tls_buffers(hello, n)))
-        return self._defer(flow, self._app(site, st, ("tls", hello.to_server), {"tls"}, {"tls": _tls_eve(hello)}))
+        return self._defer(flow, self._app(site, st, ("tls", hello.to_server), {"tls"}, lambda: {"tls": _tls_eve(hello)}))
 
     def on_dns(self, flow: Any, msg: DnsMessage) -> Iterable[Decision] | None:
         st = self._state(flow)
         if st.passed:
             return None
         site = self._flow_site(flow, msg.to_server, self._with_pkt(lambda n: dns_buffers(msg, n)))
-        extra = {"dns": {"type": "query" if msg.to_server else "answer", "id": msg.txid,
-                         "queries": [q.name.decode("latin-1") for q in msg.questions]}}
+
+        def extra() -> dict[str, Any]:
+            return {"dns": {"type": "query" if msg.to_server else "answer", "id": msg.txid,
+                            "queries": [q.name.decode("latin-1") for q in msg.questions]}}
+
         return self._defer(flow, self._app(site, st, ("dns", msg.txid, msg.to_server, id(msg)), {"dns"}, extra))
 
     # -- app layer ---------------------------------------------------------------------------
@@ -886,7 +889,11 @@ class Ips(Engine):
         # Suricata: "http" rules (and their http.* buffers) match HTTP/1 and HTTP/2, "http1" and
         # "http2" rules only their own version
         h2 = tx.protocol == b"HTTP/2"
-        extra = {"app_proto": "http2" if h2 else "http", "http": _http_eve(tx)}
+        app_proto = "http2" if h2 else "http"
+
+        def extra() -> dict[str, Any]:
+            return {"app_proto": app_proto, "http": _http_eve(tx)}
+
         protos = _HTTP2_RULES if h2 else _HTTP1_RULES
         out = self._app(site, st, tx_key, protos, extra, memo=memo, changing=_GROWING if steady else None)
         if last and memo is not None:
@@ -896,8 +903,10 @@ class Ips(Engine):
                 st.tx_memos.pop(tx_key, None)
         return out
 
-    def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: dict[str, Any],
+    def _app(self, site: _Site, st: _FlowState, tx_key: Any, protos: set[str], extra: Callable[[], dict[str, Any]],
              memo: _TxMemo | None = None, changing: frozenset[str] | None = None) -> list[Decision]:
+        """The app-layer rules of one event; ``extra`` makes the alerts' EVE fields of the event
+        (called only when a rule fires: most events fire none)."""
         infos = [
             i for i in self.detector.groups["app"].candidates(site.buffers, self.detector.infos, (site.src, site.dst),
                                                               memo=memo.prefilter if memo is not None else None,
@@ -905,7 +914,8 @@ class Ips(Engine):
                                                               to_server=site.to_server)
             if site.to_server in i.dirs and (i.app_proto is None or i.app_proto in protos)
         ]
-        return self._run(infos, site, st, tx_key=tx_key, extra={"app_proto": sorted(protos)[0], **extra}, memo=memo)
+        first = min(protos)
+        return self._run(infos, site, st, tx_key=tx_key, extra=lambda: {"app_proto": first, **extra()}, memo=memo)
 
     def _flow_site(self, flow: Any, to_server: bool, buffers: Callable[[str], list[bytes]]) -> _Site:
         if to_server:
@@ -919,7 +929,7 @@ class Ips(Engine):
 
     # -- evaluation ----------------------------------------------------------------------------
     def _run(self, infos: Sequence[RuleInfo], site: _Site, st: _FlowState, *, tx_key: Any,
-             extra: dict[str, Any] | None = None, memo: _TxMemo | None = None,
+             extra: Callable[[], dict[str, Any]] | None = None, memo: _TxMemo | None = None,
              header_ok: frozenset[int] | None = frozenset()) -> list[Decision]:
         """Evaluate the candidate rules in order; ``header_ok``: rules whose header is known to
         fit (None: every one's)."""
@@ -1055,7 +1065,8 @@ class Ips(Engine):
                 return False
         return True
 
-    def _fire(self, info: RuleInfo, site: _Site, st: _FlowState, extra: dict[str, Any] | None) -> Verdict | None:
+    def _fire(self, info: RuleInfo, site: _Site, st: _FlowState,
+              extra: Callable[[], dict[str, Any]] | None) -> Verdict | None:
         r = info.rule
         if r.flowbits and st.flowbits is None:
             st.flowbits = set()
@@ -1080,7 +1091,7 @@ class Ips(Engine):
         if r.noalert and action is Action.ALERT:
             return None
         self.count(f"matches.{r.action.value}")
-        meta: dict[str, Any] = dict(extra or {})
+        meta: dict[str, Any] = extra() if extra is not None else {}
         if r.metadata_raw:
             meta["rule_metadata"] = {k: list(v) for k, v in r.metadata.items()}
         return Verdict(action, self.name, rule_id=r.sid, gid=r.gid, rev=r.rev, signature=r.msg, category=r.category,

@@ -186,30 +186,15 @@ def kernel_view(frames: list[bytes], needs: tuple[bool, bool]) -> list[bytes]:
     decides it: none when no engine needs packets; without empty ACKs, those of a connection whose
     SYN and first empty ACK went to the queue stay in the kernel until a FIN passes. (The connmark
     fast path after a flow's decision is counted by the pipeline: ``packets.decided``.)"""
-    from filters.packet import ACK, FIN, PROTO_TCP, RST, SYN, parse_ethernet
+    from agent.dataplane.ruleset import EmptyAckSkip
+    from filters.packet import parse_ethernet
 
     if not needs[0]:
         return []
     if needs[1]:
         return frames
-    state: dict[tuple[Any, ...], int] = {}  # the connection's SKIP bits: 1 SYN seen, 2 skipping, 3 FIN seen
-    out = []
-    for frame in frames:
-        pkt = parse_ethernet(frame, 0.0)
-        if pkt.proto == PROTO_TCP:
-            key = tuple(sorted(((pkt.src_addr, pkt.sport), (pkt.dst_addr, pkt.dport))))
-            flags = pkt.tcp_flags
-            if flags & (SYN | ACK | FIN | RST) == SYN:
-                state[key] = 1
-            elif flags & FIN:
-                state[key] = 3
-            elif flags & (SYN | ACK | FIN | RST) == ACK and not pkt.payload:
-                if state.get(key) == 2:
-                    continue
-                if state.get(key) == 1:
-                    state[key] = 2
-        out.append(frame)
-    return out
+    skip = EmptyAckSkip()
+    return [frame for frame in frames if skip.queued(parse_ethernet(frame, 0.0))]
 
 
 def run(cfg: Any, engines: Any, frames: list[bytes], kernel: bool = False) -> tuple[float, dict[str, Any]]:

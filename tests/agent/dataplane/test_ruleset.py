@@ -281,3 +281,131 @@ def test_prefilter_ids_of_live_workers_never_collide():
     assert len(pf_ids(0, 1)) == 254 and len(pf_ids(1, 2)) == 126
     single = render(replace(SPEC, workers=1), policy(), 4).splitlines()
     assert [l for l in single if l.startswith("-A VCR-PF")] == ["-A VCR-PF -g VCR-PF-W0"]
+
+
+_TCP_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20}
+
+
+class KernelSkip:
+    """The skip lines of ``fwd_lines(spec, fam)`` run as the kernel runs them, read from their text:
+    ``-p tcp``, ``--syn``, ``--tcp-flags MASK COMP``, ``--ctstate NEW``, ``--mark V/M`` (connmark),
+    the u32 matches (``empty_ack_u32``), then ``-j ACCEPT`` (kept from the queue) or ``-j CONNMARK
+    --set-xmark V/M``. Conntrack is modelled as far as the lines look at it: one entry per 5-tuple
+    with its mark; NEW until the first packet of the reply direction; a SYN after a FIN starts a
+    new entry (mark 0), as a TIME_WAIT connection reopened."""
+
+    def __init__(self, fam: int) -> None:
+        fwd = fwd_lines(replace(SPEC, empty_acks=False), fam)
+        self.rules = [l for l in fwd if "--set-xmark 0x" in l and f"/0x{SKIP_MASK:x}" in l
+                      or f"/0x{SKIP_MASK:x}" in l and l.endswith("-j ACCEPT")]
+        assert len(self.rules) == 4
+        self.fam = fam
+        self.conns: dict[tuple, dict] = {}
+
+    def queued(self, raw: bytes, pkt) -> bool:
+        a, b = (pkt.src_addr, pkt.sport), (pkt.dst_addr, pkt.dport)
+        key = (a, b) if a <= b else (b, a)
+        ct = self.conns.get(key)
+        syn_only = pkt.tcp_flags & 0x17 == 0x02
+        if ct is None or syn_only and ct["fin"]:
+            ct = self.conns[key] = {"mark": 0, "orig": a, "replied": False, "fin": False}
+        if a != ct["orig"]:
+            ct["replied"] = True
+        new = not ct["replied"]
+        queued = True
+        for rule in self.rules:
+            if self.matches(rule.split(), raw, pkt, ct["mark"], new):
+                target = rule.split(" -j ", 1)[1].split()
+                if target == ["ACCEPT"]:
+                    queued = False
+                    break
+                value, mask = (int(x, 16) for x in target[2].split("/"))
+                ct["mark"] = ct["mark"] & ~mask | value
+        ct["fin"] = ct["fin"] or bool(pkt.tcp_flags & 0x01)
+        return queued
+
+    def matches(self, words: list[str], raw: bytes, pkt, mark: int, new: bool) -> bool:
+        i, negate = 2, False
+        while i < len(words):
+            w = words[i]
+            if w == "-j":
+                return True
+            if w == "!":
+                negate, i = True, i + 1
+                continue
+            if w == "-p":
+                ok, i = words[i + 1] == "tcp" and pkt.proto == 6, i + 2
+            elif w == "--syn":
+                ok, i = pkt.tcp_flags & 0x17 == 0x02, i + 1
+            elif w == "--tcp-flags":
+                mask = sum(_TCP_FLAGS[f] for f in words[i + 1].split(","))
+                comp = sum(_TCP_FLAGS[f] for f in words[i + 2].split(","))
+                ok, i = pkt.tcp_flags & mask == comp, i + 3
+            elif w == "--ctstate":
+                assert words[i + 1] == "NEW"
+                ok, i = new, i + 2
+            elif w == "--mark":
+                value, mask = (int(x, 16) for x in words[i + 1].split("/"))
+                ok, i = mark & mask == value, i + 2
+            elif w == "--u32":
+                # the two u32 matches of EMPTY_ACK_U32 together: the first and the negated second
+                assert words[i - 2:i] == ["-m", "u32"] and words[i + 2:i + 6] == ["-m", "u32", "!", "--u32"]
+                ok, i = empty_ack_u32(self.fam, raw), i + 7
+            elif w == "-m":
+                i += 2
+                continue
+            else:
+                raise AssertionError(f"unknown match {w!r} in a skip line")
+            if ok == negate:
+                return False
+            negate = False
+        return True
+
+
+def test_the_offline_empty_ack_skip_decides_as_the_kernel_lines():
+    """EmptyAckSkip (vcr-agent pcap, the benches) against the skip lines run as the kernel would,
+    packet by packet: handshakes, data, empty and PSH ACKs, payloads of 1 to 5 bytes, RST, a
+    connection seen midstream, a closed connection's last ACKs, a port reused after a FIN,
+    IPv4 options, IPv6 with an extension header, and connections interleaved."""
+    from scapy.layers.inet import IP, TCP, IPOption_NOP
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
+
+    from agent.dataplane.ruleset import EmptyAckSkip
+    from filters.packet import parse_ip
+
+    for fam in (4, 6):
+        def ip(c, s, to_server=True, **kw):
+            cli, srv = (f"10.0.0.{c}", f"10.0.1.{s}") if fam == 4 else (f"2001:db8::{c}", f"2001:db8:1::{s}")
+            src, dst = (cli, srv) if to_server else (srv, cli)
+            return IP(src=src, dst=dst, **kw) if fam == 4 else IPv6(src=src, dst=dst)
+
+        def tcp(c, s, flags, data=b"", to_server=True, sport=40000, dport=80, **kw):
+            sp, dp = (sport, dport) if to_server else (dport, sport)
+            return bytes(ip(c, s, to_server, **kw) / TCP(sport=sp, dport=dp, flags=flags) / data)
+
+        seq = []
+        for conn in (1, 2):  # two connections, interleaved below
+            seq.append([tcp(conn, 1, "S"), tcp(conn, 1, "SA", to_server=False), tcp(conn, 1, "A"),
+                        tcp(conn, 1, "A"), tcp(conn, 1, "PA", b"GET /"), tcp(conn, 1, "A", to_server=False),
+                        tcp(conn, 1, "PA"), *(tcp(conn, 1, "A", b"x" * n) for n in range(1, 6)),
+                        tcp(conn, 1, "A", to_server=False), tcp(conn, 1, "AU"), tcp(conn, 1, "AE"),
+                        tcp(conn, 1, "FA", to_server=False), tcp(conn, 1, "A"), tcp(conn, 1, "FA"),
+                        tcp(conn, 1, "A", to_server=False), tcp(conn, 1, "A"),
+                        # the port reused: a new connection, skipping again after its handshake
+                        tcp(conn, 1, "S"), tcp(conn, 1, "SA", to_server=False), tcp(conn, 1, "A"), tcp(conn, 1, "A"),
+                        tcp(conn, 1, "R"), tcp(conn, 1, "A")])
+        packets = [p for pair in zip(*seq) for p in pair]
+        packets += [tcp(3, 1, "A"), tcp(3, 1, "A", to_server=False), tcp(3, 1, "PA", b"x"), tcp(3, 1, "A"),  # midstream
+                    tcp(4, 1, "S"), tcp(4, 1, "S"), tcp(4, 1, "SA", to_server=False), tcp(4, 1, "A", to_server=False),
+                    tcp(4, 1, "A"), tcp(4, 1, "A", to_server=False)]  # a retransmitted SYN, the ACK from the server
+        if fam == 4:
+            packets += [tcp(5, 1, "S"), tcp(5, 1, "SA", to_server=False), tcp(5, 1, "A", options=[IPOption_NOP()] * 4),
+                        tcp(5, 1, "A", options=[IPOption_NOP()] * 4), tcp(5, 1, "A")]
+        else:
+            ext = bytes(ip(5, 1) / IPv6ExtHdrHopByHop() / TCP(sport=40000, dport=80, flags="A"))
+            packets += [tcp(5, 1, "S"), tcp(5, 1, "SA", to_server=False), ext, tcp(5, 1, "A"), ext, tcp(5, 1, "A")]
+        kernel, skip = KernelSkip(fam), EmptyAckSkip()
+        decided = [(kernel.queued(raw, pkt := parse_ip(raw, 0.0)), skip.queued(pkt)) for raw in packets]
+        assert [k for k, _ in decided] == [s for _, s in decided], fam
+        kept = sum(not k for k, _ in decided)
+        assert kept == skip.kept >= 10  # the sequence exercises the skip
