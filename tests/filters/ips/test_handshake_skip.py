@@ -18,7 +18,6 @@ from agent.dataplane.worker import pipeline_from_config
 from agent.engines import build_engines
 from agent.offline import replay as offline
 from filters.flow import FlowTable, flow_key
-from filters.ips.engine import Ips, Thresholds
 from filters.ips.netspec import Variables
 from filters.ips.packet_match import match_packet_checks
 from filters.ips.rule_groups import _SYNACK_FLAGS, classify, could_match_synack
@@ -26,6 +25,7 @@ from filters.ips.rule_parser import parse_rule
 from filters.packet import ACK, SYN, parse_ethernet, parse_ip
 from filters.stream import TcpState
 from lab.bench.capture import Capture, TcpConversation
+from tests.filters.ips.test_kernel_prefilter import alerting_pipeline
 
 VARS = Variables.suricata_defaults()
 
@@ -137,17 +137,7 @@ def connections(seed: int, count: int) -> list[bytes]:
 def run(cfg: Any, engines: list[Any], frames: list[bytes], *, skip: bool) -> tuple[list[tuple[int, int]], dict[str, int]]:
     """Alerts as (frame index, sid), inline; ``skip``: the simulated kernel keeps the SYN+ACK
     (without payload) of a connection whose SYN passed with the handshake skip."""
-    got: list[tuple[int, int]] = []
-    counter = [0]
-
-    def emit(rec: dict[str, Any]) -> None:
-        if rec.get("event_type") == "alert":
-            got.append((counter[0], rec["alert"]["signature_id"]))
-
-    for e in engines:
-        if isinstance(e, Ips):
-            e.thresholds = Thresholds()
-    pipe = pipeline_from_config(cfg, emit, engines=engines, kernel_offload=True)
+    pipe, got, counter = alerting_pipeline(cfg, engines, True)
     marked: set[Any] = set()
     offloaded: set[Any] = set()
     stats = {"marked": 0, "kept": 0}

@@ -118,11 +118,9 @@ class _Conn:
         self.offloaded = False
 
 
-def run(cfg: Any, engines: list[Any], frames: list[bytes], *, kernel: bool, forget: float = 0.0,
-        seed: int = 0) -> tuple[list[tuple[int, int]], dict[str, int]]:
-    """Alerts as (frame index, sid) and what the kernel kept. ``kernel``: inline, behind the
-    simulated kernel; ``forget``: the chance that the worker forgets a flow the kernel carries
-    before a queued packet of it (its flow timeout passed)."""
+def alerting_pipeline(cfg: Any, engines: list[Any], kernel: bool) -> tuple[Any, list[tuple[int, int]], list[int]]:
+    """A fresh pipeline (the IPS's thresholds fresh too) whose alerts land in the returned list as
+    (counter[0], sid): the caller sets ``counter[0]`` to the frame index before each packet."""
     got: list[tuple[int, int]] = []
     counter = [0]
 
@@ -133,7 +131,15 @@ def run(cfg: Any, engines: list[Any], frames: list[bytes], *, kernel: bool, forg
     for e in engines:
         if isinstance(e, Ips):
             e.thresholds = Thresholds()
-    pipe = pipeline_from_config(cfg, emit, engines=engines, kernel_offload=kernel)
+    return pipeline_from_config(cfg, emit, engines=engines, kernel_offload=kernel), got, counter
+
+
+def run(cfg: Any, engines: list[Any], frames: list[bytes], *, kernel: bool, forget: float = 0.0,
+        seed: int = 0) -> tuple[list[tuple[int, int]], dict[str, int]]:
+    """Alerts as (frame index, sid) and what the kernel kept. ``kernel``: inline, behind the
+    simulated kernel; ``forget``: the chance that the worker forgets a flow the kernel carries
+    before a queued packet of it (its flow timeout passed)."""
+    pipe, got, counter = alerting_pipeline(cfg, engines, kernel)
     rng = random.Random(seed)
     conns: dict[Any, _Conn] = {}
     stats = {"kept": 0, "queued": 0, "prefiltered": 0, "forgotten": 0, "stopped": 0}
