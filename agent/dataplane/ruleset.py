@@ -345,8 +345,7 @@ class EmptyAckSkip:
             if pkt.payload or pkt.frag_offset or pkt.more_fragments or pkt.ext_headers:
                 return True
             state = self._state
-            a, b = (pkt.src_addr, pkt.sport), (pkt.dst_addr, pkt.dport)
-            key = (a, b) if a <= b else (b, a)
+            key = _connection(pkt)
             bits = state.get(key)
             if bits == SKIP_ON:
                 self.kept += 1
@@ -358,8 +357,7 @@ class EmptyAckSkip:
             if pkt.frag_offset or pkt.more_fragments:
                 return True
             state = self._state
-            a, b = (pkt.src_addr, pkt.sport), (pkt.dst_addr, pkt.dport)
-            key = (a, b) if a <= b else (b, a)
+            key = _connection(pkt)
             if flags == SYN:
                 if key not in state and len(state) >= self._max:
                     del state[next(iter(state))]  # the oldest: its empty ACKs go to the pipeline again
@@ -367,6 +365,35 @@ class EmptyAckSkip:
             else:
                 state.pop(key, None)  # OFF: as if never seen
         return True
+
+
+class HandshakeSkip:
+    """The handshake skip's SYN+ACK line of ``_fwd_lines`` for a pipeline fed without the kernel
+    (the benches, the tests' simulated kernel): ``mark(pkt)`` for a SYN whose release carries
+    ``handshake`` (the worker's MARK_HS), then ``queued(pkt)`` is False for that connection's
+    SYN+ACK without payload (SYN and ACK set, FIN and RST clear), as the kernel keeps it."""
+
+    __slots__ = ("_marked", "kept")
+
+    def __init__(self) -> None:
+        self._marked: set[tuple[object, ...]] = set()
+        self.kept = 0  # SYN+ACKs kept from the pipeline
+
+    def mark(self, pkt: Any) -> None:
+        self._marked.add(_connection(pkt))
+
+    def queued(self, pkt: Any) -> bool:
+        if (self._marked and pkt.proto == PROTO_TCP and pkt.tcp_flags & _SARF == SYN | ACK and not pkt.payload
+                and _connection(pkt) in self._marked):
+            self.kept += 1
+            return False
+        return True
+
+
+def _connection(pkt: Any) -> tuple[object, ...]:
+    """A TCP connection's key, the same both ways (as conntrack's entry)."""
+    a, b = (pkt.src_addr, pkt.sport), (pkt.dst_addr, pkt.dport)
+    return (a, b) if a <= b else (b, a)
 
 
 def _block_lines(spec: DataplaneSpec, family: int) -> list[str]:

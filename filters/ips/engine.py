@@ -521,18 +521,10 @@ class Ips(Engine):
             # state a later packet's rules may read: kept only while the worker keeps the flow,
             # which it may forget while the kernel carries the packets (no alert may depend on it)
             return None
-        hts, htc = st.class_ts, st.class_tc
-        if hts is None or htc is None:
-            if not flow.ct_established:
-                return None
-            # picked up with one direction seen (a one-way flow): the other's class from the flow
-            has_ports = flow.proto == PROTO_UDP
-            if hts is None:
-                hts = st.class_ts = self._header_class(flow.proto, _Reply(
-                    flow.client_addr, flow.client_port, flow.server_addr, flow.server_port, has_ports), True)
-            if htc is None:
-                htc = st.class_tc = self._header_class(flow.proto, _Reply(
-                    flow.server_addr, flow.server_port, flow.client_addr, flow.client_port, has_ports), False)
+        if (st.class_ts is None or st.class_tc is None) and not flow.ct_established:
+            return None
+        # (picked up with one direction seen, a one-way flow: the other's class from the flow)
+        hts, htc = self._flow_class(st, flow, True), self._flow_class(st, flow, False)
         if flow.proto == PROTO_UDP:
             app, det = flow_app_proto(flow), self.detector
             if app != "failed" and (app in (None, "unknown") or "*" in det.app_protos
@@ -592,10 +584,7 @@ class Ips(Engine):
             return False
         if self._iponly(flow.proto, flow.server_addr, flow.client_addr):
             return True
-        hc = st.class_tc
-        if hc is None:
-            hc = st.class_tc = self._header_class(flow.proto, _Reply(flow.server_addr, flow.server_port,
-                                                                     flow.client_addr, flow.client_port), False)
+        hc = self._flow_class(st, flow, False)
         if hc.synack is None:
             hc.synack = any(could_match_synack(info) for info in hc.unfiltered)
         return hc.synack
@@ -755,6 +744,22 @@ class Ips(Engine):
                 del cache[1][next(iter(cache[1]))]
             cache[1][key] = got
         return got
+
+    def _flow_class(self, st: _FlowState, flow: Any, to_server: bool) -> _HeaderClass:
+        """The header class of a direction of ``flow``: the one its packets had, or, before any
+        (the reply's on the SYN, the unseen direction of a flow picked up), the one a packet of
+        that direction will have, from the flow's addresses and ports."""
+        hc = st.class_ts if to_server else st.class_tc
+        if hc is None:
+            ends = ((flow.client_addr, flow.client_port), (flow.server_addr, flow.server_port))
+            (src, sport), (dst, dport) = ends if to_server else ends[::-1]
+            hc = self._header_class(flow.proto, _Unseen(src, sport, dst, dport, flow.proto in (PROTO_TCP, PROTO_UDP)),
+                                    to_server)
+            if to_server:
+                st.class_ts = hc
+            else:
+                st.class_tc = hc
+        return hc
 
     def _header_class(self, proto: int, pkt: Packet, to_server: bool) -> _HeaderClass:
         """The header class of the packet's direction of its flow, shared by the flows of the
@@ -1098,15 +1103,15 @@ class Ips(Engine):
                        severity=r.severity, metadata=meta)
 
 
-class _Reply(NamedTuple):
-    """The header of a flow's packet not seen yet, its reply's on the SYN (the header fields of a
-    packet that _header_class reads)."""
+class _Unseen(NamedTuple):
+    """The header of a flow's packet not seen yet (the header fields of a packet that
+    _header_class reads): Ips._flow_class."""
 
     src_addr: bytes
     sport: int
     dst_addr: bytes
     dport: int
-    has_ports: bool = True
+    has_ports: bool
 
 
 @dataclass(slots=True, eq=False)

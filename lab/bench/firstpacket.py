@@ -202,27 +202,25 @@ def run(cfg: Any, engines: Any, frames: list[bytes], kernel: bool = False) -> tu
     stats. ``kernel``: the SYN+ACK (without payload) of a connection whose SYN passed with the
     handshake skip (``Release.handshake``) stays in the kernel, as agent/dataplane/ruleset.py
     ``MARK_HS`` keeps it (counted in the stats as ``kernel.synack_kept``)."""
+    from agent.dataplane.ruleset import HandshakeSkip
     from agent.dataplane.worker import pipeline_from_config
-    from filters.flow import flow_key
-    from filters.packet import ACK, SYN, parse_ethernet
+    from filters.packet import parse_ethernet
 
     pipe = pipeline_from_config(cfg, lambda rec: None, engines=engines, kernel_offload=True)
-    marked: set[Any] = set()
-    kept = 0
+    skip = HandshakeSkip()
     t0 = time.process_time()
     now = 1000.0
     for i, frame in enumerate(frames):
         now += 1e-5
         pkt = parse_ethernet(frame, now)
-        if marked and pkt.tcp_flags & (SYN | ACK) == SYN | ACK and not pkt.payload and flow_key(pkt) in marked:
-            kept += 1
+        if not skip.queued(pkt):
             continue
         for rel in pipe.process(pkt, i, now):
             if kernel and rel.handshake:
-                marked.add(flow_key(pkt))
+                skip.mark(pkt)
     secs = time.process_time() - t0
     stats = pipe.stats()
-    stats["kernel"] = {"synack_kept": kept}
+    stats["kernel"] = {"synack_kept": skip.kept}
     return secs, stats
 
 

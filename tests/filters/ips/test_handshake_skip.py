@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from scapy.layers.inet import IP, TCP
 
+from agent.dataplane.ruleset import HandshakeSkip
 from agent.dataplane.worker import pipeline_from_config
 from agent.engines import build_engines
 from agent.offline import replay as offline
@@ -22,7 +23,7 @@ from filters.ips.netspec import Variables
 from filters.ips.packet_match import match_packet_checks
 from filters.ips.rule_groups import _SYNACK_FLAGS, classify, could_match_synack
 from filters.ips.rule_parser import parse_rule
-from filters.packet import ACK, SYN, parse_ethernet, parse_ip
+from filters.packet import parse_ethernet, parse_ip
 from filters.stream import TcpState
 from lab.bench.capture import Capture, TcpConversation
 from tests.filters.ips.test_kernel_prefilter import alerting_pipeline
@@ -138,24 +139,23 @@ def run(cfg: Any, engines: list[Any], frames: list[bytes], *, skip: bool) -> tup
     """Alerts as (frame index, sid), inline; ``skip``: the simulated kernel keeps the SYN+ACK
     (without payload) of a connection whose SYN passed with the handshake skip."""
     pipe, got, counter = alerting_pipeline(cfg, engines, True)
-    marked: set[Any] = set()
+    kernel = HandshakeSkip()
     offloaded: set[Any] = set()
     stats = {"marked": 0, "kept": 0}
     for i, frame in enumerate(frames):
         counter[0] = i
         pkt = parse_ethernet(frame, 1000.0 + i * 1e-4)
         key = flow_key(pkt)
-        if key in offloaded:
-            continue
-        if skip and key in marked and pkt.tcp_flags & (SYN | ACK) == SYN | ACK and not pkt.payload:
-            stats["kept"] += 1
+        if key in offloaded or not kernel.queued(pkt):
             continue
         for rel in pipe.process(pkt, i, pkt.ts):
             if rel.offload:
                 offloaded.add(key)
             if rel.handshake:
-                marked.add(key)
                 stats["marked"] += 1
+                if skip:
+                    kernel.mark(pkt)
+    stats["kept"] = kernel.kept
     for _ in pipe.tick(float("inf")):
         pass
     return got, stats
