@@ -13,6 +13,7 @@ from filters.engine import ConfigError, EngineContext
 
 DEFAULT_CONFIG = Path("/etc/vcr-agent/vcr-agent.yaml")
 BUSY_POLL_DEFAULT = 100  # µs; why this value: docs/dataplane.md ("Busy-poll")
+BULK_QUEUE_DEFAULT_KIB = 64  # why this value: docs/dataplane.md ("The bulk queue")
 BUSY_POLL_MAX = 1000  # a longer window is a worker that spins, not one that bridges a gap
 
 
@@ -121,12 +122,17 @@ class Dataplane(_Strict):
         "open", description="open: traffic passes while the agent is down or its queue is full; "
                             "closed: new flows are blocked and a full queue drops")
     workers: int | Literal["auto"] = Field("auto", description="NFQUEUE workers; auto = one per core")
-    queue_base: int = Field(0, ge=0, le=65000, description="first NFQUEUE number; worker i uses queue_base + i")
+    queue_base: int = Field(0, ge=0, le=65000, description="first NFQUEUE number; worker i uses queue_base + i and, for its bulk queue, queue_base + workers + i")
     queue_maxlen: int = Field(4096, ge=64, description="kernel queue length per worker, in packets")
     busy_poll_us: int = Field(
         BUSY_POLL_DEFAULT, ge=0, le=BUSY_POLL_MAX,
         description="microseconds a worker keeps looking at its queue after a packet before it sleeps (0: off); "
                     "saves the wake-up of an idle CPU when the next packet comes that soon, costs CPU otherwise")
+    bulk_queue_kib: int = Field(
+        BULK_QUEUE_DEFAULT_KIB, ge=0, le=1 << 20,
+        description="KiB (both directions, headers included) after which a connection's packets go to its worker's "
+                    "second queue, served only while the first is empty: new connections and small exchanges are "
+                    "not kept waiting behind downloads (0: one queue)")
     nflog_group: int = Field(17, ge=1, le=65535, description="NFLOG group of the kernel's firewall and blocklist alarms")
     on_engine_error: Literal["pass", "drop"] = Field("pass", description="verdict for a flow whose engine raised")
     on_malformed: Literal["pass", "drop"] = Field("pass", description="verdict for packets that cannot be parsed")

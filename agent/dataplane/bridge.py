@@ -66,6 +66,7 @@ def spec_from_config(cfg: AgentConfig, needs: tuple[bool, bool] = (True, True)) 
         mail_port=mail_listen_port(cfg),
         inspect=needs[0],
         empty_acks=needs[1],
+        bulk_after=dp.bulk_queue_kib * 1024,
     )
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import struct
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,11 @@ def netlink_error(data: bytes) -> int | None:
 class QueueSocket:
     """The worker's end of its queue: settings out, packets in (for ``NetfilterQueue.run_socket``)."""
 
-    def __init__(self, fd: int, queue_num: int) -> None:
+    def __init__(self, fd: int, queue_num: int, before: Callable[[], None] | None = None) -> None:
         self.queue_num = queue_num
+        # Called with each packet received, before it is handed on: the bulk queue's socket
+        # drains the worker's first queue there (agent/dataplane/worker.py)
+        self.before = before
         self.sock = socket.socket(fileno=os.dup(fd))  # the same netlink socket, as bound to the queue
         self.sock.setblocking(False)
         self.settings: dict[str, bool] = {}
@@ -88,6 +92,8 @@ class QueueSocket:
             err = netlink_error(data)
             if err is None:
                 self.messages += 1
+                if self.before is not None:
+                    self.before()
                 return data
             self.answer = err
             if err:

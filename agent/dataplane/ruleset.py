@@ -103,6 +103,12 @@ class DataplaneSpec:
     # What the enabled engines need from the kernel (filters.registry.dataplane_needs); unknown: all.
     inspect: bool = True  # some engine needs packets; False: allowed connections pass in the kernel
     empty_acks: bool = True  # some engine needs empty ACKs; False: the kernel keeps them (_skip_lines)
+    bulk_after: int = 0  # bytes (both ways, headers included) past which a connection uses the bulk queue; 0: never
+
+
+def bulk_queue_num(queue_base: int, workers: int, index: int) -> int:
+    """Worker ``index``'s second queue (``_queue_lines``): after every worker's first queue."""
+    return queue_base + workers + index
 
 
 def jump_rule(spec: DataplaneSpec) -> list[str]:
@@ -154,16 +160,31 @@ def _queue_lines(spec: DataplaneSpec) -> list[str]:
     server would land on one worker. HMARK hashes the 5-tuple symmetrically (addresses and ports
     are ordered before hashing), so those flows spread over the workers too. Its mark sits below
     the verdict bits and is replaced by the worker's verdict mark. A packet in its connection's
-    reply direction (conntrack) also carries ``MARK_CT_REPLY`` to the worker."""
+    reply direction (conntrack) also carries ``MARK_CT_REPLY`` to the worker.
+
+    Each worker has a second queue, the bulk queue: a connection past ``bulk_after`` bytes (both
+    ways, as conntrack counts them) sends its later packets there, and the worker serves it only
+    while its first queue is empty (agent/dataplane/worker.py). A queue is FIFO: without it a new
+    connection's SYN, a DNS query or a ClientHello waits behind every segment of the downloads the
+    worker is inspecting, as a router without a fair queue makes a page wait behind a download.
+    The byte count only grows, so a connection moves to the bulk queue once and its packets stay in
+    order (the worker drains the first queue before each bulk packet it takes)."""
     bypass = " --queue-bypass" if spec.fail_open else ""
+    bulk = (f" -m connbytes --connbytes {spec.bulk_after}: --connbytes-dir both --connbytes-mode bytes"
+            if spec.bulk_after else "")
     reply = f"-A VCR-FWD -m conntrack --ctdir REPLY -j MARK --set-xmark 0x{MARK_CT_REPLY:x}/0x{MARK_CT_REPLY:x}"
     # (after HMARK, which sets the whole mark)
     est = (f"-A VCR-FWD ! -p tcp -m connmark ! --mark 0x0/0x{PF_MASK:x} -m conntrack --ctstate ESTABLISHED"
            f" -j MARK --set-xmark 0x{MARK_CT_EST:x}/0x{MARK_CT_EST:x}")
     if spec.workers <= 1:
-        return [reply, est, f"-A VCR-FWD -j NFQUEUE --queue-num {spec.queue_base}{bypass}"]
+        return [reply, est, *([f"-A VCR-FWD{bulk} -j NFQUEUE --queue-num {bulk_queue_num(spec.queue_base, 1, 0)}{bypass}"]
+                              if bulk else []),
+                f"-A VCR-FWD -j NFQUEUE --queue-num {spec.queue_base}{bypass}"]
     lines = [f"-A VCR-FWD -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod {spec.workers}"
              f" --hmark-offset 0x{FLOW_HASH_BASE:x} --hmark-rnd 0x{FLOW_HASH_SEED:x}", reply, est]
+    if bulk:
+        lines += [f"-A VCR-FWD -m mark --mark 0x{FLOW_HASH_BASE + i:x}/0x{QUEUE_MARK_MASK:x}{bulk} -j NFQUEUE"
+                  f" --queue-num {bulk_queue_num(spec.queue_base, spec.workers, i)}{bypass}" for i in range(spec.workers)]
     for i in range(spec.workers):
         lines.append(f"-A VCR-FWD -m mark --mark 0x{FLOW_HASH_BASE + i:x}/0x{QUEUE_MARK_MASK:x} -j NFQUEUE"
                      f" --queue-num {spec.queue_base + i}{bypass}")

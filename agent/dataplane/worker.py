@@ -21,7 +21,7 @@ from agent.dataplane.nfq import QueueSocket
 from agent.dataplane.performers import SLOW_KINDS, perform
 from agent.dataplane.prefilter import Prefilters
 from agent.dataplane.ruleset import (MARK_ACCEPT, MARK_CT_EST, MARK_CT_REPLY, MARK_DROP, MARK_HS, MARK_MASK, MARK_REJECT,
-                                     PF_MASK)
+                                     PF_MASK, bulk_queue_num)
 from filters import registry
 from filters.app.layer import AppLayer, AppSettings
 from filters.defrag import DefragSettings, Defragmenter
@@ -125,11 +125,16 @@ class Worker:
         os.set_blocking(self.wake_w, False)
         self.running = True
         self.fork_for: list[int] = []  # queue indexes whose worker died: fork a copy of this one for them
-        self._nfq_fd = -1
+        self._nfq_fds: list[int] = []
         self.callback_errors = 0
         self.verdicts: dict[str, int] = {}
         self.large_packets = 0  # packets over 1500 bytes: GSO packets queued whole (agent/dataplane/nfq.py)
+        # The first queue (a connection's first bytes) and the bulk queue (its later bytes: served
+        # only while the first is empty; agent/dataplane/ruleset.py ``_queue_lines``)
+        self.nfq: Any = None
         self.qsock: QueueSocket | None = None
+        self.bulk_nfq: Any = None
+        self.bulk_qsock: QueueSocket | None = None
         self.busy_poll = cfg.dataplane.busy_poll_us / 1e6
         self.prefilters = self._prefilters()
 
@@ -234,12 +239,16 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are new worker processes (the daemon's)
         for i in range(min(MAX_FORK_SIGNALS, signal.SIGRTMAX - signal.SIGRTMIN + 1)):
             signal.signal(fork_signal(i), self._fork_request)
-        nfq = NetfilterQueue()
-        if not self._bind(nfq):
+        nfq, bulk_nfq = self.nfq, self.bulk_nfq = NetfilterQueue(), NetfilterQueue()
+        if not self._bind(nfq, self.spec.queue_num) or not self._bind(bulk_nfq, self.bulk_queue_num()):
             return
-        fd = self._nfq_fd = nfq.get_fd()
+        fd, bulk_fd = nfq.get_fd(), bulk_nfq.get_fd()
+        self._nfq_fds = [fd, bulk_fd]
+        fail_open = self.cfg.dataplane.fail_mode == "open"
         self.qsock = QueueSocket(fd, self.spec.queue_num)
-        self.qsock.configure(gso=True, fail_open=self.cfg.dataplane.fail_mode == "open")
+        self.qsock.configure(gso=True, fail_open=fail_open)
+        self.bulk_qsock = QueueSocket(bulk_fd, self.bulk_queue_num(), before=self._run_first_queue)
+        self.bulk_qsock.configure(gso=True, fail_open=fail_open)
         if self.prefilters is not None:  # the queue is this worker's: so is its prefilter chain
             self.prefilters.start()
         # what the kernel may keep from this worker (the daemon installs the ruleset for it)
@@ -248,7 +257,8 @@ class Worker:
         if self.spec.successor:
             summary = {e.name: e.summary() for e in self.pipeline.engines}
             self.out.put(("reloaded", self.spec.index, summary, self.spec.generation))
-        log.info("worker %d bound to queue %d (generation %d)", self.spec.index, self.spec.queue_num, self.spec.generation)
+        log.info("worker %d bound to queues %d and %d (generation %d)", self.spec.index, self.spec.queue_num,
+                 self.bulk_queue_num(), self.spec.generation)
         last_stats = last_tick = time.monotonic()
         hot = False  # a packet came while busy-polling: poll again after the loop's other work
         try:
@@ -256,13 +266,14 @@ class Worker:
                 deadline = self.pipeline.next_deadline()
                 wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.time()))
                 try:
-                    ready, _, _ = select.select([fd, self.wake_r], [], [], 0.0 if hot else wait)
+                    ready, _, _ = select.select([fd, bulk_fd, self.wake_r], [], [], 0.0 if hot else wait)
                 except InterruptedError:
                     continue
-                if fd in ready:
-                    self._run_queue(nfq)
-                if self.busy_poll and (hot or fd in ready):
-                    hot = self._busy_poll(nfq)
+                packets = fd in ready or bulk_fd in ready
+                if packets:
+                    self._run_queues()
+                if self.busy_poll and (hot or packets):
+                    hot = self._busy_poll()
                 if self.wake_r in ready:
                     self._drain_io()
                 self._submit_io()
@@ -276,14 +287,16 @@ class Worker:
                 if now - last_stats >= STATS_EVERY:
                     self._send_stats()
                     last_stats = now
-            self._handover(nfq, fd)
+            self._handover()
         finally:
             if self.prefilters is not None:
                 self.prefilters.close()
             self._send_stats()
-            if self.qsock is not None:
-                self.qsock.close()
+            for qsock in (self.qsock, self.bulk_qsock):
+                if qsock is not None:
+                    qsock.close()
             nfq.unbind()
+            bulk_nfq.unbind()
             self.io_pool.shutdown(wait=False, cancel_futures=True)
             self.slow_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -332,10 +345,12 @@ class Worker:
     def _become(self, index: int, queue_num: int) -> None:
         """In the forked copy: drop the sibling's queue, flows and threads; keep its engines; serve
         queue ``queue_num``."""
-        if self.qsock is not None:
-            self.qsock.sock.close()  # this process's copies of the sibling's queue socket, not the
-        os.close(self._nfq_fd)      # socket itself: the sibling keeps its queue
-        self.qsock = None
+        for qsock in (self.qsock, self.bulk_qsock):
+            if qsock is not None:  # this process's copies of the sibling's queue sockets, not the
+                qsock.sock.close()  # sockets themselves: the sibling keeps its queues
+        for fd in self._nfq_fds:
+            os.close(fd)
+        self.qsock = self.bulk_qsock = None
         os.close(self.wake_r)
         os.close(self.wake_w)
         self.out._after_fork()  # the multiprocessing queue's feeder thread did not come along
@@ -366,26 +381,29 @@ class Worker:
         except OSError:
             pass
 
-    def _handover(self, nfq: Any, fd: int) -> None:
+    def _handover(self) -> None:
         """Before unbinding, give a verdict to every packet already queued to this worker: the
         kernel drops what is still queued when a queue is unbound (its successor binds next)."""
         for _ in range(64):
             try:
-                ready, _, _ = select.select([fd], [], [], 0)
+                ready, _, _ = select.select(self._nfq_fds, [], [], 0)
             except InterruptedError:
                 continue
             if not ready:
                 return
-            self._run_queue(nfq)
+            self._run_queues()
 
-    def _bind(self, nfq: Any) -> bool:
+    def bulk_queue_num(self) -> int:
+        return bulk_queue_num(self.spec.queue_num - self.spec.index, self.cfg.dataplane.worker_count(), self.spec.index)
+
+    def _bind(self, nfq: Any, queue_num: int) -> bool:
         """Bind the queue. A successor waits here while the worker it replaces still holds it (the
         daemon has just told that one to stop): the kernel refuses a second listener."""
         maxlen = self.cfg.dataplane.queue_maxlen
         deadline = time.monotonic() + 60.0
         while True:
             try:
-                nfq.bind(self.spec.queue_num, self.on_packet, max_len=maxlen)
+                nfq.bind(queue_num, self.on_packet, max_len=maxlen)
                 return True
             except OSError:
                 if not self.spec.successor or time.monotonic() > deadline:
@@ -394,7 +412,7 @@ class Worker:
                 return False
             time.sleep(BIND_RETRY)
 
-    def _busy_poll(self, nfq: Any) -> bool:
+    def _busy_poll(self) -> bool:
         """Look at the queue without sleeping for ``dataplane.busy_poll_us`` after its last packet.
 
         A worker asleep in select() is woken by the kernel when a packet is queued; on an idle CPU
@@ -404,27 +422,43 @@ class Worker:
         came or other work is waiting (the loop does it, then calls this again); False when the
         window passed quietly and the loop may sleep. Never longer than the window without a
         packet: an idle box does not spin."""
-        assert self.qsock is not None
-        seen = self.qsock.messages
+        seen = self._messages()
         end = time.perf_counter() + self.busy_poll
         while self.running and self.io_done.empty() and not self.fork_for:
-            self._run_queue(nfq)
-            if self.qsock.messages != seen:
+            self._run_queues()
+            if self._messages() != seen:
                 return True
             if time.perf_counter() >= end:
                 return False
         return True
 
-    def _run_queue(self, nfq: Any) -> None:
+    def _messages(self) -> int:
+        return sum(q.messages for q in (self.qsock, self.bulk_qsock) if q is not None)
+
+    def _run_queues(self) -> None:
+        """Every waiting packet: the first queue's, then the bulk queue's, each bulk packet taken
+        only once the first queue is empty again (its socket's ``before``). A connection's packets
+        keep their order: the first queue is drained after a bulk packet arrived, so whatever of
+        the same connection was queued before it there has its verdict first."""
+        self._run_first_queue()
+        if self.bulk_qsock is not None:
+            self._run_queue(self.bulk_nfq, self.bulk_qsock)
+
+    def _run_first_queue(self) -> None:
+        self._run_queue(self.nfq, self.qsock)
+
+    @staticmethod
+    def _run_queue(nfq: Any, qsock: QueueSocket | None) -> None:
         try:
-            nfq.run_socket(self.qsock)  # every waiting message, whole (see agent/dataplane/nfq.py)
+            nfq.run_socket(qsock)  # every waiting message, whole (see agent/dataplane/nfq.py)
         except OSError as exc:
-            log.warning("queue recv failed: %s", exc)
+            log.warning("queue %s recv failed: %s", qsock.queue_num if qsock else "?", exc)
 
     def _send_stats(self) -> None:
         stats = self.pipeline.stats()
         stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid(),
-                           "large_packets": self.large_packets}
+                           "large_packets": self.large_packets,
+                           "bulk_packets": self.bulk_qsock.messages if self.bulk_qsock is not None else 0}
         if self.prefilters is not None:  # status.json's counters.prefilter (summed over the workers)
             stats["prefilter"] = self.prefilters.stats()
         if self.qsock is not None:  # the kernel's answer to the queue settings (agent/dataplane/nfq.py)

@@ -106,11 +106,14 @@ EXTRA_MODES: dict[str, dict[str, Any]] = {
     "agent-noips": {"engines.ips.enabled": False},
     # every file scanned by clamd, none passed from the verdict cache: what unique files cost
     "agent-nocache": {"engines.av.verdict_cache": 0},
+    # every engine, one queue per worker: downloads' segments and new connections wait in one FIFO
+    "agent-onequeue": {"dataplane.bulk_queue_kib": 0},
 }
 ALL_MODES = ("bare", "agent-w2", "agent-w1", *EXTRA_MODES)
 MODE_LABEL = {"bare": "Bare bridge", "bare-end": "Bare bridge, again after the agents", "agent-w2": "Agent, 2 workers", "agent-w1": "Agent, 1 worker",
               "agent-fw": "Agent, firewall only", "agent-ips": "Agent, firewall + IPS (ET Open)",
               "agent-noav": "Agent, all but AV", "agent-noips": "Agent, all but the IPS",
+              "agent-onequeue": "Agent, one queue per worker (no bulk queue)",
               "agent-nocache": "Agent, AV without its verdict cache"}
 
 
@@ -583,7 +586,7 @@ def method_lines(seconds: float, ladder: Sequence[float]) -> list[str]:
         "Modes, in this order: bare bridge (`Lab.bridge_bare()`: no netfilter), the agent with every engine on "
         "and 2 workers, the same with 1 worker, then two modes that show where the time goes (2 workers): the "
         "firewall alone (IPS, ATP, web filter and AV off) and the firewall with the IPS on ET Open (ATP, web "
-        "filter and AV off), and the bare bridge again; `--modes` also knows `agent-noav`, `agent-noips` and `agent-nocache` (AV scans every file: no verdict cache). Each "
+        "filter and AV off), and the bare bridge again; `--modes` also knows `agent-noav`, `agent-noips`, `agent-nocache` (AV scans every file: no verdict cache) and `agent-onequeue` (no bulk queue). Each "
         "agent mode starts afresh; conntrack is flushed before each mode. The bare bridge's ladder ends where the lab itself saturates (its "
         f"p95 more than {BARE_KNEE:g}× its p95 at the lowest rate): the agent is judged only up to there; every mode measures "
         f"the busy rate ({BUSY_RATE:g} pages/s) even when a lower step already failed. One ladder per mode, no "

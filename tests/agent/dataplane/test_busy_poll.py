@@ -24,11 +24,13 @@ class FakeQueue:
             qsock.messages += 1
 
 
-def worker(window_us: int) -> Worker:
+def worker(window_us: int, nfq: FakeQueue) -> Worker:
     w = Worker.__new__(Worker)  # the loop's state only: no queue, no pipeline
     w.busy_poll = window_us / 1e6
+    w.nfq = nfq
     w.qsock = QueueSocket.__new__(QueueSocket)
     w.qsock.messages = 0
+    w.bulk_qsock = None
     w.running = True
     w.io_done = queue.SimpleQueue()
     w.fork_for = []
@@ -36,23 +38,26 @@ def worker(window_us: int) -> Worker:
 
 
 def test_quiet_window_ends_after_the_window():
-    w, nfq = worker(2000), FakeQueue(None)
+    nfq = FakeQueue(None)
+    w = worker(2000, nfq)
     t0 = time.perf_counter()
-    assert w._busy_poll(nfq) is False  # the loop may sleep
+    assert w._busy_poll() is False  # the loop may sleep
     took = time.perf_counter() - t0
     assert took >= 0.002 and took < 1.0  # the whole window, and not much more
     assert nfq.calls > 1  # it kept looking
 
 
 def test_a_packet_returns_at_once():
-    w, nfq = worker(0), FakeQueue(3)
+    nfq = FakeQueue(3)
+    w = worker(0, nfq)
     w.busy_poll = 60.0  # a window far longer than the test: only the packet ends the poll
-    assert w._busy_poll(nfq) is True and nfq.calls == 3  # a packet came: poll again after the loop's work
+    assert w._busy_poll() is True and nfq.calls == 3  # a packet came: poll again after the loop's work
 
 
 @pytest.mark.parametrize("pending", ["io", "fork", "stop"])
 def test_other_work_ends_the_poll(pending):
-    w, nfq = worker(0), FakeQueue(None)
+    nfq = FakeQueue(None)
+    w = worker(0, nfq)
     w.busy_poll = 60.0
     if pending == "io":
         w.io_done.put((1, None, None))
@@ -60,4 +65,4 @@ def test_other_work_ends_the_poll(pending):
         w.fork_for.append(1)
     else:
         w.running = False
-    assert w._busy_poll(nfq) is True and nfq.calls == 0
+    assert w._busy_poll() is True and nfq.calls == 0

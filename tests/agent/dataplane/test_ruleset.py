@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from agent.dataplane.ruleset import (EMPTY_ACK_U32, MARK_CT_EST, MARK_CT_REPLY, MARK_HS, MARK_LOG, MARK_MASK, PF_MASK, PF_NONE,
-                                     QUEUE_MARK_MASK, SKIP_MASK, DataplaneSpec, parse_nflog_prefix, pf_block, pf_ids,
+                                     QUEUE_MARK_MASK, SKIP_MASK, DataplaneSpec, bulk_queue_num, parse_nflog_prefix, pf_block, pf_ids,
                                      render)
 from filters.firewall import parse_policy
 
@@ -56,6 +56,28 @@ def test_fast_path_and_queue():
     closed = render(DataplaneSpec("br0", "lan0", "wan0", 0, 1, False, 17, 0), policy(), 4)
     assert "-j NFQUEUE --queue-num 0\n" in closed and "bypass" not in closed
     assert "connbytes" not in closed
+
+
+def test_a_connection_past_the_bulk_threshold_goes_to_its_workers_second_queue():
+    fwd = [l for l in render(replace(SPEC, bulk_after=65536), policy(), 4).splitlines() if l.startswith("-A VCR-FWD")]
+    queue = [l for l in fwd if "NFQUEUE" in l]
+    # the bulk queue's lines first (a connection past the bytes), by the same flow hash as the first queues
+    assert queue == [
+        "-A VCR-FWD -m mark --mark 0x100/0x7fff -m connbytes --connbytes 65536: --connbytes-dir both"
+        " --connbytes-mode bytes -j NFQUEUE --queue-num 2 --queue-bypass",
+        "-A VCR-FWD -m mark --mark 0x101/0x7fff -m connbytes --connbytes 65536: --connbytes-dir both"
+        " --connbytes-mode bytes -j NFQUEUE --queue-num 3 --queue-bypass",
+        "-A VCR-FWD -m mark --mark 0x100/0x7fff -j NFQUEUE --queue-num 0 --queue-bypass",
+        "-A VCR-FWD -m mark --mark 0x101/0x7fff -j NFQUEUE --queue-num 1 --queue-bypass",
+        "-A VCR-FWD -j NFQUEUE --queue-balance 0:1 --queue-bypass"]
+    # after the HMARK that picks the worker and the direction marks the worker reads
+    assert fwd.index(queue[0]) > max(n for n, l in enumerate(fwd) if "HMARK" in l or "MARK --set-xmark 0x8" in l)
+    assert [bulk_queue_num(0, 2, i) for i in range(2)] == [2, 3]
+    one = render(replace(SPEC, workers=1, queue_base=10, bulk_after=4096, fail_open=False), policy(), 6).splitlines()
+    assert [l for l in one if "NFQUEUE" in l] == [
+        "-A VCR-FWD -m connbytes --connbytes 4096: --connbytes-dir both --connbytes-mode bytes -j NFQUEUE --queue-num 11",
+        "-A VCR-FWD -j NFQUEUE --queue-num 10"]
+    assert "connbytes 65536:" not in render(SPEC, policy(), 4)  # 0: one queue
 
 
 def test_only_own_chains_declared():
