@@ -153,6 +153,9 @@ def test_cnc_alarms_from_a_pc_reach_the_contact_as_one_grouped_mail(office: Lab,
     assert len(mails) == 1, [str(m["Subject"]) for m in mails]
     m = mails[0]
     assert m["Delivered-To"] == CONTACT and CONTACT in str(m["To"])
+    # the C&C alarms the center holds once the window closed (a retransmitted SYN to the C&C address
+    # or a retried look-up may have added one after the count above): the mail counts each of them
+    atp = [x for x in center.alarms(device_id) if isinstance(x["event"].get("atp"), dict)]
     n = len(atp)
     assert str(m["Subject"]) == f"[VCR 運用センター] 重大なアラーム {n} 件 / {n} severe alarms (契約 / contract {CONTRACT})"
     body = m.get_content()
