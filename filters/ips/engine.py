@@ -74,6 +74,10 @@ class _TxMemo:
     bufs: dict[str, list[bytes]] = field(default_factory=dict)  # buffers that cannot change in this stage
     # (rule, buffer) -> the buffer in which that rule's required content was last found missing
     absent: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    # rules with a required content missing from a buffer that cannot change within the stage
+    # (not _GROWING: a status code, a header...): they cannot match before the stage changes, so
+    # the body events that follow skip them without a look (emptied with ``bufs``)
+    dead: set[int] = field(default_factory=set)
 
     def begin(self) -> None:
         self.checked.clear()
@@ -874,6 +878,7 @@ class Ips(Engine):
             steady = ev.stage in _BODY_STAGES and memo.stage == ev.stage
             if not steady:
                 memo.bufs = {}
+                memo.dead.clear()
                 memo.prefilter.pop(("static", _GROWING), None)
             memo.stage = ev.stage
             kept = memo.bufs
@@ -941,6 +946,8 @@ class Ips(Engine):
         out: list[Decision] = []
         for info in infos:
             if tx_key is not None and st.fired_tx is not None and (tx_key, info.rule.gid, info.rule.sid) in st.fired_tx:
+                continue
+            if memo is not None and info.idx in memo.dead:
                 continue
             seen = None
             r = info.rule
@@ -1177,7 +1184,9 @@ def _minimal_patterns(pats: set[KernelPattern]) -> frozenset[KernelPattern]:
 def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _TxMemo) -> bool:
     """Whether one of the rule's required contents (RuleInfo.required) is not in its buffer, so
     the rule cannot match. A buffer that grew from the one the content was last missing from (a
-    body in progress) is searched from the end of that one only, less the content's length."""
+    body in progress) is searched from the end of that one only, less the content's length. A
+    content missing from a buffer that cannot change within the stage marks the rule dead in
+    ``memo`` for the rest of the stage (``_TxMemo.dead``)."""
     for name, needle, nocase in info.required:
         datas = buffers(name)
         if len(datas) != 1:
@@ -1188,6 +1197,8 @@ def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _
         start = 0
         if ref is not None:
             if data is ref:
+                if name not in _GROWING:
+                    memo.dead.add(info.idx)
                 return True
             if len(data) > len(ref) and data.startswith(ref):
                 start = max(0, len(ref) - len(needle) + 1)
@@ -1197,6 +1208,8 @@ def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _
             missing = data.find(needle, start) < 0
         if missing:
             memo.absent[key] = data
+            if name not in _GROWING:
+                memo.dead.add(info.idx)
             return True
         if ref is not None:
             del memo.absent[key]
