@@ -795,9 +795,19 @@ class Ips(Engine):
         if st.passed:
             return None
         tail, before = (st.tail_ts, st.hits_ts) if to_server else (st.tail_tc, st.hits_tc)
+        group, infos = self.detector.groups["stream"], self.detector.infos
+        if not group.rules:
+            # no stream rule loaded (a rule set of app-layer rules): only the tail is kept, for
+            # the stream rules a reload may bring (a match across the reload's chunk boundary)
+            if self.stream_tail:
+                keep = data[-self.stream_tail:] if len(data) >= self.stream_tail else (tail + data)[-self.stream_tail:]
+                if to_server:
+                    st.tail_ts = keep
+                else:
+                    st.tail_tc = keep
+            return None
         window = tail + data
         keep = window[-self.stream_tail:] if self.stream_tail else b""
-        group, infos = self.detector.groups["stream"], self.detector.infos
         hits = group.window_hits(tail, window, before, infos)
         now = (tuple(hits) if hits else ()) if hits is not None and keep else None
         if to_server:
