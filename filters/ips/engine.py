@@ -310,6 +310,8 @@ class Ips(Engine):
         self._class_cache: tuple[Any, dict[tuple[Any, ...], _HeaderClass]] = (None, {})
         self._interned: dict[tuple[RuleInfo, ...], tuple[RuleInfo, ...]] = {}  # distinct answers of both caches
         self._iponly_cache: tuple[Any, dict[tuple[Any, ...], tuple[RuleInfo, ...]]] = (None, {})
+        # per flow app protocol, for the rule set it was worked out for (_app_fit)
+        self._app_fit_cache: tuple[Any, dict[str, tuple[bool, bool]]] = (None, {})
         self._app_before: str | None = None
         self._files: list[Path] = []
         self._classification: Mapping[str, tuple[str, int]] | None = None
@@ -491,9 +493,25 @@ class Ips(Engine):
         app = flow_app_proto(flow)
         if app in (None, "unknown"):
             return bool(det.app_protos) and flow.proto in (PROTO_TCP, PROTO_UDP)
-        if app in _CAN_CHANGE and any(app not in _aliases(p) for p in det.app_protos) and not _changed(flow):
+        other, fits = self._app_fit(app)
+        if other and app in _CAN_CHANGE and not _changed(flow):
             return True  # HTTP CONNECT/Upgrade, SMTP STARTTLS: another protocol may follow
-        return app != "failed" and ("*" in det.app_protos or any(app in _aliases(p) for p in det.app_protos))
+        return fits
+
+    def _app_fit(self, app: str) -> tuple[bool, bool]:
+        """For a flow of app protocol ``app``: (has a loaded app rule another protocol, could an
+        app rule match the flow), worked out once per protocol and rule set (asked on every
+        packet of a flow, through needs_more)."""
+        det = self.detector
+        cache = self._app_fit_cache
+        if cache[0] is not det:  # a reload: the new rules answer afresh
+            cache = self._app_fit_cache = (det, {})
+        got = cache[1].get(app)
+        if got is None:
+            got = cache[1][app] = (
+                any(app not in _aliases(p) for p in det.app_protos),
+                app != "failed" and ("*" in det.app_protos or any(app in _aliases(p) for p in det.app_protos)))
+        return got
 
     def kernel_filter(self, flow: Any) -> KernelFilter | None:
         """The patterns without which no later packet of ``flow`` can match a loaded rule, per
