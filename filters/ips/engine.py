@@ -74,6 +74,10 @@ class _TxMemo:
     bufs: dict[str, list[bytes]] = field(default_factory=dict)  # buffers that cannot change in this stage
     # (rule, buffer) -> the buffer in which that rule's required content was last found missing
     absent: dict[tuple[int, str], bytes] = field(default_factory=dict)
+    # rules with a required content missing from a buffer that cannot change within the stage
+    # (not _GROWING: a status code, a header...): they cannot match before the stage changes, so
+    # the body events that follow skip them without a look (emptied with ``bufs``)
+    dead: set[int] = field(default_factory=set)
 
     def begin(self) -> None:
         self.checked.clear()
@@ -306,6 +310,8 @@ class Ips(Engine):
         self._class_cache: tuple[Any, dict[tuple[Any, ...], _HeaderClass]] = (None, {})
         self._interned: dict[tuple[RuleInfo, ...], tuple[RuleInfo, ...]] = {}  # distinct answers of both caches
         self._iponly_cache: tuple[Any, dict[tuple[Any, ...], tuple[RuleInfo, ...]]] = (None, {})
+        # per flow app protocol, for the rule set it was worked out for (_app_fit)
+        self._app_fit_cache: tuple[Any, dict[str, tuple[bool, bool]]] = (None, {})
         self._app_before: str | None = None
         self._files: list[Path] = []
         self._classification: Mapping[str, tuple[str, int]] | None = None
@@ -487,9 +493,25 @@ class Ips(Engine):
         app = flow_app_proto(flow)
         if app in (None, "unknown"):
             return bool(det.app_protos) and flow.proto in (PROTO_TCP, PROTO_UDP)
-        if app in _CAN_CHANGE and any(app not in _aliases(p) for p in det.app_protos) and not _changed(flow):
+        other, fits = self._app_fit(app)
+        if other and app in _CAN_CHANGE and not _changed(flow):
             return True  # HTTP CONNECT/Upgrade, SMTP STARTTLS: another protocol may follow
-        return app != "failed" and ("*" in det.app_protos or any(app in _aliases(p) for p in det.app_protos))
+        return fits
+
+    def _app_fit(self, app: str) -> tuple[bool, bool]:
+        """For a flow of app protocol ``app``: (has a loaded app rule another protocol, could an
+        app rule match the flow), worked out once per protocol and rule set (asked on every
+        packet of a flow, through needs_more)."""
+        det = self.detector
+        cache = self._app_fit_cache
+        if cache[0] is not det:  # a reload: the new rules answer afresh
+            cache = self._app_fit_cache = (det, {})
+        got = cache[1].get(app)
+        if got is None:
+            got = cache[1][app] = (
+                any(app not in _aliases(p) for p in det.app_protos),
+                app != "failed" and ("*" in det.app_protos or any(app in _aliases(p) for p in det.app_protos)))
+        return got
 
     def kernel_filter(self, flow: Any) -> KernelFilter | None:
         """The patterns without which no later packet of ``flow`` can match a loaded rule, per
@@ -791,9 +813,19 @@ class Ips(Engine):
         if st.passed:
             return None
         tail, before = (st.tail_ts, st.hits_ts) if to_server else (st.tail_tc, st.hits_tc)
+        group, infos = self.detector.groups["stream"], self.detector.infos
+        if not group.rules:
+            # no stream rule loaded (a rule set of app-layer rules): only the tail is kept, for
+            # the stream rules a reload may bring (a match across the reload's chunk boundary)
+            if self.stream_tail:
+                keep = data[-self.stream_tail:] if len(data) >= self.stream_tail else (tail + data)[-self.stream_tail:]
+                if to_server:
+                    st.tail_ts = keep
+                else:
+                    st.tail_tc = keep
+            return None
         window = tail + data
         keep = window[-self.stream_tail:] if self.stream_tail else b""
-        group, infos = self.detector.groups["stream"], self.detector.infos
         hits = group.window_hits(tail, window, before, infos)
         now = (tuple(hits) if hits else ()) if hits is not None and keep else None
         if to_server:
@@ -874,6 +906,7 @@ class Ips(Engine):
             steady = ev.stage in _BODY_STAGES and memo.stage == ev.stage
             if not steady:
                 memo.bufs = {}
+                memo.dead.clear()
                 memo.prefilter.pop(("static", _GROWING), None)
             memo.stage = ev.stage
             kept = memo.bufs
@@ -941,6 +974,8 @@ class Ips(Engine):
         out: list[Decision] = []
         for info in infos:
             if tx_key is not None and st.fired_tx is not None and (tx_key, info.rule.gid, info.rule.sid) in st.fired_tx:
+                continue
+            if memo is not None and info.idx in memo.dead:
                 continue
             seen = None
             r = info.rule
@@ -1177,7 +1212,9 @@ def _minimal_patterns(pats: set[KernelPattern]) -> frozenset[KernelPattern]:
 def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _TxMemo) -> bool:
     """Whether one of the rule's required contents (RuleInfo.required) is not in its buffer, so
     the rule cannot match. A buffer that grew from the one the content was last missing from (a
-    body in progress) is searched from the end of that one only, less the content's length."""
+    body in progress) is searched from the end of that one only, less the content's length. A
+    content missing from a buffer that cannot change within the stage marks the rule dead in
+    ``memo`` for the rest of the stage (``_TxMemo.dead``)."""
     for name, needle, nocase in info.required:
         datas = buffers(name)
         if len(datas) != 1:
@@ -1188,6 +1225,8 @@ def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _
         start = 0
         if ref is not None:
             if data is ref:
+                if name not in _GROWING:
+                    memo.dead.add(info.idx)
                 return True
             if len(data) > len(ref) and data.startswith(ref):
                 start = max(0, len(ref) - len(needle) + 1)
@@ -1197,6 +1236,8 @@ def _still_absent(info: RuleInfo, buffers: Callable[[str], list[bytes]], memo: _
             missing = data.find(needle, start) < 0
         if missing:
             memo.absent[key] = data
+            if name not in _GROWING:
+                memo.dead.add(info.idx)
             return True
         if ref is not None:
             del memo.absent[key]

@@ -287,35 +287,28 @@ class Group:
         buffer unchanged since is not scanned again, and a grown one (a body in progress) only
         from where the last scan ended, less the longest pattern. The hits are the same as a scan
         of every whole buffer. ``changing``: with ``memo``, only these buffers can have changed
-        since the last call; the hits of the others are united once and kept in ``memo`` (the
-        caller drops that entry, ``("static", changing)``, when the others may change).
+        since the last call; the hits of the others are united once with the unprefiltered
+        candidates (the event's addresses do not change either) and kept in ``memo`` (the caller
+        drops that entry, ``("static", changing)``, when the others may change).
         ``base``: the unprefiltered candidates, already worked out (per flow). ``app``: the app
         protocol whose buffers ``buffers`` gives (the buffers of other protocols are empty then).
         ``to_server``: the direction of the event (None: rules of either). ``hits``: the
         prefilter hits, already worked out (window_hits): no prefilter is scanned."""
         prefilters = self.prefilters_for(app, to_server)
-        if base is not None:
-            found = set(base)
-        elif not self.always:  # every rule of the group has a fast pattern (the stream group)
-            found = set()
-        elif addrs is not None and self.index is not None:
-            found = self.index.lookup(*addrs)
-        else:
-            found = set(self.always)
-        if hits is not None:
-            found |= hits
-        elif changing is not None and memo is not None:
+        if hits is None and changing is not None and memo is not None:
+            # the unprefiltered candidates (by the event's addresses) and the hits of the buffers
+            # that cannot change, worked out on the stage's first event and kept for the others
             static_key = ("static", changing)
             static = memo.get(static_key)
             if static is None:
-                static = set()
+                static = self._base(base, addrs)
                 for key, pf in prefilters:
                     if key[0] not in changing:
                         datas = buffers(key[0])
                         if datas:
                             self._prefilter(key, pf, datas, memo, static)
                 memo[static_key] = static
-            found |= static
+            found = set(static)
             grown = self.by_change.get((app, to_server, changing))
             if grown is None:  # each event of a body in progress: only these, not a walk over all
                 grown = self.by_change[(app, to_server, changing)] = [kp for kp in prefilters if kp[0][0] in changing]
@@ -324,15 +317,30 @@ class Group:
                 if datas:
                     self._prefilter(key, pf, datas, memo, found)
         else:
-            prefilter = self._prefilter
-            for key, pf in prefilters:
-                datas = buffers(key[0])
-                if datas:  # most of an event's buffers are absent (no body, cookie, referer...): no call
-                    prefilter(key, pf, datas, memo, found)
+            found = self._base(base, addrs)
+            if hits is not None:
+                found |= hits
+            else:
+                prefilter = self._prefilter
+                for key, pf in prefilters:
+                    datas = buffers(key[0])
+                    if datas:  # most of an event's buffers are absent (no body, cookie, referer...): no call
+                        prefilter(key, pf, datas, memo, found)
         out = [infos[i] for i in found]
         if len(out) > 1:
             out.sort(key=evaluation_order)
         return out
+
+    def _base(self, base: Iterable[int] | None, addrs: tuple[bytes, bytes] | None) -> set[int]:
+        """The unprefiltered candidates (a new set): ``base``, or the rules without a fast pattern
+        whose addresses could match ``addrs`` (all of them without addresses)."""
+        if base is not None:
+            return set(base)
+        if not self.always:  # every rule of the group has a fast pattern (the stream group)
+            return set()
+        if addrs is not None and self.index is not None:
+            return self.index.lookup(*addrs)
+        return set(self.always)
 
     @staticmethod
     def _prefilter(key: PrefilterKey, pf: Prefilter, datas: Sequence[bytes],

@@ -114,6 +114,8 @@ alert http any any -> any any (msg:"late nocase"; file.data; content:"FASTPAT-EA
 alert http any any -> any any (msg:"late flowbit"; flowbits:set,late.seen; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"flowbit-late"; sid:13; rev:1;)
 alert http any any -> any any (msg:"only in a header"; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"octet-stream"; sid:14; rev:1;)
 alert http any any -> any any (msg:"relative late"; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"rel-one"; content:"rel-two"; distance:0; sid:15; rev:1;)
+alert http any any -> any any (msg:"status never"; http.stat_code; content:"403"; file.data; content:"FASTPAT-EARLY"; fast_pattern; sid:16; rev:1;)
+alert http any any -> any any (msg:"header and late"; http.content_type; content:"octet"; file.data; content:"FASTPAT-EARLY"; fast_pattern; content:"needle-late-across"; sid:17; rev:1;)
 '''
 LATE_MARKS = {100: b"FASTPAT-EARLY", 10_001 - 18: b"needle-late-across", 15_000 - 5: b"mixed-case-late",
               18_000 - 3: b"flowbit-late", 12_000: b"rel-two", 12_500: b"rel-one", 19_000 - 2: b"rel-two"}
@@ -123,8 +125,9 @@ def test_late_contents_fire_at_the_completing_packet(tmp_path: Path) -> None:
     pkts = http_flow(body_with(LATE_MARKS))
     alerts = run(tmp_path, pkts, LATE_RULES)
     at = {a["alert"]["signature_id"]: a["pcap_cnt"] for a in alerts}
-    assert sorted(at) == [11, 12, 13, 15] and len(alerts) == 4  # 14: "octet-stream" is in a header only
-    assert at[11] == packet_of(pkts, b"needle-late-across", 10_001 - 18)
+    # 14: "octet-stream" is in a header only; 16: the status is 200
+    assert sorted(at) == [11, 12, 13, 15, 17] and len(alerts) == 5
+    assert at[11] == at[17] == packet_of(pkts, b"needle-late-across", 10_001 - 18)
     assert at[12] == packet_of(pkts, b"mixed-case-late", 15_000 - 5)
     assert at[13] == packet_of(pkts, b"flowbit-late", 18_000 - 3)
     assert at[15] == packet_of(pkts, b"rel-two", 19_000 - 2)  # the rel-two before rel-one does not count
@@ -144,6 +147,25 @@ def test_late_contents_alert_as_a_full_evaluation_does(tmp_path: Path, monkeypat
     want = [[(a["pcap_cnt"], a["alert"]["signature_id"]) for a in run(tmp_path, p, rules)] for p in captures]
     assert got == want
     assert all(got)  # every capture alerts: the comparison is not between two empty lists
+
+
+def test_a_rule_missing_a_static_content_is_not_looked_at_again_in_its_body(tmp_path: Path, monkeypatch) -> None:
+    """sid 16 needs status 403 (the response's is 200): found missing on the first body event, the
+    rule is dead for the rest of the body (_TxMemo.dead), not searched again on each segment."""
+    from filters.ips import engine
+
+    calls: list[int] = []
+    still_absent = engine._still_absent
+
+    def counted(info, buffers, memo):
+        if info.rule.sid == 16:
+            calls.append(info.rule.sid)
+        return still_absent(info, buffers, memo)
+
+    monkeypatch.setattr(engine, "_still_absent", counted)
+    pkts = http_flow(body_with(LATE_MARKS))
+    assert sorted(a["alert"]["signature_id"] for a in run(tmp_path, pkts, LATE_RULES)) == [11, 12, 13, 15, 17]
+    assert len(calls) == 2  # 199 body segments after "FASTPAT-EARLY": one look in the body, one at its end
 
 
 def test_required_content_search_of_new_bytes_agrees_with_a_whole_search() -> None:

@@ -46,6 +46,17 @@ def test_needs_more_on_http2_flows(tmp_path: Path, rule_proto: str, proto: AppPr
     assert ips.needs_more(flow_of(proto, changed=changed)) is keep
 
 
+def test_needs_more_asks_a_reloaded_rule_set_afresh(tmp_path: Path) -> None:
+    """The answer per app protocol is kept per rule set (Ips._app_fit): one for every packet of
+    the flow, and a reload's rules answer anew."""
+    ips = ips_with(tmp_path, 'alert dns any any -> any any (msg:"x"; dns.query; content:"a"; sid:1;)')
+    assert ips.needs_more(flow_of(AppProto.HTTP2)) is False and ips.needs_more(flow_of(AppProto.HTTP2)) is False
+    path = tmp_path / "new.rules"
+    path.write_text('alert http2 any any -> any any (msg:"x"; http.uri; content:"/a"; sid:2;)\n')
+    ips.reload([path])
+    assert ips.needs_more(flow_of(AppProto.HTTP2)) is True
+
+
 def test_app_layer_protocol_keyword(tmp_path: Path) -> None:
     ips = ips_with(tmp_path,
                    'alert http any any -> any any (msg:"any http"; app-layer-protocol:http; http.uri; content:"/evil"; sid:1;)',

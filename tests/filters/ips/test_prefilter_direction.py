@@ -49,3 +49,32 @@ def test_either_direction_is_the_union_the_engine_then_filters() -> None:
     # what Ips._app kept of the union before the split, per direction
     for to_server in (True, False):
         assert candidates(to_server)[0] == [s for s in candidates(None)[0] if to_server in by_sid[s].dirs]
+
+
+BODY_RULES = RULES + r'''
+alert http 10.0.0.0/8 any -> any any (msg:"no fast pattern, by address"; http.stat_code; pcre:"/^2/"; sid:7; rev:1;)
+alert http 192.168.0.0/16 any -> any any (msg:"no fast pattern, other address"; file.data; pcre:"/late/"; sid:8; rev:1;)
+alert http any any -> any any (msg:"late body"; file.data; content:"latemark"; sid:9; rev:1;)
+'''
+
+
+def test_a_body_in_progress_has_the_candidates_of_a_full_look_at_each_event() -> None:
+    """Group.candidates with ``changing`` (the events of a body in progress after the first): the
+    unprefiltered rules and the static buffers' hits kept from the first event, the growing
+    buffers scanned from where they were, give what a look at every whole buffer gives."""
+    from filters.ips.engine import _GROWING
+
+    det = Detector(load_text(BODY_RULES, Variables.suricata_defaults()).rules)
+    group = det.groups["app"]
+    static = {k: v for k, v in BUFFERS.items() if k != "file.data"}
+    body = b""
+    memo: dict = {}
+    for n, chunk in enumerate([b"..", b"bodymark", b"." * 3000, b"late", b"mark..", b"answermark"]):
+        body += chunk
+        bufs = dict(static, **{"file.data": [body]})
+        addrs = (bytes([10, 0, 0, 1]), bytes([8, 8, 8, 8]))
+        want = group.candidates(lambda name: bufs.get(name, []), det.infos, addrs, app="http", to_server=False)
+        got = group.candidates(lambda name: bufs.get(name, []), det.infos, addrs, memo=memo,
+                               changing=_GROWING if n else None, app="http", to_server=False)
+        assert [i.rule.sid for i in got] == [i.rule.sid for i in want], n
+    assert {i.rule.sid for i in want} >= {2, 3, 7, 9} and 8 not in {i.rule.sid for i in want}

@@ -78,3 +78,18 @@ def test_flowbits_and_a_pass_carry_over_a_reload(tmp_path: Path) -> None:
     pipe.replace_engines([ips_with(tmp_path, "new", OTHER_PORT, checker, setter)])
     admin, _ = request(b"/admin", n, 1.3)
     assert sids(pipe, admin) == [11]
+
+
+def test_a_match_across_the_reload_chunk_boundary_with_no_stream_rule_before(tmp_path: Path) -> None:
+    """Without stream rules the IPS still keeps each direction's tail (Ips.on_stream): a reload
+    that brings one sees a content that began in the last chunk before it."""
+    pipe = Pipeline([ips_with(tmp_path, "old", OTHER_URI)], FlowTable())
+    pipe.process(tpacket(tcp_flags=SYN, seq=CISN, ack=0), object())
+    pipe.process(tpacket(reply=True, tcp_flags=SYN | ACK, seq=SISN, ack=CISN + 1), object())
+    pipe.process(tpacket(tcp_flags=ACK, seq=CISN + 1, ack=SISN + 1), object())
+    head = b"GET /index.html HTTP/1.1\r\nX-Note: SPLIT-"
+    assert sids(pipe, tpacket(tcp_flags=ACK | PSH, seq=CISN + 1, ack=SISN + 1, payload=head, ts=1.1)) == []
+    stream_rule = 'alert tcp any any -> any any (msg:"split"; flow:to_server,established; content:"SPLIT-MARK"; sid:3; rev:1;)'
+    pipe.replace_engines([ips_with(tmp_path, "new", stream_rule, OTHER_URI)])
+    rest = b"MARK\r\nHost: www.example.org\r\n\r\n"
+    assert sids(pipe, tpacket(tcp_flags=ACK | PSH, seq=CISN + 1 + len(head), ack=SISN + 1, payload=rest, ts=1.2)) == [3]
