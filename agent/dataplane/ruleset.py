@@ -182,12 +182,11 @@ def _queue_lines(spec: DataplaneSpec) -> list[str]:
                 f"-A VCR-FWD -j NFQUEUE --queue-num {spec.queue_base}{bypass}"]
     lines = [f"-A VCR-FWD -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod {spec.workers}"
              f" --hmark-offset 0x{FLOW_HASH_BASE:x} --hmark-rnd 0x{FLOW_HASH_SEED:x}", reply, est]
+    worker = [f"-A VCR-FWD -m mark --mark 0x{FLOW_HASH_BASE + i:x}/0x{QUEUE_MARK_MASK:x}" for i in range(spec.workers)]
     if bulk:
-        lines += [f"-A VCR-FWD -m mark --mark 0x{FLOW_HASH_BASE + i:x}/0x{QUEUE_MARK_MASK:x}{bulk} -j NFQUEUE"
-                  f" --queue-num {bulk_queue_num(spec.queue_base, spec.workers, i)}{bypass}" for i in range(spec.workers)]
-    for i in range(spec.workers):
-        lines.append(f"-A VCR-FWD -m mark --mark 0x{FLOW_HASH_BASE + i:x}/0x{QUEUE_MARK_MASK:x} -j NFQUEUE"
-                     f" --queue-num {spec.queue_base + i}{bypass}")
+        lines += [f"{match}{bulk} -j NFQUEUE --queue-num {bulk_queue_num(spec.queue_base, spec.workers, i)}{bypass}"
+                  for i, match in enumerate(worker)]
+    lines += [f"{match} -j NFQUEUE --queue-num {spec.queue_base + i}{bypass}" for i, match in enumerate(worker)]
     # A mark outside the range cannot happen; should it, the balance target still queues the packet.
     lines.append(f"-A VCR-FWD -j NFQUEUE --queue-balance {spec.queue_base}:{spec.queue_base + spec.workers - 1}{bypass}")
     return lines

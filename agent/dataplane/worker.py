@@ -240,14 +240,16 @@ class Worker:
         for i in range(min(MAX_FORK_SIGNALS, signal.SIGRTMAX - signal.SIGRTMIN + 1)):
             signal.signal(fork_signal(i), self._fork_request)
         nfq, bulk_nfq = self.nfq, self.bulk_nfq = NetfilterQueue(), NetfilterQueue()
-        if not self._bind(nfq, self.spec.queue_num) or not self._bind(bulk_nfq, self.bulk_queue_num()):
+        # the bulk queue's number (agent/dataplane/ruleset.py), from the first queue's as _fork_sibling does
+        bulk_num = bulk_queue_num(self.spec.queue_num - self.spec.index, self.cfg.dataplane.worker_count(), self.spec.index)
+        if not self._bind(nfq, self.spec.queue_num) or not self._bind(bulk_nfq, bulk_num):
             return
         fd, bulk_fd = nfq.get_fd(), bulk_nfq.get_fd()
         self._nfq_fds = [fd, bulk_fd]
         fail_open = self.cfg.dataplane.fail_mode == "open"
         self.qsock = QueueSocket(fd, self.spec.queue_num)
         self.qsock.configure(gso=True, fail_open=fail_open)
-        self.bulk_qsock = QueueSocket(bulk_fd, self.bulk_queue_num(), before=self._run_first_queue)
+        self.bulk_qsock = QueueSocket(bulk_fd, bulk_num, before=self._run_first_queue)
         self.bulk_qsock.configure(gso=True, fail_open=fail_open)
         if self.prefilters is not None:  # the queue is this worker's: so is its prefilter chain
             self.prefilters.start()
@@ -258,7 +260,7 @@ class Worker:
             summary = {e.name: e.summary() for e in self.pipeline.engines}
             self.out.put(("reloaded", self.spec.index, summary, self.spec.generation))
         log.info("worker %d bound to queues %d and %d (generation %d)", self.spec.index, self.spec.queue_num,
-                 self.bulk_queue_num(), self.spec.generation)
+                 bulk_num, self.spec.generation)
         last_stats = last_tick = time.monotonic()
         hot = False  # a packet came while busy-polling: poll again after the loop's other work
         try:
@@ -392,9 +394,6 @@ class Worker:
             if not ready:
                 return
             self._run_queues()
-
-    def bulk_queue_num(self) -> int:
-        return bulk_queue_num(self.spec.queue_num - self.spec.index, self.cfg.dataplane.worker_count(), self.spec.index)
 
     def _bind(self, nfq: Any, queue_num: int) -> bool:
         """Bind the queue. A successor waits here while the worker it replaces still holds it (the

@@ -24,21 +24,21 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from agent.dataplane.ruleset import EMPTY_ACK_U32, FLOW_HASH_BASE, FLOW_HASH_SEED, QUEUE_MARK_MASK
+from agent.dataplane.ruleset import EMPTY_ACK_U32, DataplaneSpec, _queue_lines
 
 CHAIN = "VCR-QF"
 MODE = "queue floor"
 
 
 def ruleset(workers: int) -> str:
-    """iptables-restore text: empty ACKs and SYN+ACKs accepted, everything else to a worker's queue."""
+    """iptables-restore text: empty ACKs and SYN+ACKs accepted, everything else to a worker's queue
+    by the agent's own queue lines (one queue per worker, fail-open)."""
+    spec = DataplaneSpec("br0", "lan0", "wan0", queue_base=0, workers=workers, fail_open=True, nflog_group=0,
+                         stream_depth=0)
     lines = ["*filter", f":{CHAIN} - [0:0]", f"-A FORWARD -i br0 -o br0 -j {CHAIN}",
              f"-A {CHAIN} -p tcp --tcp-flags SYN,ACK,FIN,RST ACK {EMPTY_ACK_U32[4]} -j ACCEPT",
              f"-A {CHAIN} -p tcp --tcp-flags SYN,ACK,FIN,RST SYN,ACK {EMPTY_ACK_U32[4]} -j ACCEPT",
-             f"-A {CHAIN} -j HMARK --hmark-tuple src,dst,sport,dport,proto --hmark-mod {workers}"
-             f" --hmark-offset 0x{FLOW_HASH_BASE:x} --hmark-rnd 0x{FLOW_HASH_SEED:x}"]
-    lines += [f"-A {CHAIN} -m mark --mark 0x{FLOW_HASH_BASE + i:x}/0x{QUEUE_MARK_MASK:x} -j NFQUEUE --queue-num {i}"
-              " --queue-bypass" for i in range(workers)]
+             *(line.replace("-A VCR-FWD ", f"-A {CHAIN} ", 1) for line in _queue_lines(spec))]
     return "\n".join([*lines, "COMMIT", ""])
 
 
@@ -55,11 +55,6 @@ def worker(queue: int) -> None:
     while True:
         select.select([nfq.get_fd()], [], [])
         nfq.run_socket(qsock)
-
-
-def queued(lab: object) -> int:
-    text = lab.exec("utm", ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout  # type: ignore[attr-defined]
-    return sum(int(line.split()[7]) for line in text.splitlines() if line.strip())
 
 
 def measure(seconds: float, runs: int, workers: int) -> dict[str, list[float]]:
@@ -85,10 +80,11 @@ def measure(seconds: float, runs: int, workers: int) -> dict[str, list[float]]:
                                    name=f"queuefloor-{i}", env=helper_env()) for i in range(workers)]
                 try:
                     time.sleep(1.5)
-                    before = queued(lab)
+                    before = sum(q.id_sequence for q in bench.nfqueue().values())
                     rate = bench.connections(MODE)["conn_rate"]
                     res[MODE].append(rate)
-                    res["per connection"].append((queued(lab) - before) / max(rate * seconds, 1.0))
+                    after = sum(q.id_sequence for q in bench.nfqueue().values())
+                    res["per connection"].append((after - before) / max(rate * seconds, 1.0))
                 finally:
                     for p in procs:
                         p.kill()
