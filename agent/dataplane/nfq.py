@@ -10,11 +10,14 @@
 
 The settings go out on the queue's own socket (the kernel only takes them from the socket bound
 to the queue). ``QueueSocket`` then stands in for that socket in ``NetfilterQueue.run_socket``:
-it receives up to 64 KiB + headers per message (the library's own loop reads 4 KiB) and takes
-the kernel's answer to the settings out of the stream of packets.
+it receives up to 64 KiB + headers per message (the library's own loop reads 4 KiB), takes
+the kernel's answer to the settings out of the stream of packets, and ends the library's loop
+after a quota of packets (``QueueSocket.quota``), so that a queue that never empties cannot keep
+the worker from its other queue and its other work.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -33,6 +36,8 @@ NFQA_CFG_MASK = 4
 NFQA_CFG_FLAGS = 5
 NFQA_CFG_F_FAIL_OPEN = 1 << 0
 NFQA_CFG_F_GSO = 1 << 2
+NFQA_PAYLOAD = 10
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 NFQNL_COPY_PACKET = 2
 COPY_RANGE = 0xFFFF
 RECV_SIZE = 0x10000 + 4096  # one whole packet plus its netlink and nfqueue headers
@@ -63,14 +68,51 @@ def netlink_error(data: bytes) -> int | None:
     return -struct.unpack_from("=i", data, 16)[0]
 
 
+def packet_connection(message: bytes) -> tuple | None:
+    """The connection of the packet in a queued-packet message: ``(protocol, one end, other end)``,
+    the ends ``(address, port)`` in a fixed order so that both directions give the same key; None
+    when the message holds no IPv4 or IPv6 packet. Ports are 0 for a non-first fragment and for
+    protocols without ports (and behind IPv6 extension headers: such a key is only coarser)."""
+    if len(message) < 20:
+        return None
+    end = min(len(message), struct.unpack_from("=I", message, 0)[0])
+    off = 20  # nlmsghdr (16 bytes) and nfgenmsg (4)
+    while off + 4 <= end:
+        size, kind = struct.unpack_from("=HH", message, off)
+        if size < 4:
+            return None
+        if kind & NLA_TYPE_MASK == NFQA_PAYLOAD:
+            return _ip_connection(message[off + 4:min(off + size, end)])
+        off += (size + 3) & ~3
+    return None
+
+
+def _ip_connection(ip: bytes) -> tuple | None:
+    if len(ip) >= 20 and ip[0] >> 4 == 4:
+        proto, src, dst, l4 = ip[9], ip[12:16], ip[16:20], (ip[0] & 0x0F) * 4
+        later_fragment = struct.unpack_from("!H", ip, 6)[0] & 0x1FFF
+    elif len(ip) >= 40 and ip[0] >> 4 == 6:
+        proto, src, dst, l4, later_fragment = ip[6], ip[8:24], ip[24:40], 40, 0
+    else:
+        return None
+    sport = dport = 0
+    if proto in (6, 17, 132) and not later_fragment and len(ip) >= l4 + 4:
+        sport, dport = struct.unpack_from("!HH", ip, l4)
+    a, b = (src, sport), (dst, dport)
+    return (proto, a, b) if a <= b else (proto, b, a)
+
+
 class QueueSocket:
     """The worker's end of its queue: settings out, packets in (for ``NetfilterQueue.run_socket``)."""
 
-    def __init__(self, fd: int, queue_num: int, before: Callable[[], None] | None = None) -> None:
+    def __init__(self, fd: int, queue_num: int, before: Callable[[bytes], None] | None = None) -> None:
         self.queue_num = queue_num
-        # Called with each packet received, before it is handed on: the bulk queue's socket
-        # drains the worker's first queue there (agent/dataplane/worker.py)
+        # Called with each packet's message as it is received, before it is handed on: the bulk
+        # queue's socket serves the worker's first queue there (agent/dataplane/worker.py)
         self.before = before
+        # Packets still to hand on before ``recv`` answers "nothing waiting" (which ends the
+        # library's loop); None: no limit, every waiting packet
+        self.quota: int | None = None
         self.sock = socket.socket(fileno=os.dup(fd))  # the same netlink socket, as bound to the queue
         self.sock.setblocking(False)
         self.settings: dict[str, bool] = {}
@@ -86,14 +128,19 @@ class QueueSocket:
         self.sock.send(config_message(self.queue_num, gso=gso, fail_open=fail_open))
 
     def recv(self, _size: int) -> bytes:
-        """One netlink message; the answer to ``configure`` is noted, not passed on."""
+        """One netlink message; the answer to ``configure`` is noted, not passed on. BlockingIOError
+        (EAGAIN, which ends ``run_socket``) when nothing is waiting or the quota is spent."""
         while True:
+            if self.quota is not None and self.quota <= 0:
+                raise BlockingIOError(errno.EAGAIN, "queue quota spent")
             data = self.sock.recv(RECV_SIZE)  # BlockingIOError (EAGAIN) when nothing is waiting
             err = netlink_error(data)
             if err is None:
                 self.messages += 1
+                if self.quota is not None:
+                    self.quota -= 1
                 if self.before is not None:
-                    self.before()
+                    self.before(data)
                 return data
             self.answer = err
             if err:

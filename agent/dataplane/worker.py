@@ -17,7 +17,7 @@ from agent.dataplane.bridge import port_sides
 from agent.config import AgentConfig
 from agent.engines import build_engines
 from agent.dataplane.inject import Injector
-from agent.dataplane.nfq import QueueSocket
+from agent.dataplane.nfq import QueueSocket, packet_connection
 from agent.dataplane.performers import SLOW_KINDS, perform
 from agent.dataplane.prefilter import Prefilters
 from agent.dataplane.ruleset import (MARK_ACCEPT, MARK_CT_EST, MARK_CT_REPLY, MARK_DROP, MARK_HS, MARK_MASK, MARK_REJECT,
@@ -98,12 +98,27 @@ class WorkerSpec:
 
 
 BIND_RETRY = 0.002  # a successor's bind attempts while the worker it replaces still holds the queue
-MAX_FORK_SIGNALS = 24  # SIGRTMIN + i asks a worker to fork a replacement for queue index i
+MAX_FORK_SIGNALS = 24
+# One round of the worker's loop over its queues (``Worker._run_queues``): at most this many packets
+# of the first queue, then of the bulk queue. Under overload the bulk queue keeps a fifth of the
+# worker; otherwise both queues are emptied each round, the first one first.
+FIRST_QUOTA = 64
+BULK_QUOTA = 16
+BULK_CONNS_KEPT = 4096
+HANDOVER_SECONDS = 1.0  # SIGRTMIN + i asks a worker to fork a replacement for queue index i
 
 
 def fork_signal(index: int) -> int:
     """The signal that asks a running worker to fork a worker for queue ``index`` (its own died)."""
     return signal.SIGRTMIN + index
+
+
+def queue_settings(qsocks: list[QueueSocket]) -> str:
+    """status.json's ``workers.N.queue_settings``: the kernel's answers for all of a worker's queues."""
+    refused = [q for q in qsocks if q.answer]
+    if refused:
+        return "; ".join(f"refused on queue {q.queue_num}: {os.strerror(q.answer or 0)}" for q in refused)
+    return "no answer" if any(q.answer is None for q in qsocks) else "taken"
 
 
 class Worker:
@@ -135,6 +150,11 @@ class Worker:
         self.qsock: QueueSocket | None = None
         self.bulk_nfq: Any = None
         self.bulk_qsock: QueueSocket | None = None
+        self._first_left = FIRST_QUOTA  # first-queue packets the current round may still serve
+        # connections seen on the bulk queue (the latest BULK_CONNS_KEPT): their first bulk packet
+        # waited for the whole first queue (``_before_bulk``), their later ones need not
+        self._bulk_conns: dict[tuple, None] = {}
+        self.bulk_connections = 0  # bulk packets that waited for the whole first queue (first of their connection)
         self.busy_poll = cfg.dataplane.busy_poll_us / 1e6
         self.prefilters = self._prefilters()
 
@@ -249,7 +269,7 @@ class Worker:
         fail_open = self.cfg.dataplane.fail_mode == "open"
         self.qsock = QueueSocket(fd, self.spec.queue_num)
         self.qsock.configure(gso=True, fail_open=fail_open)
-        self.bulk_qsock = QueueSocket(bulk_fd, bulk_num, before=self._run_first_queue)
+        self.bulk_qsock = QueueSocket(bulk_fd, bulk_num, before=self._before_bulk)
         self.bulk_qsock.configure(gso=True, fail_open=fail_open)
         if self.prefilters is not None:  # the queue is this worker's: so is its prefilter chain
             self.prefilters.start()
@@ -353,6 +373,7 @@ class Worker:
         for fd in self._nfq_fds:
             os.close(fd)
         self.qsock = self.bulk_qsock = None
+        self._bulk_conns = {}
         os.close(self.wake_r)
         os.close(self.wake_w)
         self.out._after_fork()  # the multiprocessing queue's feeder thread did not come along
@@ -385,8 +406,10 @@ class Worker:
 
     def _handover(self) -> None:
         """Before unbinding, give a verdict to every packet already queued to this worker: the
-        kernel drops what is still queued when a queue is unbound (its successor binds next)."""
-        for _ in range(64):
+        kernel drops what is still queued when a queue is unbound (its successor binds next).
+        Rounds until both queues are empty, for at most HANDOVER_SECONDS while packets keep coming."""
+        deadline = time.monotonic() + HANDOVER_SECONDS
+        while time.monotonic() < deadline:
             try:
                 ready, _, _ = select.select(self._nfq_fds, [], [], 0)
             except InterruptedError:
@@ -435,35 +458,60 @@ class Worker:
         return sum(q.messages for q in (self.qsock, self.bulk_qsock) if q is not None)
 
     def _run_queues(self) -> None:
-        """Every waiting packet: the first queue's, then the bulk queue's, each bulk packet taken
-        only once the first queue is empty again (its socket's ``before``). A connection's packets
-        keep their order: the first queue is drained after a bulk packet arrived, so whatever of
-        the same connection was queued before it there has its verdict first."""
-        self._run_first_queue()
-        if self.bulk_qsock is not None:
-            self._run_queue(self.bulk_nfq, self.bulk_qsock)
+        """One round over the two queues: up to ``FIRST_QUOTA`` packets of the first queue and
+        ``BULK_QUOTA`` of the bulk queue, then back to the loop (its ticks, stats, reloads), which
+        comes back at once while packets wait.
 
-    def _run_first_queue(self) -> None:
-        self._run_queue(self.nfq, self.qsock)
+        The first queue goes first: before each bulk packet, what waits there is served, as long
+        as the round's first-queue quota lasts. So new connections do not wait behind downloads,
+        and yet a first queue that never empties (more new connections than the worker can take)
+        leaves the bulk queue its share instead of starving it. A connection keeps its order as
+        it moves to the bulk queue: before its first bulk packet, the first queue is served
+        without quota up to the kernel's queue length, which is all that can wait ahead of it.
+        """
+        self._first_left = FIRST_QUOTA
+        self._first_left -= self._run_queue(self.nfq, self.qsock, self._first_left)
+        if self.bulk_qsock is not None:
+            self._run_queue(self.bulk_nfq, self.bulk_qsock, BULK_QUOTA)
+
+    def _before_bulk(self, message: bytes) -> None:
+        """The bulk queue's ``before``: the first queue's turn ahead of this bulk packet."""
+        conn = packet_connection(message)
+        if conn is None or conn not in self._bulk_conns:  # its first bulk packet (as far as we know)
+            self.bulk_connections += 1
+            if conn is not None:
+                self._bulk_conns[conn] = None
+                if len(self._bulk_conns) > BULK_CONNS_KEPT:
+                    del self._bulk_conns[next(iter(self._bulk_conns))]
+            self._run_queue(self.nfq, self.qsock, self.cfg.dataplane.queue_maxlen)
+        elif self._first_left > 0:
+            self._first_left -= self._run_queue(self.nfq, self.qsock, self._first_left)
 
     @staticmethod
-    def _run_queue(nfq: Any, qsock: QueueSocket | None) -> None:
+    def _run_queue(nfq: Any, qsock: QueueSocket | None, quota: int | None = None) -> int:
+        """Waiting packets of one queue, at most ``quota`` (None: all); how many were handed on."""
+        if qsock is None:
+            return 0
+        seen, qsock.quota = qsock.messages, quota
         try:
-            nfq.run_socket(qsock)  # every waiting message, whole (see agent/dataplane/nfq.py)
+            nfq.run_socket(qsock)  # until nothing waits or the quota is spent (agent/dataplane/nfq.py)
         except OSError as exc:
-            log.warning("queue %s recv failed: %s", qsock.queue_num if qsock else "?", exc)
+            log.warning("queue %s recv failed: %s", qsock.queue_num, exc)
+        finally:
+            qsock.quota = None
+        return qsock.messages - seen
 
     def _send_stats(self) -> None:
         stats = self.pipeline.stats()
         stats["worker"] = {"callback_errors": self.callback_errors, **self.verdicts, **self.injector.counters, "pid": os.getpid(),
                            "large_packets": self.large_packets,
-                           "bulk_packets": self.bulk_qsock.messages if self.bulk_qsock is not None else 0}
+                           "bulk_packets": self.bulk_qsock.messages if self.bulk_qsock is not None else 0,
+                           "bulk_connections": self.bulk_connections}
         if self.prefilters is not None:  # status.json's counters.prefilter (summed over the workers)
             stats["prefilter"] = self.prefilters.stats()
-        if self.qsock is not None:  # the kernel's answer to the queue settings (agent/dataplane/nfq.py)
-            answer = self.qsock.answer
-            stats["worker"]["queue_settings"] = ("no answer" if answer is None else "taken" if answer == 0
-                                                 else f"refused: {os.strerror(answer)}")
+        qsocks = [q for q in (self.qsock, self.bulk_qsock) if q is not None]
+        if qsocks:  # the kernel's answers to the queue settings (agent/dataplane/nfq.py)
+            stats["worker"]["queue_settings"] = queue_settings(qsocks)
         self.out.put(("stats", self.spec.index, stats))
 
 
