@@ -131,8 +131,8 @@ class Dataplane(_Strict):
     bulk_queue_kib: int = Field(
         BULK_QUEUE_DEFAULT_KIB, ge=0, le=1 << 20,
         description="KiB (both directions, headers included) after which a connection's packets go to its worker's "
-                    "second queue, served only while the first is empty: new connections and small exchanges are "
-                    "not kept waiting behind downloads (0: one queue)")
+                    "second queue, served after the first (in rounds that leave it a fifth of the worker when the first never "
+                    "empties): new connections and small exchanges are not kept waiting behind downloads (0: one queue)")
     nflog_group: int = Field(17, ge=1, le=65535, description="NFLOG group of the kernel's firewall and blocklist alarms")
     on_engine_error: Literal["pass", "drop"] = Field("pass", description="verdict for a flow whose engine raised")
     on_malformed: Literal["pass", "drop"] = Field("pass", description="verdict for packets that cannot be parsed")
