@@ -98,14 +98,14 @@ class WorkerSpec:
 
 
 BIND_RETRY = 0.002  # a successor's bind attempts while the worker it replaces still holds the queue
-MAX_FORK_SIGNALS = 24
+MAX_FORK_SIGNALS = 24  # SIGRTMIN + i asks a worker to fork a replacement for queue index i
 # One round of the worker's loop over its queues (``Worker._run_queues``): at most this many packets
 # of the first queue, then of the bulk queue. Under overload the bulk queue keeps a fifth of the
 # worker; otherwise both queues are emptied each round, the first one first.
 FIRST_QUOTA = 64
 BULK_QUOTA = 16
 BULK_CONNS_KEPT = 4096
-HANDOVER_SECONDS = 1.0  # SIGRTMIN + i asks a worker to fork a replacement for queue index i
+HANDOVER_SECONDS = 1.0  # at most this long, a stopping worker serves what keeps coming (``_handover``)
 
 
 def fork_signal(index: int) -> int:
