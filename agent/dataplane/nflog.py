@@ -101,7 +101,8 @@ def _align4(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _attr(atype: int, data: bytes) -> bytes:
+def attr(atype: int, data: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes (also the NFQUEUE settings' builder, agent/dataplane/nfq.py)."""
     length = NLATTR.size + len(data)
     return NLATTR.pack(length, atype) + data + b"\0" * (_align4(length) - length)
 
@@ -113,8 +114,9 @@ def build_config_message(group: int, seq: int, attrs: bytes) -> bytes:
     return header + body
 
 
-def _parse_attrs(data: bytes, start: int, end: int) -> dict[int, bytes] | None:
-    """Return {attr type: value} of the attributes in data[start:end], or None when malformed."""
+def parse_attrs(data: bytes | memoryview, start: int, end: int) -> dict[int, bytes] | None:
+    """Return {attr type: value} of the attributes in data[start:end], or None when malformed.
+    The values are slices of ``data``: of a memoryview, they copy nothing."""
     attrs: dict[int, bytes] = {}
     off = start
     count = 0
@@ -211,7 +213,7 @@ def _parse_packet_msg(data: bytes, body: int, end: int, result: ParseResult) -> 
         result.malformed += 1
         return
     _family, _version, group = NFGENMSG.unpack_from(data, body)
-    attrs = _parse_attrs(data, body + NFGENMSG.size, end)
+    attrs = parse_attrs(data, body + NFGENMSG.size, end)
     if attrs is None:
         result.malformed += 1
         return
@@ -257,11 +259,11 @@ class NflogReader:
 
     def _configure(self, copy_range: int, qthresh: int, flush_timeout: float) -> None:
         copy_range = max(0, min(copy_range, NFULNL_COPY_RANGE_MAX))
-        self._request(_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])), "bind")
-        self._request(_attr(NFULA_CFG_MODE, CFG_MODE.pack(copy_range, NFULNL_COPY_PACKET)), "set mode")
-        self._request(_attr(NFULA_CFG_QTHRESH, U32_BE.pack(max(1, qthresh))), "set queue threshold")
+        self._request(attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])), "bind")
+        self._request(attr(NFULA_CFG_MODE, CFG_MODE.pack(copy_range, NFULNL_COPY_PACKET)), "set mode")
+        self._request(attr(NFULA_CFG_QTHRESH, U32_BE.pack(max(1, qthresh))), "set queue threshold")
         timeout_cs = max(0, round(flush_timeout * 100))
-        self._request(_attr(NFULA_CFG_TIMEOUT, U32_BE.pack(timeout_cs)), "set flush timeout")
+        self._request(attr(NFULA_CFG_TIMEOUT, U32_BE.pack(timeout_cs)), "set flush timeout")
 
     def _request(self, attrs: bytes, what: str) -> None:
         """Send one config request and wait for its ACK, keeping any packet that arrives meanwhile."""

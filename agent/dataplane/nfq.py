@@ -24,6 +24,8 @@ import socket
 import struct
 from typing import Callable
 
+from agent.dataplane.nflog import attr, parse_attrs
+
 log = logging.getLogger(__name__)
 
 NFNL_SUBSYS_QUEUE = 3
@@ -37,7 +39,7 @@ NFQA_CFG_FLAGS = 5
 NFQA_CFG_F_FAIL_OPEN = 1 << 0
 NFQA_CFG_F_GSO = 1 << 2
 NFQA_PAYLOAD = 10
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+IP_HEADERS_MAX = 64  # an IPv4 header with options (60 bytes) and the ports after it; IPv6: 40 and 4
 NFQNL_COPY_PACKET = 2
 COPY_RANGE = 0xFFFF
 RECV_SIZE = 0x10000 + 4096  # one whole packet plus its netlink and nfqueue headers
@@ -45,18 +47,13 @@ RCVBUF = 16 << 20  # room for a burst of large packets while the worker is busy
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
-
-
 def config_message(queue_num: int, *, gso: bool, fail_open: bool, copy_range: int = COPY_RANGE, seq: int = 1) -> bytes:
     """The NFQNL_MSG_CONFIG request: copy mode and range, and the GSO / fail-open flags (acked)."""
     flags = (NFQA_CFG_F_GSO if gso else 0) | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0)
     body = struct.pack("!BBH", socket.AF_UNSPEC, 0, queue_num)  # nfgenmsg: family, version, res_id
-    body += _attr(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET))
-    body += _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN))
-    body += _attr(NFQA_CFG_FLAGS, struct.pack("!I", flags))
+    body += attr(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET))
+    body += attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN))
+    body += attr(NFQA_CFG_FLAGS, struct.pack("!I", flags))
     kind = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_CONFIG
     return struct.pack("=IHHII", 16 + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
@@ -76,15 +73,10 @@ def packet_connection(message: bytes) -> tuple | None:
     if len(message) < 20:
         return None
     end = min(len(message), struct.unpack_from("=I", message, 0)[0])
-    off = 20  # nlmsghdr (16 bytes) and nfgenmsg (4)
-    while off + 4 <= end:
-        size, kind = struct.unpack_from("=HH", message, off)
-        if size < 4:
-            return None
-        if kind & NLA_TYPE_MASK == NFQA_PAYLOAD:
-            return _ip_connection(message[off + 4:min(off + size, end)])
-        off += (size + 3) & ~3
-    return None
+    # nlmsghdr (16 bytes) and nfgenmsg (4), then the attributes; a view, so the packet is not copied
+    attrs = parse_attrs(memoryview(message), 20, end)
+    payload = attrs.get(NFQA_PAYLOAD) if attrs else None
+    return None if payload is None else _ip_connection(bytes(payload[:IP_HEADERS_MAX]))
 
 
 def _ip_connection(ip: bytes) -> tuple | None:
